@@ -1,0 +1,64 @@
+# CSP Portal — `make run` and `make test` each do all of their own set-up.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FLASK := $(BIN)/flask --app app
+CHROMIUM := /usr/bin/chromium
+HOST ?= 127.0.0.1
+PORT ?= 5000
+
+# the embedded default: SQLite under instance/, mail to the console, plain-http cookies
+DEV_ENV := PORTAL_ENV=development PORTAL_INSECURE_COOKIES=1 PORTAL_MAIL_BACKEND=console
+
+.PHONY: run test lint typecheck unit setup translations migrate demo bench vendor chromium clean messages
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) translations
+
+translations: $(STAMP)
+	$(BIN)/pybabel compile --statistics -d translations 2>&1 | tail -n 2
+
+migrate: setup
+	$(DEV_ENV) $(FLASK) portal migrate
+
+demo: migrate
+	$(DEV_ENV) $(FLASK) portal demo
+
+run: demo
+	@echo "CSP Portal on http://$(HOST):$(PORT)/  (staff area: /staff/) — demo logins are in README.md"
+	$(DEV_ENV) $(FLASK) run --host $(HOST) --port $(PORT)
+
+chromium:
+	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check portal tests bench app.py migrations
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: setup chromium lint typecheck
+	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/python bench/pages.py
+
+# Re-extract the catalogue after changing user-visible text, then translate translations/es.
+messages: $(STAMP)
+	$(BIN)/pybabel extract -F babel.cfg -k _l -k lazy_gettext -o translations/messages.pot --no-location --omit-header .
+	$(BIN)/pybabel update -i translations/messages.pot -d translations --no-fuzzy-matching --omit-header
+
+vendor:
+	./scripts/vendor.sh
+
+clean:
+	rm -rf $(VENV) instance test-results

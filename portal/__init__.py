@@ -1,0 +1,85 @@
+"""CSP Portal: the Flask app factory."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from portal import config as portal_config
+
+__version__ = "0.1.0"
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the portal. ``config`` overrides what the environment says (tests use it)."""
+    app = Flask(
+        __name__,
+        template_folder=str(portal_config.ROOT / "templates"),
+        static_folder=str(portal_config.ROOT / "static"),
+        instance_path=str(portal_config.INSTANCE_DIR),
+    )
+    app.config.update(portal_config.load())
+    if config:
+        app.config.update(config)
+    portal_config.finalise(app.config)
+    _configure_flask(app)
+
+    from portal import cli, db, extensions
+    from portal.branding import brand, themes
+    from portal.web import access, errors, filters, security_headers
+    from portal.web.session_store import DatabaseSessionInterface
+
+    db.init_app(app)
+    app.session_interface = DatabaseSessionInterface(
+        idle=timedelta(minutes=app.config["PORTAL_SESSION_IDLE_MINUTES"]),
+        absolute=timedelta(hours=app.config["PORTAL_SESSION_ABSOLUTE_HOURS"]),
+    )
+    extensions.init_app(app)
+    brand.init_app(app)
+    access.init_app(app)
+    security_headers.init_app(app)
+    errors.init_app(app)
+    filters.init_app(app)
+    _register_blueprints(app)
+    themes.init_app(app)
+    cli.init_app(app)
+    access.check_every_route_declares_access(app)
+    if app.config["PORTAL_TRUSTED_PROXIES"]:
+        hops = app.config["PORTAL_TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
+    return app
+
+
+def _configure_flask(app: Flask) -> None:
+    insecure = bool(app.config["PORTAL_INSECURE_COOKIES"])
+    app.config.update(
+        # __Host- demands Secure and Path=/ with no Domain; plain-http development drops both
+        SESSION_COOKIE_NAME="portal_session" if insecure else "__Host-portal_session",
+        SESSION_COOKIE_SECURE=not insecure,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_PATH="/",
+        SESSION_COOKIE_DOMAIN=None,
+        REMEMBER_COOKIE_DURATION=timedelta(0),
+        WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the (bounded) server session
+        WTF_CSRF_SSL_STRICT=True,
+        BABEL_DEFAULT_LOCALE="en",
+        BABEL_TRANSLATION_DIRECTORIES=str(portal_config.ROOT / "translations"),
+        MAX_CONTENT_LENGTH=2 * 1024 * 1024,
+        PREFERRED_URL_SCHEME="https" if not insecure else "http",
+    )
+
+
+def _register_blueprints(app: Flask) -> None:
+    from portal.branding.views import bp as branding_bp
+    from portal.web.account import bp as account_bp
+    from portal.web.auth import bp as auth_bp
+    from portal.web.pages import bp as pages_bp
+    from portal.web.staff import bp as staff_bp
+
+    for blueprint in (branding_bp, auth_bp, pages_bp, account_bp, staff_bp):
+        app.register_blueprint(blueprint)

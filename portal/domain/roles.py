@@ -1,0 +1,65 @@
+"""Who may do what. Customer users hold one role per account; partner staff hold one staff role."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class CustomerRole(StrEnum):
+    ADMINISTRATOR = "administrator"
+    SUBSCRIPTION_MANAGER = "subscription_manager"
+    FINANCE_MANAGER = "finance_manager"
+
+
+class StaffRole(StrEnum):
+    ADMIN = "admin"
+    SERVICE = "service"
+    FINANCE = "finance"
+    SALES = "sales"
+
+
+class Permission(StrEnum):
+    # customer portal
+    VIEW_DASHBOARD = "view_dashboard"
+    MANAGE_USERS = "manage_users"
+    VIEW_SUBSCRIPTIONS = "view_subscriptions"
+    VIEW_USAGE = "view_usage"
+    VIEW_INVOICES = "view_invoices"
+    # staff area
+    VIEW_CUSTOMERS = "view_customers"
+    SET_CREDIT_HOLD = "set_credit_hold"
+    INVITE_CUSTOMER_USERS = "invite_customer_users"
+
+
+CUSTOMER_PERMISSIONS: dict[CustomerRole, frozenset[Permission]] = {
+    CustomerRole.ADMINISTRATOR: frozenset(
+        {
+            Permission.VIEW_DASHBOARD,
+            Permission.MANAGE_USERS,
+            Permission.VIEW_SUBSCRIPTIONS,
+            Permission.VIEW_USAGE,
+            Permission.VIEW_INVOICES,
+        }
+    ),
+    CustomerRole.SUBSCRIPTION_MANAGER: frozenset(
+        {Permission.VIEW_DASHBOARD, Permission.VIEW_SUBSCRIPTIONS, Permission.VIEW_USAGE}
+    ),
+    CustomerRole.FINANCE_MANAGER: frozenset({Permission.VIEW_DASHBOARD, Permission.VIEW_INVOICES}),
+}
+
+STAFF_PERMISSIONS: dict[StaffRole, frozenset[Permission]] = {
+    StaffRole.ADMIN: frozenset(
+        {Permission.VIEW_CUSTOMERS, Permission.SET_CREDIT_HOLD, Permission.INVITE_CUSTOMER_USERS}
+    ),
+    StaffRole.SERVICE: frozenset({Permission.VIEW_CUSTOMERS, Permission.INVITE_CUSTOMER_USERS}),
+    StaffRole.FINANCE: frozenset({Permission.VIEW_CUSTOMERS, Permission.SET_CREDIT_HOLD}),
+    StaffRole.SALES: frozenset({Permission.VIEW_CUSTOMERS}),
+}
+
+
+def customer_may(role: CustomerRole, permission: Permission) -> bool:
+    return permission in CUSTOMER_PERMISSIONS[role]
+
+
+def staff_may(role: StaffRole, permission: Permission) -> bool:
+    return permission in STAFF_PERMISSIONS[role]

@@ -1,0 +1,90 @@
+"""The one tenant-scoped data-access layer.
+
+Every ORM query made through a request's session passes through :func:`_restrict_to_scope`,
+which adds the current partner's and customer's criteria to every scoped model it touches
+(including joins, relationship loads, UPDATEs and DELETEs). A view therefore cannot forget
+the tenant filter: it never writes it. Code that must look across tenants (sign-in picking
+the account, the CLI, background jobs) says so with ``execution_options(unscoped=True)``
+or runs on a session that has no scope; ``unscoped_customer=True`` keeps the partner
+filter but lifts the customer one (accepting an invitation to another account).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from flask import abort
+from sqlalchemy import Select, event, select
+from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
+
+from portal.models import Customer, CustomerScoped, Membership, PartnerScoped, User
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What the current request may see: one partner, and within it at most one customer."""
+
+    partner_id: int
+    customer_id: int | None = None
+
+
+def set_scope(db_session: Session, scope: Scope) -> None:
+    db_session.info["scope"] = scope
+
+
+def get_scope(db_session: Session) -> Scope | None:
+    scope = db_session.info.get("scope")
+    return scope if isinstance(scope, Scope) else None
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _restrict_to_scope(state: ORMExecuteState) -> None:
+    scope = get_scope(state.session)
+    if scope is None or state.execution_options.get("unscoped", False):
+        return
+    if not (state.is_select or state.is_update or state.is_delete):
+        return
+    customer_wide = not state.execution_options.get("unscoped_customer", False)
+    state.statement = state.statement.options(*_criteria(scope, customer_wide))
+
+
+def _criteria(scope: Scope, customer_wide: bool = True) -> list[Any]:
+    partner_id = scope.partner_id
+    options: list[Any] = [
+        with_loader_criteria(
+            PartnerScoped, lambda cls: cls.partner_id == partner_id, include_aliases=True
+        )
+    ]
+    if scope.customer_id is not None and customer_wide:
+        customer_id = scope.customer_id
+        options += [
+            with_loader_criteria(
+                CustomerScoped, lambda cls: cls.customer_id == customer_id, include_aliases=True
+            ),
+            with_loader_criteria(Customer, lambda cls: cls.id == customer_id, include_aliases=True),
+            # a customer's people are the members of that customer, not every user of the brand
+            with_loader_criteria(
+                User,
+                lambda cls: cls.id.in_(
+                    select(Membership.user_id).where(Membership.customer_id == customer_id)
+                ),
+                include_aliases=True,
+            ),
+        ]
+    return options
+
+
+def get_or_404(db_session: Session, model: type[T], object_id: int) -> T:
+    """Load one row by id within the current scope, or answer 404.
+
+    Uses a query rather than ``Session.get`` so the identity map can never hand back a row
+    the scope would have hidden.
+    """
+    statement: Select[tuple[T]] = select(model).where(model.id == object_id)  # type: ignore[attr-defined]
+    found = db_session.scalars(statement).first()
+    if found is None:
+        abort(404)
+    return found

@@ -1,0 +1,27 @@
+"""Jinja filters for amounts and dates in the reader's language."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from flask import Flask
+from flask_babel import format_currency, format_datetime
+
+from portal.domain.money import to_major
+from portal.web.forms import role_label
+
+
+def money(amount_minor: int | None, currency: str) -> str:
+    if amount_minor is None:
+        return "—"
+    return str(format_currency(to_major(amount_minor, currency), currency))
+
+
+def when(value: datetime | None, style: str = "medium") -> str:
+    return "—" if value is None else str(format_datetime(value, style))
+
+
+def init_app(app: Flask) -> None:
+    app.add_template_filter(money, "money")
+    app.add_template_filter(when, "when")
+    app.jinja_env.globals["role_label"] = role_label

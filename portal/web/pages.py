@@ -1,0 +1,68 @@
+"""The customer portal's main pages: dashboard and the sections later features fill in."""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, g, redirect, session, url_for
+from flask_babel import lazy_gettext as _l
+from sqlalchemy import func, select
+from werkzeug.wrappers import Response
+
+from portal import db
+from portal.branding import render_page
+from portal.domain.roles import CustomerRole, Permission
+from portal.models import Membership
+from portal.services import people
+from portal.web.access import customer_required
+from portal.web.forms import ConfirmForm, role_label
+
+bp = Blueprint("pages", __name__)
+
+ROLE_HELP = {
+    CustomerRole.ADMINISTRATOR: _l("You can manage users, subscriptions, usage and invoices."),
+    CustomerRole.SUBSCRIPTION_MANAGER: _l("You can manage subscriptions and see usage."),
+    CustomerRole.FINANCE_MANAGER: _l("You can see invoices and pay them."),
+}
+
+
+@bp.route("/")
+@customer_required(Permission.VIEW_DASHBOARD)
+def dashboard() -> str:
+    user_count = db.session.scalar(select(func.count()).select_from(Membership))
+    invitations = (
+        len(people.pending_invitations(db.session, g.customer.id))
+        if g.membership.role == "administrator"
+        else 0
+    )
+    return render_page("portal/dashboard.html", user_count=user_count,
+                       pending_invitations=invitations, role_label=role_label,
+                       role_help=ROLE_HELP[CustomerRole(g.membership.role)])
+
+
+@bp.route("/subscriptions")
+@customer_required(Permission.VIEW_SUBSCRIPTIONS)
+def subscriptions() -> str:
+    return render_page("portal/subscriptions.html")
+
+
+@bp.route("/usage")
+@customer_required(Permission.VIEW_USAGE)
+def usage() -> str:
+    return render_page("portal/usage.html")
+
+
+@bp.route("/invoices")
+@customer_required(Permission.VIEW_INVOICES)
+def invoices() -> str:
+    return render_page("portal/invoices.html")
+
+
+@bp.route("/accounts/<int:customer_id>/switch", methods=["POST"])
+@customer_required(Permission.VIEW_DASHBOARD)
+def switch_account(customer_id: int) -> Response:
+    """Work on another account the user belongs to (only those: g.memberships is theirs)."""
+    if not ConfirmForm().validate_on_submit():
+        abort(400)
+    if customer_id not in {m.customer_id for m in g.memberships}:
+        abort(404)
+    session["customer_id"] = customer_id
+    return redirect(url_for("pages.dashboard"))
