@@ -29,9 +29,14 @@ def principal_of(account: Account) -> str:
 
 
 def find_account(db_session: Session, kind: type[Account], email: str) -> Account | None:
-    """The active account with this email in the current partner (the session is partner-scoped)."""
+    """The active account with this email in the current partner.
+
+    Partner-scoped only: whoever is signed in on this browser must not narrow the search.
+    """
     return db_session.scalars(
-        select(kind).where(func.lower(kind.email) == normalise_email(email), kind.active.is_(True))
+        select(kind)
+        .where(func.lower(kind.email) == normalise_email(email), kind.active.is_(True))
+        .execution_options(unscoped_customer=True)
     ).first()
 
 
@@ -57,7 +62,10 @@ def authenticate(
 
 def _has_membership(db_session: Session, user: User) -> bool:
     return db_session.scalar(
-        select(func.count()).select_from(Membership).where(Membership.user_id == user.id)
+        select(func.count())
+        .select_from(Membership)
+        .where(Membership.user_id == user.id)
+        .execution_options(unscoped_customer=True)
     ) != 0
 
 
@@ -120,7 +128,9 @@ def valid_reset_token(db_session: Session, kind: type[Account], token: str) -> P
     if owner_id is None:
         return None
     # the partner scope of the session makes another brand's account invisible here
-    account = db_session.scalars(select(kind).where(kind.id == owner_id)).first()
+    account = db_session.scalars(
+        select(kind).where(kind.id == owner_id).execution_options(unscoped_customer=True)
+    ).first()
     return row if account is not None else None
 
 
@@ -131,7 +141,9 @@ def reset_password(
     if row is None:
         raise ServiceError(_("This reset link is invalid or has expired. Ask for a new one."))
     owner_id = row.staff_user_id if kind is StaffUser else row.user_id
-    account = db_session.scalars(select(kind).where(kind.id == owner_id)).one()
+    account = db_session.scalars(
+        select(kind).where(kind.id == owner_id).execution_options(unscoped_customer=True)
+    ).one()
     problems = password_messages(password, account.email)
     if problems:
         raise ServiceError(" ".join(problems), field="password")

@@ -82,7 +82,11 @@ def find_invitation(db_session: Session, token: str) -> Invitation | None:
 
 
 def existing_user(db_session: Session, email: str) -> User | None:
-    return db_session.scalars(select(User).where(func.lower(User.email) == email)).first()
+    return db_session.scalars(
+        select(User)
+        .where(func.lower(User.email) == email)
+        .execution_options(unscoped_customer=True)
+    ).first()
 
 
 def accept_invitation(

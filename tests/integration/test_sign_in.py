@@ -138,3 +138,12 @@ def test_customer_cannot_use_the_staff_sign_in(client: HttpsClient, tenant: Tena
                          {"email": "administrator@a.alpha.example",
                           "password": "correct horse battery staple"})
     assert "do not match a staff account" in response.get_data(as_text=True)
+
+
+def test_signing_in_as_someone_else_replaces_the_first_sign_in(
+    client: HttpsClient, tenant: Tenant
+) -> None:
+    # regression: the lookup ran under the first user's customer scope and found nobody
+    sign_in(client, "administrator@a.alpha.example")
+    assert sign_in(client, "administrator@b.alpha.example").status_code == 302
+    assert "alpha customer b" in client.get("/").get_data(as_text=True)

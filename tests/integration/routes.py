@@ -1,0 +1,81 @@
+"""Every route of the app, with how to reach it as its intended user and with foreign ids.
+
+Tests that walk ``app.url_map`` read these tables; a route missing from them fails those
+tests, so each new route must say here which objects its ids name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from flask import Flask
+
+from portal.db import get_database, utcnow
+from portal.domain.roles import CustomerRole
+from portal.models import Invitation
+from tests.support import Tenant
+
+Ids = Callable[[Tenant, str], dict[str, object]]
+
+
+@dataclass(frozen=True)
+class ObjectRoute:
+    """A route taking object ids: ``ids(tenant, customer_key)`` gives its URL arguments."""
+
+    ids: Ids
+
+
+def _membership(tenant: Tenant, key: str) -> dict[str, object]:
+    return {"membership_id": tenant.memberships[f"{key}:subscription_manager"].id}
+
+
+def _customer(tenant: Tenant, key: str) -> dict[str, object]:
+    return {"customer_id": tenant.customers[key].id}
+
+
+def _invitation(tenant: Tenant, key: str) -> dict[str, object]:
+    return {"invitation_id": tenant.invitations[key]}  # type: ignore[attr-defined]
+
+
+# endpoint -> how to name the objects it acts on
+OBJECT_ROUTES: dict[str, ObjectRoute] = {
+    "account.change_role": ObjectRoute(_membership),
+    "account.remove_user": ObjectRoute(_membership),
+    "account.revoke_invitation": ObjectRoute(_invitation),
+    "pages.switch_account": ObjectRoute(_customer),
+    "staff.customer": ObjectRoute(_customer),
+    "staff.credit_hold": ObjectRoute(_customer),
+    "staff.invite": ObjectRoute(_customer),
+}
+
+# routes whose arguments are not object ids, and why they are safe without a matrix entry
+NOT_OBJECT_ARGUMENTS: dict[str, str] = {
+    "static": "public assets by file name",
+    "branding.theme_static": "the current partner's own theme files by name, path-checked",
+    "auth.reset_password": "a secret single-use token, tested in test_password_reset",
+    "staff.reset_password": "a secret single-use token, tested in test_password_reset",
+    "auth.accept_invitation": "a secret single-use token, tested in test_invitations",
+}
+
+
+def add_invitations(app: Flask, tenant: Tenant) -> None:
+    """Give each customer of the tenant one pending invitation (ids in tenant.invitations)."""
+    ids: dict[str, int] = {}
+    with app.app_context(), get_database(app).sessions() as s:
+        for key, customer in tenant.customers.items():
+            invitation = Invitation(
+                customer_id=customer.id, email=f"pending@{key}.{tenant.partner.slug}.example",
+                role=CustomerRole.FINANCE_MANAGER, token_hash=f"{key}{tenant.partner.slug}".ljust(64, "0"),
+                invited_by="test", expires_at=utcnow().replace(year=utcnow().year + 1),
+            )
+            s.add(invitation)
+            s.flush()
+            ids[key] = invitation.id
+        s.commit()
+    tenant.invitations = ids  # type: ignore[attr-defined]
+
+
+def object_argument_names(app: Flask, endpoint: str) -> set[str]:
+    rules = [r for r in app.url_map.iter_rules() if r.endpoint == endpoint]
+    return set().union(*(r.arguments for r in rules)) if rules else set()
