@@ -45,6 +45,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     filters.init_app(app)
     _register_blueprints(app)
+    extensions.init_rate_limits(app)
     themes.init_app(app)
     cli.init_app(app)
     access.check_every_route_declares_access(app)

@@ -1,14 +1,30 @@
-"""Flask extensions, created unbound and attached to an app in :func:`init_app`."""
+"""Flask extensions, created unbound and attached to an app in :func:`init_app`.
+
+The rate limiter is the exception: Flask-Limiter keeps its storage and key prefix on the
+instance, so each app gets its own (see :func:`init_rate_limits`). Views declare their limits
+with :func:`rate_limited`, naming the setting that holds the rate.
+"""
 
 from __future__ import annotations
 
-from flask import Flask, request, session
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from flask import Flask, current_app, g, request, session
 from flask_babel import Babel, get_locale
 from flask_limiter import Limiter
 from flask_login import LoginManager
 from flask_wtf import CSRFProtect
 
 SUPPORTED_LOCALES = ("en", "es")
+RATE_LIMITS_ATTR = "portal_rate_limits"
+F = TypeVar("F", bound=Callable[..., Any])
+
+login_manager = LoginManager()
+csrf = CSRFProtect()
+babel = Babel()
 
 
 def client_ip() -> str:
@@ -16,10 +32,60 @@ def client_ip() -> str:
     return request.remote_addr or "unknown"
 
 
-login_manager = LoginManager()
-csrf = CSRFProtect()
-babel = Babel()
-limiter = Limiter(key_func=client_ip, default_limits=[], headers_enabled=True)
+def account_key() -> str:
+    """The account named in the submitted form, hashed (no email addresses in the limiter)."""
+    email = request.form.get("email", "").strip().lower()
+    brand = g.get("brand")
+    digest = hashlib.sha256(f"{brand.id if brand else 0}:{email}".encode()).hexdigest()[:32]
+    return f"account:{digest}"
+
+
+KEY_FUNCTIONS: dict[str, Callable[[], str]] = {"ip": client_ip, "account": account_key}
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    setting: str
+    per: str = "ip"
+    methods: tuple[str, ...] | None = None
+
+
+def rate_limited(setting: str, per: str = "ip", methods: tuple[str, ...] | None = None) -> Callable[[F], F]:
+    """Limit a view to the rate in config ``setting``, counted per client address or account."""
+    if per not in KEY_FUNCTIONS:
+        raise ValueError(f"unknown rate-limit key {per!r}")
+
+    def decorator(view: F) -> F:
+        limits = [*getattr(view, RATE_LIMITS_ATTR, ()), RateLimit(setting, per, methods)]
+        setattr(view, RATE_LIMITS_ATTR, limits)
+        return view
+
+    return decorator
+
+
+def init_rate_limits(app: Flask) -> Limiter:
+    """A limiter for this app, wrapped around every view that declared limits."""
+    limiter = Limiter(
+        key_func=client_ip,
+        app=app,
+        storage_uri=app.config["PORTAL_RATELIMIT_STORAGE_URL"],
+        key_prefix=app.config.get("RATELIMIT_KEY_PREFIX", "portal"),
+        headers_enabled=True,
+    )
+    for endpoint, view in list(app.view_functions.items()):
+        limited = view
+        for spec in getattr(view, RATE_LIMITS_ATTR, ()):
+            limited = limiter.limit(
+                _rate_from(spec.setting), key_func=KEY_FUNCTIONS[spec.per],
+                methods=list(spec.methods) if spec.methods else None,
+            )(limited)
+        app.view_functions[endpoint] = limited
+    app.extensions["portal_limiter"] = limiter
+    return limiter
+
+
+def _rate_from(setting: str) -> Callable[[], str]:
+    return lambda: str(current_app.config[setting])
 
 
 def select_locale() -> str | None:
@@ -35,9 +101,6 @@ def init_app(app: Flask) -> None:
     login_manager.session_protection = None
     csrf.init_app(app)
     babel.init_app(app, locale_selector=select_locale)
-    app.config["RATELIMIT_STORAGE_URI"] = app.config["PORTAL_RATELIMIT_STORAGE_URL"]
-    app.config.setdefault("RATELIMIT_ENABLED", True)
-    limiter.init_app(app)
 
     @app.context_processor
     def _locale_context() -> dict[str, str]:

@@ -13,7 +13,7 @@ from werkzeug.wrappers import Response
 from portal import db
 from portal.branding import render_page
 from portal.domain.roles import CustomerRole, Permission
-from portal.extensions import limiter
+from portal.extensions import rate_limited
 from portal.models import Invitation, Membership, Partner
 from portal.scoping import get_or_404
 from portal.services import ServiceError, people
@@ -59,7 +59,7 @@ def overview() -> str:
 
 
 @bp.route("/invitations", methods=["POST"])
-@limiter.limit(lambda: current_app.config["PORTAL_RATELIMIT_INVITE"])
+@rate_limited("PORTAL_RATELIMIT_INVITE")
 @customer_required(Permission.MANAGE_USERS)
 def invite() -> Response | tuple[str, int]:
     form = InviteForm()

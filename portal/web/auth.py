@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-from typing import Any
-
-from flask import Blueprint, current_app, flash, g, redirect, request, session, url_for
+from flask import Blueprint, flash, redirect, request, session, url_for
 from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
 from portal import db
 from portal.branding import current_brand, render_page
-from portal.extensions import SUPPORTED_LOCALES, client_ip, limiter
+from portal.extensions import SUPPORTED_LOCALES, rate_limited
 from portal.models import Partner, User
 from portal.services import ServiceError, auth, people
 from portal.web.access import CustomerPrincipal, public, sign_in, sign_out
@@ -33,20 +30,9 @@ def current_partner() -> Partner:
     return db.session.get_one(Partner, current_brand().id)
 
 
-def account_key() -> str:
-    """Rate-limit key for the account named in the form (hashed: no emails in the limiter)."""
-    email = auth.normalise_email(request.form.get("email", ""))
-    digest = hashlib.sha256(f"{g.brand.id}:{email}".encode()).hexdigest()[:32]
-    return f"account:{digest}"
-
-
-def _limit(setting: str) -> Any:
-    return lambda: current_app.config[setting]
-
-
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit(_limit("PORTAL_RATELIMIT_LOGIN_IP"), key_func=client_ip, methods=["POST"])
-@limiter.limit(_limit("PORTAL_RATELIMIT_LOGIN_ACCOUNT"), key_func=account_key, methods=["POST"])
+@rate_limited("PORTAL_RATELIMIT_LOGIN_IP", methods=("POST",))
+@rate_limited("PORTAL_RATELIMIT_LOGIN_ACCOUNT", per="account", methods=("POST",))
 @public
 def login() -> Response | str:
     form = LoginForm()
@@ -75,8 +61,8 @@ def logout() -> Response:
 
 
 @bp.route("/forgot-password", methods=["GET", "POST"])
-@limiter.limit(_limit("PORTAL_RATELIMIT_RESET_IP"), key_func=client_ip, methods=["POST"])
-@limiter.limit(_limit("PORTAL_RATELIMIT_RESET_ACCOUNT"), key_func=account_key, methods=["POST"])
+@rate_limited("PORTAL_RATELIMIT_RESET_IP", methods=("POST",))
+@rate_limited("PORTAL_RATELIMIT_RESET_ACCOUNT", per="account", methods=("POST",))
 @public
 def forgot_password() -> Response | str:
     form = ForgotPasswordForm()
@@ -87,7 +73,7 @@ def forgot_password() -> Response | str:
 
 
 @bp.route("/reset-password/<token>", methods=["GET", "POST"])
-@limiter.limit(_limit("PORTAL_RATELIMIT_RESET_IP"), key_func=client_ip)
+@rate_limited("PORTAL_RATELIMIT_RESET_IP")
 @public
 def reset_password(token: str) -> Response | str:
     if auth.valid_reset_token(db.session, User, token) is None:
@@ -105,7 +91,7 @@ def reset_password(token: str) -> Response | str:
 
 
 @bp.route("/invitations/<token>", methods=["GET", "POST"])
-@limiter.limit(_limit("PORTAL_RATELIMIT_INVITE"), key_func=client_ip)
+@rate_limited("PORTAL_RATELIMIT_INVITE")
 @public
 def accept_invitation(token: str) -> Response | str:
     invitation = people.find_invitation(db.session, token)

@@ -5,13 +5,14 @@ from __future__ import annotations
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, EmailField, HiddenField, PasswordField, SelectField, StringField
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Email, InputRequired, Length
 
 from portal.domain.roles import CustomerRole
 
 
-def role_choices() -> list[tuple[str, str]]:
-    return [(role.value, str(role_label(role))) for role in CustomerRole]
+def role_choices() -> list[SelectChoice]:
+    return [SelectChoice(role.value, str(role_label(role))) for role in CustomerRole]
 
 
 def role_label(role: CustomerRole | str) -> str:
@@ -67,7 +68,8 @@ class ConfirmForm(FlaskForm):  # type: ignore[misc]
 
 
 class LanguageForm(FlaskForm):  # type: ignore[misc]
-    locale = SelectField(_l("Language"), choices=[("en", "English"), ("es", "Español")])
+    locale = SelectField(_l("Language"), choices=[SelectChoice("en", "English"),
+                                                     SelectChoice("es", "Español")])
     next = HiddenField()
 
 

@@ -5,7 +5,7 @@ Staff pages always render with the app's own templates: partner themes cannot to
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
+from flask import Blueprint, flash, g, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_login import current_user
 from sqlalchemy import func, or_, select
@@ -14,12 +14,11 @@ from werkzeug.wrappers import Response
 
 from portal import db
 from portal.domain.roles import CustomerRole, Permission
-from portal.extensions import client_ip, limiter
+from portal.extensions import rate_limited
 from portal.models import AuditEvent, Customer, Membership, Partner, StaffUser
 from portal.scoping import get_or_404
 from portal.services import ServiceError, auth, people
 from portal.web.access import StaffPrincipal, public, sign_in, sign_out, staff_required
-from portal.web.auth import _limit, account_key
 from portal.web.forms import (
     ConfirmForm,
     CreditHoldForm,
@@ -40,8 +39,8 @@ def _partner() -> Partner:
 
 
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit(_limit("PORTAL_RATELIMIT_LOGIN_IP"), key_func=client_ip, methods=["POST"])
-@limiter.limit(_limit("PORTAL_RATELIMIT_LOGIN_ACCOUNT"), key_func=account_key, methods=["POST"])
+@rate_limited("PORTAL_RATELIMIT_LOGIN_IP", methods=("POST",))
+@rate_limited("PORTAL_RATELIMIT_LOGIN_ACCOUNT", per="account", methods=("POST",))
 @public
 def login() -> Response | str:
     form = LoginForm()
@@ -66,8 +65,8 @@ def logout() -> Response:
 
 
 @bp.route("/forgot-password", methods=["GET", "POST"])
-@limiter.limit(_limit("PORTAL_RATELIMIT_RESET_IP"), key_func=client_ip, methods=["POST"])
-@limiter.limit(_limit("PORTAL_RATELIMIT_RESET_ACCOUNT"), key_func=account_key, methods=["POST"])
+@rate_limited("PORTAL_RATELIMIT_RESET_IP", methods=("POST",))
+@rate_limited("PORTAL_RATELIMIT_RESET_ACCOUNT", per="account", methods=("POST",))
 @public
 def forgot_password() -> Response | str:
     form = ForgotPasswordForm()
@@ -78,7 +77,7 @@ def forgot_password() -> Response | str:
 
 
 @bp.route("/reset-password/<token>", methods=["GET", "POST"])
-@limiter.limit(_limit("PORTAL_RATELIMIT_RESET_IP"), key_func=client_ip)
+@rate_limited("PORTAL_RATELIMIT_RESET_IP")
 @public
 def reset_password(token: str) -> Response | tuple[str, int] | str:
     if auth.valid_reset_token(db.session, StaffUser, token) is None:
@@ -163,7 +162,7 @@ def credit_hold(customer_id: int) -> Response | tuple[str, int]:
 
 
 @bp.route("/customers/<int:customer_id>/invitations", methods=["POST"])
-@limiter.limit(lambda: current_app.config["PORTAL_RATELIMIT_INVITE"])
+@rate_limited("PORTAL_RATELIMIT_INVITE")
 @staff_required(Permission.INVITE_CUSTOMER_USERS)
 def invite(customer_id: int) -> Response | tuple[str, int]:
     customer = get_or_404(db.session, Customer, customer_id)
