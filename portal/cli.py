@@ -48,7 +48,7 @@ def purge_sessions_command() -> None:
     """Delete expired sign-in sessions."""
     from portal.web.session_store import purge_expired
 
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    app = current_app
     count = purge_expired(
         app,
         timedelta(minutes=app.config["PORTAL_SESSION_IDLE_MINUTES"]),

@@ -66,7 +66,7 @@ SECRETS = frozenset({"SECRET_KEY", "MAIL_PASSWORD", "DATABASE_URL"})
 
 
 def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Read every ``PORTAL_<NAME>`` variable over its default; return ``{"PORTAL_<NAME>": value}``."""
+    """Each ``PORTAL_<NAME>`` variable over its default, as ``{"PORTAL_<NAME>": value}``."""
     env = os.environ if environ is None else environ
     config: dict[str, Any] = {}
     for name, (default, parse) in SETTINGS.items():

@@ -32,7 +32,7 @@ class Base(DeclarativeBase):
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC datetimes on every engine (SQLite keeps no zone, so we store naive UTC)."""
+    """Aware UTC datetimes on every engine (SQLite keeps no zone: we store naive UTC)."""
 
     impl = DateTime
     cache_ok = True

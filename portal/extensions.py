@@ -50,7 +50,9 @@ class RateLimit:
     methods: tuple[str, ...] | None = None
 
 
-def rate_limited(setting: str, per: str = "ip", methods: tuple[str, ...] | None = None) -> Callable[[F], F]:
+def rate_limited(
+    setting: str, per: str = "ip", methods: tuple[str, ...] | None = None
+) -> Callable[[F], F]:
     """Limit a view to the rate in config ``setting``, counted per client address or account."""
     if per not in KEY_FUNCTIONS:
         raise ValueError(f"unknown rate-limit key {per!r}")
@@ -73,10 +75,11 @@ def init_rate_limits(app: Flask) -> Limiter:
         headers_enabled=True,
     )
     for endpoint, view in list(app.view_functions.items()):
-        limited = view
+        limited: Any = view
         for spec in getattr(view, RATE_LIMITS_ATTR, ()):
             limited = limiter.limit(
-                _rate_from(spec.setting), key_func=KEY_FUNCTIONS[spec.per],
+                _rate_from(spec.setting),
+                key_func=KEY_FUNCTIONS[spec.per],
                 methods=list(spec.methods) if spec.methods else None,
             )(limited)
         app.view_functions[endpoint] = limited
@@ -95,12 +98,18 @@ def select_locale() -> str | None:
     return request.accept_languages.best_match(SUPPORTED_LOCALES) or "en"
 
 
+def select_timezone() -> str:
+    """Times are shown in the partner's time zone, the one its invoices and periods use."""
+    brand = g.get("brand")
+    return str(brand.timezone) if brand else "UTC"
+
+
 def init_app(app: Flask) -> None:
     login_manager.init_app(app)
     # our server-side sessions already rotate at sign-in and die at sign-out
     login_manager.session_protection = None
     csrf.init_app(app)
-    babel.init_app(app, locale_selector=select_locale)
+    babel.init_app(app, locale_selector=select_locale, timezone_selector=select_timezone)
 
     @app.context_processor
     def _locale_context() -> dict[str, str]:

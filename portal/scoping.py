@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from flask import abort
-from sqlalchemy import Select, event, select
+from sqlalchemy import event, select
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 
 from portal.models import Customer, CustomerScoped, Membership, PartnerScoped, User
@@ -83,8 +83,8 @@ def get_or_404(db_session: Session, model: type[T], object_id: int) -> T:
     Uses a query rather than ``Session.get`` so the identity map can never hand back a row
     the scope would have hidden.
     """
-    statement: Select[tuple[T]] = select(model).where(model.id == object_id)  # type: ignore[attr-defined]
-    found = db_session.scalars(statement).first()
+    id_column = getattr(model, "id")  # noqa: B009  (every scoped model has an integer id)
+    found: T | None = db_session.scalars(select(model).where(id_column == object_id)).first()
     if found is None:
         abort(404)
     return found

@@ -39,8 +39,9 @@ def _ensure_pg_database(url: str) -> None:
     admin = sa.create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
-            exists = conn.scalar(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"),
-                                 {"n": target.database})
+            exists = conn.scalar(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": target.database}
+            )
             if not exists:
                 conn.execute(sa.text(f'CREATE DATABASE "{target.database}"'))
     finally:
@@ -81,7 +82,7 @@ def _empty_tables(app: Flask) -> None:
             conn.execute(sa.text(f"TRUNCATE {', '.join(names)} RESTART IDENTITY CASCADE"))
         else:
             for name in reversed(names):
-                conn.execute(sa.text(f'DELETE FROM "{name}"'))
+                conn.execute(sa.text(f'DELETE FROM "{name}"'))  # noqa: S608  (our own table names)
 
 
 @dataclass
@@ -148,9 +149,7 @@ def portal_test_config(database_url: str, smtp_port: int, **overrides: Any) -> d
 
 
 @pytest.fixture
-def app_factory(
-    database_url: str, smtp_server: tuple[int, Mailbox]
-) -> Iterator[Any]:
+def app_factory(database_url: str, smtp_server: tuple[int, Mailbox]) -> Iterator[Any]:
     apps: list[Flask] = []
 
     def make(**overrides: Any) -> Flask:

@@ -39,15 +39,17 @@ def csrf_token(html: str | bytes) -> str:
     return match.group(1)
 
 
-def post_form(client: FlaskClient, url: str, data: dict[str, str], page: str | None = None,
-              **kwargs: object) -> TestResponse:
+def post_form(
+    client: FlaskClient, url: str, data: dict[str, str], page: str | None = None, **kwargs: object
+) -> TestResponse:
     """POST like a browser: fetch the page (``page`` or ``url``) for its CSRF token first."""
     token = csrf_token(client.get(page or url).data)
     return client.post(url, data={"csrf_token": token, **data}, **kwargs)
 
 
-def sign_in(client: FlaskClient, email: str, password: str = PASSWORD,
-            staff: bool = False) -> TestResponse:
+def sign_in(
+    client: FlaskClient, email: str, password: str = PASSWORD, staff: bool = False
+) -> TestResponse:
     url = "/staff/login" if staff else "/login"
     return post_form(client, url, {"email": email, "password": password})
 
@@ -69,20 +71,33 @@ def seed_partner(app: Flask, slug: str, host: str, colour: str = "#0b5cad") -> T
     """
     with app.app_context(), get_database(app).sessions() as s:
         password_hash = hash_password(PASSWORD)
-        partner = Partner(slug=slug, name=f"{slug.title()} Cloud", primary_colour=colour,
-                          support_email=f"help@{slug}.example", hosts=[PartnerHost(host=host)])
+        partner = Partner(
+            slug=slug,
+            name=f"{slug.title()} Cloud",
+            primary_colour=colour,
+            support_email=f"help@{slug}.example",
+            hosts=[PartnerHost(host=host)],
+        )
         s.add(partner)
         s.flush()
         tenant = Tenant(partner=partner, host=host)
         for key in ("a", "b"):
-            customer = Customer(partner_id=partner.id, name=f"{slug} customer {key}",
-                                default_currency="USD", credit_limit_minor=100_000)
+            customer = Customer(
+                partner_id=partner.id,
+                name=f"{slug} customer {key}",
+                default_currency="USD",
+                credit_limit_minor=100_000,
+            )
             s.add(customer)
             s.flush()
             tenant.customers[key] = customer
             for role in CustomerRole:
-                user = User(partner_id=partner.id, email=f"{role.value}@{key}.{slug}.example",
-                            name=f"{role.value.title()} {key.upper()}", password_hash=password_hash)
+                user = User(
+                    partner_id=partner.id,
+                    email=f"{role.value}@{key}.{slug}.example",
+                    name=f"{role.value.title()} {key.upper()}",
+                    password_hash=password_hash,
+                )
                 s.add(user)
                 s.flush()
                 membership = Membership(customer_id=customer.id, user_id=user.id, role=role)
@@ -91,9 +106,13 @@ def seed_partner(app: Flask, slug: str, host: str, colour: str = "#0b5cad") -> T
                 tenant.users[f"{key}:{role.value}"] = user
                 tenant.memberships[f"{key}:{role.value}"] = membership
         for staff_role in StaffRole:
-            staff = StaffUser(partner_id=partner.id, email=f"{staff_role.value}@staff.{slug}.example",
-                              name=f"Staff {staff_role.value}", role=staff_role,
-                              password_hash=password_hash)
+            staff = StaffUser(
+                partner_id=partner.id,
+                email=f"{staff_role.value}@staff.{slug}.example",
+                name=f"Staff {staff_role.value}",
+                role=staff_role,
+                password_hash=password_hash,
+            )
             s.add(staff)
             s.flush()
             tenant.staff[staff_role.value] = staff

@@ -19,7 +19,7 @@ CACHE_SECONDS = 30.0
 
 @dataclass(frozen=True)
 class Brand:
-    """What a page needs to know of its partner; a plain snapshot, safe to cache between requests."""
+    """What a page needs to know of its partner: a plain snapshot, safe to cache."""
 
     id: int
     slug: str
@@ -36,11 +36,17 @@ class Brand:
     @classmethod
     def of(cls, partner: Partner) -> Brand:
         return cls(
-            id=partner.id, slug=partner.slug, name=partner.name,
-            logo_filename=partner.logo_filename, primary_colour=partner.primary_colour,
-            secondary_colour=partner.secondary_colour, support_email=partner.support_email,
-            support_phone=partner.support_phone, terms_url=partner.terms_url,
-            privacy_url=partner.privacy_url, timezone=partner.timezone,
+            id=partner.id,
+            slug=partner.slug,
+            name=partner.name,
+            logo_filename=partner.logo_filename,
+            primary_colour=partner.primary_colour,
+            secondary_colour=partner.secondary_colour,
+            support_email=partner.support_email,
+            support_phone=partner.support_phone,
+            terms_url=partner.terms_url,
+            privacy_url=partner.privacy_url,
+            timezone=partner.timezone,
         )
 
     @property

@@ -120,8 +120,9 @@ def render_page(template_name: str, **context: Any) -> str:
     env = themes().environment(current_brand().slug)
     template = env.get_or_select_template(template_name)
     app.update_template_context(context)
-    before_render_template.send(app, _async_wrapper=app.ensure_sync,
-                                template=template, context=context)
+    before_render_template.send(
+        app, _async_wrapper=app.ensure_sync, template=template, context=context
+    )
     rendered = template.render(context)
     template_rendered.send(app, _async_wrapper=app.ensure_sync, template=template, context=context)
     return rendered

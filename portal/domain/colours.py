@@ -5,14 +5,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-HEX_COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
+HEX_COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
 AA_NORMAL_TEXT = 4.5
 WHITE = "#ffffff"
 DARK = "#1b1f24"
 
 
 def is_hex_colour(value: str) -> bool:
-    return bool(HEX_COLOUR.match(value))
+    return HEX_COLOUR.fullmatch(value) is not None
 
 
 def _channel(c: int) -> float:

@@ -8,11 +8,31 @@ MAX_LENGTH = 128
 # The most common passwords of at least MIN_LENGTH characters in public breach corpora.
 COMMON = frozenset(
     {
-        "123456789012", "1234567890123", "12345678910", "qwertyuiopas", "password1234",
-        "password12345", "passwordpassword", "qwerty123456", "111111111111", "000000000000",
-        "iloveyou1234", "administrator", "welcome12345", "letmein12345", "changeme1234",
-        "abc123456789", "qwertyuiop123", "1q2w3e4r5t6y", "q1w2e3r4t5y6", "123123123123",
-        "superman1234", "football1234", "baseball1234", "aaaaaaaaaaaa", "passw0rd1234",
+        "123456789012",
+        "1234567890123",
+        "12345678910",
+        "qwertyuiopas",
+        "password1234",
+        "password12345",
+        "passwordpassword",
+        "qwerty123456",
+        "111111111111",
+        "000000000000",
+        "iloveyou1234",
+        "administrator",
+        "welcome12345",
+        "letmein12345",
+        "changeme1234",
+        "abc123456789",
+        "qwertyuiop123",
+        "1q2w3e4r5t6y",
+        "q1w2e3r4t5y6",
+        "123123123123",
+        "superman1234",
+        "football1234",
+        "baseball1234",
+        "aaaaaaaaaaaa",
+        "passw0rd1234",
     }
 )
 

@@ -93,7 +93,8 @@ class Customer(PartnerScoped, Base):
     __table_args__ = (
         CheckConstraint("payment_terms_days >= 0", name="payment_terms_non_negative"),
         CheckConstraint(
-            "credit_limit_minor IS NULL OR credit_limit_minor >= 0", name="credit_limit_non_negative"
+            "credit_limit_minor IS NULL OR credit_limit_minor >= 0",
+            name="credit_limit_non_negative",
         ),
     )
 

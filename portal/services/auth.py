@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import cast
 
 from flask import current_app, url_for
 from flask_babel import gettext as _
@@ -33,11 +34,12 @@ def find_account(db_session: Session, kind: type[Account], email: str) -> Accoun
 
     Partner-scoped only: whoever is signed in on this browser must not narrow the search.
     """
-    return db_session.scalars(
+    found = db_session.scalars(
         select(kind)
         .where(func.lower(kind.email) == normalise_email(email), kind.active.is_(True))
         .execution_options(unscoped_customer=True)
     ).first()
+    return cast(Account | None, found)
 
 
 def authenticate(
@@ -46,8 +48,11 @@ def authenticate(
     account = find_account(db_session, kind, email)
     if not verify_password(account.password_hash if account else None, password):
         audit.record(
-            db_session, partner_id=partner.id, actor="anonymous",
-            action="auth.login_failed", kind=kind.__tablename__,
+            db_session,
+            partner_id=partner.id,
+            actor="anonymous",
+            action="auth.login_failed",
+            kind=kind.__tablename__,
         )
         db_session.commit()
         return None
@@ -55,18 +60,23 @@ def authenticate(
     if isinstance(account, User) and not _has_membership(db_session, account):
         return None
     account.last_login_at = utcnow()
-    audit.record(db_session, partner_id=partner.id, actor=principal_of(account), action="auth.login")
+    audit.record(
+        db_session, partner_id=partner.id, actor=principal_of(account), action="auth.login"
+    )
     db_session.commit()
     return account
 
 
 def _has_membership(db_session: Session, user: User) -> bool:
-    return db_session.scalar(
-        select(func.count())
-        .select_from(Membership)
-        .where(Membership.user_id == user.id)
-        .execution_options(unscoped_customer=True)
-    ) != 0
+    return (
+        db_session.scalar(
+            select(func.count())
+            .select_from(Membership)
+            .where(Membership.user_id == user.id)
+            .execution_options(unscoped_customer=True)
+        )
+        != 0
+    )
 
 
 def password_messages(password: str, email: str) -> list[str]:
@@ -80,7 +90,7 @@ def password_messages(password: str, email: str) -> list[str]:
 
 
 def request_reset(db_session: Session, partner: Partner, kind: type[Account], email: str) -> None:
-    """Email a reset link if the account exists. Says nothing either way, so emails can't be probed."""
+    """Email a reset link if the account exists; say nothing either way (no probing)."""
     account = find_account(db_session, kind, email)
     if account is None:
         return
@@ -101,14 +111,25 @@ def request_reset(db_session: Session, partner: Partner, kind: type[Account], em
             expires_at=utcnow() + timedelta(minutes=minutes),
         )
     )
-    audit.record(db_session, partner_id=partner.id, actor=principal_of(account),
-                 action="auth.reset_requested")
+    audit.record(
+        db_session,
+        partner_id=partner.id,
+        actor=principal_of(account),
+        action="auth.reset_requested",
+    )
     db_session.commit()
     endpoint = "staff.reset_password" if isinstance(account, StaffUser) else "auth.reset_password"
     link = url_for(endpoint, token=token, _external=True)
     locale = account.locale if isinstance(account, User) else None
-    message = mail.render_mail("password_reset", partner, locale, to=account.email,
-                               name=account.name, link=link, minutes=minutes)
+    message = mail.render_mail(
+        "password_reset",
+        partner,
+        locale,
+        to=account.email,
+        name=account.name,
+        link=link,
+        minutes=minutes,
+    )
     mail.send(message, partner)
 
 
@@ -118,7 +139,9 @@ def _token_owner(account: Account):  # type: ignore[no-untyped-def]
     return PasswordResetToken.user_id == account.id
 
 
-def valid_reset_token(db_session: Session, kind: type[Account], token: str) -> PasswordResetToken | None:
+def valid_reset_token(
+    db_session: Session, kind: type[Account], token: str
+) -> PasswordResetToken | None:
     row = db_session.scalars(
         select(PasswordResetToken).where(PasswordResetToken.token_hash == token_hash(token))
     ).first()
@@ -141,9 +164,12 @@ def reset_password(
     if row is None:
         raise ServiceError(_("This reset link is invalid or has expired. Ask for a new one."))
     owner_id = row.staff_user_id if kind is StaffUser else row.user_id
-    account = db_session.scalars(
-        select(kind).where(kind.id == owner_id).execution_options(unscoped_customer=True)
-    ).one()
+    account = cast(
+        Account,
+        db_session.scalars(
+            select(kind).where(kind.id == owner_id).execution_options(unscoped_customer=True)
+        ).one(),
+    )
     problems = password_messages(password, account.email)
     if problems:
         raise ServiceError(" ".join(problems), field="password")
@@ -158,8 +184,9 @@ def reset_password(
         db_session.rollback()
         raise ServiceError(_("This reset link is invalid or has expired. Ask for a new one."))
     account.password_hash = hash_password(password)
-    audit.record(db_session, partner_id=partner.id, actor=principal_of(account),
-                 action="auth.password_reset")
+    audit.record(
+        db_session, partner_id=partner.id, actor=principal_of(account), action="auth.password_reset"
+    )
     db_session.commit()
-    end_sessions_of(current_app._get_current_object(), principal_of(account))  # type: ignore[attr-defined]
+    end_sessions_of(current_app, principal_of(account))
     return account

@@ -15,7 +15,7 @@ from portal.domain.roles import CustomerRole, StaffRole
 from portal.models import Customer, Membership, Partner, PartnerHost, StaffUser, User
 from portal.services.passwords import hash_password
 
-DEMO_PASSWORD = "demo-portal-2026"
+DEMO_PASSWORD = "demo-portal-2026"  # noqa: S105  (published in the README on purpose)
 DEMO_PARTNER_SLUG = "contoso-cloud"
 
 
@@ -30,10 +30,16 @@ class DemoCustomer:
 
 DEMO_CUSTOMERS = (
     DemoCustomer("Fabrikam Ltd", "6f1c2b0e-7d5a-4c3e-9b1a-2d4e6f8a0b1c", "USD", "fabrikam.example"),
-    DemoCustomer("Northwind Traders", "0a9b8c7d-6e5f-4a3b-8c2d-1e0f9a8b7c6d", "EUR",
-                 "northwind.example"),
-    DemoCustomer("Tailspin Toys", "3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f", "GBP", "tailspin.example",
-                 credit_hold=True),
+    DemoCustomer(
+        "Northwind Traders", "0a9b8c7d-6e5f-4a3b-8c2d-1e0f9a8b7c6d", "EUR", "northwind.example"
+    ),
+    DemoCustomer(
+        "Tailspin Toys",
+        "3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f",
+        "GBP",
+        "tailspin.example",
+        credit_hold=True,
+    ),
 )
 ROLE_LOGINS = (
     ("admin", "Alex Admin", CustomerRole.ADMINISTRATOR),
@@ -55,30 +61,50 @@ def create_demo_data() -> bool:
             return False
         password_hash = hash_password(DEMO_PASSWORD)
         partner = Partner(
-            slug=DEMO_PARTNER_SLUG, name="Contoso Cloud", primary_colour="#0b5cad",
-            secondary_colour="#1b1f24", support_email="support@contoso-cloud.example",
-            support_phone="+1 425 555 0100", terms_url="https://contoso-cloud.example/terms",
-            privacy_url="https://contoso-cloud.example/privacy", timezone="America/New_York",
+            slug=DEMO_PARTNER_SLUG,
+            name="Contoso Cloud",
+            primary_colour="#0b5cad",
+            secondary_colour="#1b1f24",
+            support_email="support@contoso-cloud.example",
+            support_phone="+1 425 555 0100",
+            terms_url="https://contoso-cloud.example/terms",
+            privacy_url="https://contoso-cloud.example/privacy",
+            timezone="America/New_York",
             hosts=[PartnerHost(host="127.0.0.1"), PartnerHost(host="localhost")],
         )
         db_session.add(partner)
         db_session.flush()
         for demo in DEMO_CUSTOMERS:
             customer = Customer(
-                partner_id=partner.id, name=demo.name, ms_tenant_id=demo.tenant_id,
-                default_currency=demo.currency, credit_hold=demo.credit_hold,
-                credit_limit_minor=2_500_000, payment_terms_days=30,
+                partner_id=partner.id,
+                name=demo.name,
+                ms_tenant_id=demo.tenant_id,
+                default_currency=demo.currency,
+                credit_hold=demo.credit_hold,
+                credit_limit_minor=2_500_000,
+                payment_terms_days=30,
             )
             db_session.add(customer)
             db_session.flush()
             for local, name, role in ROLE_LOGINS:
-                user = User(partner_id=partner.id, email=f"{local}@{demo.domain}", name=name,
-                            password_hash=password_hash)
+                user = User(
+                    partner_id=partner.id,
+                    email=f"{local}@{demo.domain}",
+                    name=name,
+                    password_hash=password_hash,
+                )
                 db_session.add(user)
                 db_session.flush()
                 db_session.add(Membership(customer_id=customer.id, user_id=user.id, role=role))
         for email, name, staff_role in STAFF_LOGINS:
-            db_session.add(StaffUser(partner_id=partner.id, email=email, name=name,
-                                     role=staff_role, password_hash=password_hash))
+            db_session.add(
+                StaffUser(
+                    partner_id=partner.id,
+                    email=email,
+                    name=name,
+                    role=staff_role,
+                    password_hash=password_hash,
+                )
+            )
         db_session.commit()
     return True

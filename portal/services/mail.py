@@ -42,7 +42,9 @@ def send(mail: Mail, partner: Partner) -> None:
         _send_smtp(message)
     else:
         # development: the message (with its link) is printed where `make run` shows it
-        print(f"\n----- mail to {mail.to} -----\n{message}\n----- end of mail -----", file=sys.stderr)
+        print(
+            f"\n----- mail to {mail.to} -----\n{message}\n----- end of mail -----", file=sys.stderr
+        )
 
 
 def _send_smtp(message: EmailMessage) -> None:

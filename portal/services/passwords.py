@@ -36,7 +36,10 @@ def verify_password(stored_hash: str | None, password: str) -> bool:
 def _dummy_hash() -> str:
     # hashing a throwaway value keeps "no such account" as slow as "wrong password"
     cache = current_app.extensions.setdefault("portal_dummy_hash", {})
-    key = (current_app.config["PORTAL_ARGON2_TIME_COST"], current_app.config["PORTAL_ARGON2_MEMORY_KIB"])
+    key = (
+        current_app.config["PORTAL_ARGON2_TIME_COST"],
+        current_app.config["PORTAL_ARGON2_MEMORY_KIB"],
+    )
     if key not in cache:
         cache[key] = hasher().hash("not a real password, only spends time")
     return str(cache[key])

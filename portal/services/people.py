@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from flask import current_app, url_for
+from flask_babel import get_locale
 from flask_babel import gettext as _
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -52,16 +53,37 @@ def invite(
     token, digest = new_token()
     days = current_app.config["PORTAL_INVITATION_DAYS"]
     invitation = Invitation(
-        customer_id=customer.id, email=email, role=role, token_hash=digest,
-        invited_by=invited_by, expires_at=now + timedelta(days=days),
+        customer_id=customer.id,
+        email=email,
+        role=role,
+        token_hash=digest,
+        invited_by=invited_by,
+        expires_at=now + timedelta(days=days),
     )
     db_session.add(invitation)
-    audit.record(db_session, partner_id=partner.id, customer_id=customer.id, actor=invited_by,
-                 action="people.invited", email=email, role=role.value)
+    audit.record(
+        db_session,
+        partner_id=partner.id,
+        customer_id=customer.id,
+        actor=invited_by,
+        action="people.invited",
+        email=email,
+        role=role.value,
+    )
     db_session.commit()
     link = url_for("auth.accept_invitation", token=token, _external=True)
-    message = mail.render_mail("invitation", partner, None, to=email, customer=customer,
-                               inviter=inviter_name, role=role, link=link, days=days)
+    # the invitee's language is unknown: write in the one the inviter is using
+    message = mail.render_mail(
+        "invitation",
+        partner,
+        str(get_locale() or "en"),
+        to=email,
+        customer=customer,
+        inviter=inviter_name,
+        role=role,
+        link=link,
+        days=days,
+    )
     mail.send(message, partner)
     return invitation
 
@@ -103,27 +125,42 @@ def accept_invitation(
             raise ServiceError(" ".join(problems), "password")
         if not name.strip():
             raise ServiceError(_("Enter your name."), "name")
-        user = User(partner_id=partner.id, email=invitation.email, name=name.strip(),
-                    password_hash=hash_password(password))
+        user = User(
+            partner_id=partner.id,
+            email=invitation.email,
+            name=name.strip(),
+            password_hash=hash_password(password),
+        )
         db_session.add(user)
         db_session.flush()
     elif not verify_password(user.password_hash, password):
-        raise ServiceError(_("That is not the password of %(email)s.", email=user.email), "password")
+        raise ServiceError(
+            _("That is not the password of %(email)s.", email=user.email), "password"
+        )
     claimed = db_session.execute(
         update(Invitation)
-        .where(Invitation.id == invitation.id, Invitation.accepted_at.is_(None),
-               Invitation.revoked_at.is_(None))
+        .where(
+            Invitation.id == invitation.id,
+            Invitation.accepted_at.is_(None),
+            Invitation.revoked_at.is_(None),
+        )
         .values(accepted_at=utcnow())
         .execution_options(synchronize_session=False, unscoped_customer=True)
     ).rowcount  # type: ignore[attr-defined]
     if claimed != 1:
         db_session.rollback()
         raise ServiceError(_("This invitation is invalid, used or expired. Ask for a new one."))
-    db_session.add(Membership(customer_id=invitation.customer_id, user_id=user.id,
-                              role=invitation.role))
-    audit.record(db_session, partner_id=partner.id, customer_id=invitation.customer_id,
-                 actor=f"user:{user.id}", action="people.invitation_accepted",
-                 role=invitation.role.value)
+    db_session.add(
+        Membership(customer_id=invitation.customer_id, user_id=user.id, role=invitation.role)
+    )
+    audit.record(
+        db_session,
+        partner_id=partner.id,
+        customer_id=invitation.customer_id,
+        actor=f"user:{user.id}",
+        action="people.invitation_accepted",
+        role=invitation.role.value,
+    )
     db_session.commit()
     return user
 
@@ -133,9 +170,11 @@ def _administrators(db_session: Session, customer_id: int) -> int:
         db_session.scalar(
             select(func.count())
             .select_from(Membership)
-            .where(Membership.customer_id == customer_id,
-                   Membership.role == CustomerRole.ADMINISTRATOR)
-        ) or 0
+            .where(
+                Membership.customer_id == customer_id, Membership.role == CustomerRole.ADMINISTRATOR
+            )
+        )
+        or 0
     )
 
 
@@ -144,26 +183,43 @@ def change_role(
 ) -> None:
     if membership.role == role:
         return
-    if membership.role == CustomerRole.ADMINISTRATOR and _administrators(
-        db_session, membership.customer_id
-    ) <= 1:
+    if (
+        membership.role == CustomerRole.ADMINISTRATOR
+        and _administrators(db_session, membership.customer_id) <= 1
+    ):
         raise ServiceError(_("An account needs at least one Administrator."), "role")
     old = membership.role
     membership.role = role
-    audit.record(db_session, partner_id=partner.id, customer_id=membership.customer_id,
-                 actor=actor, action="people.role_changed", user_id=membership.user_id,
-                 old=old.value, new=role.value)
+    audit.record(
+        db_session,
+        partner_id=partner.id,
+        customer_id=membership.customer_id,
+        actor=actor,
+        action="people.role_changed",
+        user_id=membership.user_id,
+        old=old.value,
+        new=role.value,
+    )
     db_session.commit()
 
 
-def remove_member(db_session: Session, partner: Partner, membership: Membership, actor: str) -> None:
-    if membership.role == CustomerRole.ADMINISTRATOR and _administrators(
-        db_session, membership.customer_id
-    ) <= 1:
+def remove_member(
+    db_session: Session, partner: Partner, membership: Membership, actor: str
+) -> None:
+    if (
+        membership.role == CustomerRole.ADMINISTRATOR
+        and _administrators(db_session, membership.customer_id) <= 1
+    ):
         raise ServiceError(_("An account needs at least one Administrator."))
-    audit.record(db_session, partner_id=partner.id, customer_id=membership.customer_id,
-                 actor=actor, action="people.removed", user_id=membership.user_id,
-                 role=membership.role.value)
+    audit.record(
+        db_session,
+        partner_id=partner.id,
+        customer_id=membership.customer_id,
+        actor=actor,
+        action="people.removed",
+        user_id=membership.user_id,
+        role=membership.role.value,
+    )
     db_session.delete(membership)
     db_session.commit()
 
@@ -173,8 +229,14 @@ def revoke_invitation(
 ) -> None:
     if invitation.accepted_at is None and invitation.revoked_at is None:
         invitation.revoked_at = utcnow()
-        audit.record(db_session, partner_id=partner.id, customer_id=invitation.customer_id,
-                     actor=actor, action="people.invitation_revoked", email=invitation.email)
+        audit.record(
+            db_session,
+            partner_id=partner.id,
+            customer_id=invitation.customer_id,
+            actor=actor,
+            action="people.invitation_revoked",
+            email=invitation.email,
+        )
         db_session.commit()
 
 
@@ -182,20 +244,34 @@ def pending_invitations(db_session: Session, customer_id: int) -> list[Invitatio
     return list(
         db_session.scalars(
             select(Invitation)
-            .where(Invitation.customer_id == customer_id, Invitation.accepted_at.is_(None),
-                   Invitation.revoked_at.is_(None), Invitation.expires_at > utcnow())
+            .where(
+                Invitation.customer_id == customer_id,
+                Invitation.accepted_at.is_(None),
+                Invitation.revoked_at.is_(None),
+                Invitation.expires_at > utcnow(),
+            )
             .order_by(Invitation.created_at.desc())
         )
     )
 
 
 def set_credit_hold(
-    db_session: Session, partner: Partner, customer: Customer, on_hold: bool, actor: str,
+    db_session: Session,
+    partner: Partner,
+    customer: Customer,
+    on_hold: bool,
+    actor: str,
     reason: str,
 ) -> None:
     if customer.credit_hold == on_hold:
         return
     customer.credit_hold = on_hold
-    audit.record(db_session, partner_id=partner.id, customer_id=customer.id, actor=actor,
-                 action="credit.hold_on" if on_hold else "credit.hold_off", reason=reason)
+    audit.record(
+        db_session,
+        partner_id=partner.id,
+        customer_id=customer.id,
+        actor=actor,
+        action="credit.hold_on" if on_hold else "credit.hold_off",
+        reason=reason,
+    )
     db_session.commit()

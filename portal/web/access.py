@@ -14,7 +14,7 @@ from typing import Any, TypeVar, cast
 
 from flask import Flask, abort, g, redirect, request, session, url_for
 from flask_login import AnonymousUserMixin, current_user, login_user, logout_user
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import joinedload
 
 from portal import db
@@ -134,7 +134,7 @@ def check_every_route_declares_access(app: Flask) -> None:
         )
 
 
-@login_manager.user_loader
+@login_manager.user_loader  # type: ignore[untyped-decorator]
 def _load_principal(principal_id: str) -> CustomerPrincipal | StaffPrincipal | None:
     kind, _, raw_id = principal_id.partition(":")
     if not raw_id.isdigit():
@@ -172,7 +172,7 @@ def _choose_account(principal: CustomerPrincipal, partner_id: int) -> None:
             .join(Customer, Customer.id == Membership.customer_id)
             .where(Membership.user_id == principal.account.id)
             .options(joinedload(Membership.customer))
-            .order_by(Customer.name)
+            .order_by(func.lower(Customer.name))
         )
     )
     if not memberships:
@@ -199,8 +199,12 @@ def sign_in(principal: CustomerPrincipal | StaffPrincipal) -> None:
 
 
 def sign_out() -> None:
+    """End the signed-in session for good; only the chosen language carries on."""
+    locale = session.get("locale")
     logout_user()
     cast(ServerSession, session).end()
+    if locale:
+        session["locale"] = locale
 
 
 def init_app(app: Flask) -> None:

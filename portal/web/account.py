@@ -65,8 +65,15 @@ def invite() -> Response | tuple[str, int]:
     form = InviteForm()
     if form.validate_on_submit():
         try:
-            people.invite(db.session, _partner(), g.customer, form.email.data,
-                          CustomerRole(form.role.data), _actor(), current_user.account.name)
+            people.invite(
+                db.session,
+                _partner(),
+                g.customer,
+                form.email.data,
+                CustomerRole(form.role.data),
+                _actor(),
+                current_user.account.name,
+            )
         except ServiceError as error:
             form.email.errors.append(error.message)
         else:
@@ -94,13 +101,20 @@ def change_role(membership_id: int) -> Response:
         flash(_("Choose a role."), "danger")
         return redirect(url_for("account.overview"))
     try:
-        people.change_role(db.session, _partner(), membership, CustomerRole(form.role.data),
-                           _actor())
+        people.change_role(
+            db.session, _partner(), membership, CustomerRole(form.role.data), _actor()
+        )
     except ServiceError as error:
         flash(error.message, "danger")
     else:
-        flash(_("%(name)s is now %(role)s.", name=membership.user.name,
-                role=role_label(membership.role)), "success")
+        flash(
+            _(
+                "%(name)s is now %(role)s.",
+                name=membership.user.name,
+                role=role_label(membership.role),
+            ),
+            "success",
+        )
     return redirect(url_for("account.overview"))
 
 
@@ -126,7 +140,7 @@ def security() -> str:
     current_hash = hash_session_id(getattr(session, "sid", "") or "")
     return render_page(
         "account/security.html",
-        sessions=sessions_of(current_app._get_current_object(), _actor()),  # type: ignore[attr-defined]
+        sessions=sessions_of(current_app, _actor()),
         current_hash=current_hash,
         confirm_form=ConfirmForm(),
     )
@@ -136,8 +150,17 @@ def security() -> str:
 @customer_required(Permission.VIEW_DASHBOARD)
 def sign_out_others() -> Response:
     if ConfirmForm().validate_on_submit():
-        ended = end_sessions_of(current_app._get_current_object(), _actor(),  # type: ignore[attr-defined]
-                                keep_sid=getattr(session, "sid", None))
-        flash(ngettext("Signed out of %(num)d other session.",
-                       "Signed out of %(num)d other sessions.", ended), "success")
+        ended = end_sessions_of(
+            current_app,
+            _actor(),
+            keep_sid=getattr(session, "sid", None),
+        )
+        flash(
+            ngettext(
+                "Signed out of %(num)d other session.",
+                "Signed out of %(num)d other sessions.",
+                ended,
+            ),
+            "success",
+        )
     return redirect(url_for("account.security"))

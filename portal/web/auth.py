@@ -40,8 +40,9 @@ def login() -> Response | str:
         form.next.data = request.args.get("next", "")
     expired = getattr(session, "expired", False)
     if form.validate_on_submit():
-        user = auth.authenticate(db.session, current_partner(), User, form.email.data,
-                                 form.password.data)
+        user = auth.authenticate(
+            db.session, current_partner(), User, form.email.data, form.password.data
+        )
         if user is not None:
             assert isinstance(user, User)
             sign_in(CustomerPrincipal(user))
@@ -101,8 +102,9 @@ def accept_invitation(token: str) -> Response | str:
     form = AcceptInvitationForm()
     if form.validate_on_submit():
         try:
-            user = people.accept_invitation(db.session, current_partner(), token,
-                                            form.name.data or "", form.password.data)
+            user = people.accept_invitation(
+                db.session, current_partner(), token, form.name.data or "", form.password.data
+            )
         except ServiceError as error:
             field = getattr(form, error.field or "", None)
             (field.errors if field is not None else form.form_errors).append(error.message)
@@ -111,8 +113,13 @@ def accept_invitation(token: str) -> Response | str:
             session["customer_id"] = invitation.customer_id
             flash(_("Welcome to %(name)s.", name=invitation.customer.name), "success")
             return redirect(url_for("pages.dashboard"))
-    return render_page("auth/accept_invitation.html", form=form, invitation=invitation,
-                       known=known, role=role_label(invitation.role))
+    return render_page(
+        "auth/accept_invitation.html",
+        form=form,
+        invitation=invitation,
+        known=known,
+        role=role_label(invitation.role),
+    )
 
 
 @bp.route("/language", methods=["POST"])

@@ -15,8 +15,9 @@ log = logging.getLogger(__name__)
 
 def _page(status: int, title: str, message: str, support_id: str | None = None) -> tuple[str, int]:
     return (
-        render_template("errors/error.html", status=status, title=title, message=message,
-                        support_id=support_id),
+        render_template(
+            "errors/error.html", status=status, title=title, message=message, support_id=support_id
+        ),
         status,
     )
 
@@ -24,8 +25,11 @@ def _page(status: int, title: str, message: str, support_id: str | None = None) 
 def init_app(app: Flask) -> None:
     @app.errorhandler(CSRFError)
     def csrf_error(error: CSRFError) -> tuple[str, int]:
-        return _page(400, _("This form has expired"),
-                     _("Go back, reload the page and try again. Nothing was changed."))
+        return _page(
+            400,
+            _("This form has expired"),
+            _("Go back, reload the page and try again. Nothing was changed."),
+        )
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> tuple[str, int] | HTTPException:
@@ -49,6 +53,9 @@ def init_app(app: Flask) -> None:
     def unexpected(error: Exception) -> tuple[str, int]:
         support_id = uuid.uuid4().hex[:12]
         log.exception("unhandled error, support id %s", support_id)
-        return _page(500, _("Something went wrong"),
-                     _("We have been told. If it keeps happening, quote this support id."),
-                     support_id)
+        return _page(
+            500,
+            _("Something went wrong"),
+            _("We have been told. If it keeps happening, quote this support id."),
+            support_id,
+        )

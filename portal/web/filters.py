@@ -18,7 +18,10 @@ def money(amount_minor: int | None, currency: str) -> str:
 
 
 def when(value: datetime | None, style: str = "medium") -> str:
-    return "—" if value is None else str(format_datetime(value, style))
+    """A moment in the reader's language and the partner's time zone, with the zone named."""
+    if value is None:
+        return "—"
+    return f"{format_datetime(value, style)} {format_datetime(value, 'zzz')}"
 
 
 def init_app(app: Flask) -> None:

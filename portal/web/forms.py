@@ -28,39 +28,62 @@ EMAIL_MESSAGE = _l("Enter a valid email address.")
 
 
 class LoginForm(FlaskForm):  # type: ignore[misc]
-    email = EmailField(_l("Email"), validators=[DataRequired(_l("Enter your email address.")),
-                                               Email(EMAIL_MESSAGE), Length(max=254)])
-    password = PasswordField(_l("Password"), validators=[DataRequired(_l("Enter your password.")),
-                                                        Length(max=1024)])
+    email = EmailField(
+        _l("Email"),
+        validators=[
+            DataRequired(_l("Enter your email address.")),
+            Email(EMAIL_MESSAGE),
+            Length(max=254),
+        ],
+    )
+    password = PasswordField(
+        _l("Password"), validators=[DataRequired(_l("Enter your password.")), Length(max=1024)]
+    )
     next = HiddenField()
 
 
 class ForgotPasswordForm(FlaskForm):  # type: ignore[misc]
-    email = EmailField(_l("Email"), validators=[DataRequired(_l("Enter your email address.")),
-                                               Email(EMAIL_MESSAGE), Length(max=254)])
+    email = EmailField(
+        _l("Email"),
+        validators=[
+            DataRequired(_l("Enter your email address.")),
+            Email(EMAIL_MESSAGE),
+            Length(max=254),
+        ],
+    )
 
 
 class ResetPasswordForm(FlaskForm):  # type: ignore[misc]
-    password = PasswordField(_l("New password"),
-                             validators=[DataRequired(_l("Choose a password.")), Length(max=1024)])
+    password = PasswordField(
+        _l("New password"), validators=[DataRequired(_l("Choose a password.")), Length(max=1024)]
+    )
 
 
 class AcceptInvitationForm(FlaskForm):  # type: ignore[misc]
     name = StringField(_l("Your name"), validators=[Length(max=200)])
-    password = PasswordField(_l("Password"),
-                             validators=[DataRequired(_l("Enter a password.")), Length(max=1024)])
+    password = PasswordField(
+        _l("Password"), validators=[DataRequired(_l("Enter a password.")), Length(max=1024)]
+    )
 
 
 class InviteForm(FlaskForm):  # type: ignore[misc]
-    email = EmailField(_l("Email"), validators=[DataRequired(_l("Enter an email address.")),
-                                               Email(EMAIL_MESSAGE), Length(max=254)])
-    role = SelectField(_l("Role"), choices=role_choices,
-                       validators=[InputRequired(_l("Choose a role."))])
+    email = EmailField(
+        _l("Email"),
+        validators=[
+            DataRequired(_l("Enter an email address.")),
+            Email(EMAIL_MESSAGE),
+            Length(max=254),
+        ],
+    )
+    role = SelectField(
+        _l("Role"), choices=role_choices, validators=[InputRequired(_l("Choose a role."))]
+    )
 
 
 class RoleForm(FlaskForm):  # type: ignore[misc]
-    role = SelectField(_l("Role"), choices=role_choices,
-                       validators=[InputRequired(_l("Choose a role."))])
+    role = SelectField(
+        _l("Role"), choices=role_choices, validators=[InputRequired(_l("Choose a role."))]
+    )
 
 
 class ConfirmForm(FlaskForm):  # type: ignore[misc]
@@ -68,12 +91,14 @@ class ConfirmForm(FlaskForm):  # type: ignore[misc]
 
 
 class LanguageForm(FlaskForm):  # type: ignore[misc]
-    locale = SelectField(_l("Language"), choices=[SelectChoice("en", "English"),
-                                                     SelectChoice("es", "Español")])
+    locale = SelectField(
+        _l("Language"), choices=[SelectChoice("en", "English"), SelectChoice("es", "Español")]
+    )
     next = HiddenField()
 
 
 class CreditHoldForm(FlaskForm):  # type: ignore[misc]
     on_hold = BooleanField(_l("On credit hold"))
-    reason = StringField(_l("Reason"), validators=[DataRequired(_l("Give a reason.")),
-                                                  Length(max=300)])
+    reason = StringField(
+        _l("Reason"), validators=[DataRequired(_l("Give a reason.")), Length(max=300)]
+    )

@@ -33,9 +33,13 @@ def dashboard() -> str:
         if g.membership.role == "administrator"
         else 0
     )
-    return render_page("portal/dashboard.html", user_count=user_count,
-                       pending_invitations=invitations, role_label=role_label,
-                       role_help=ROLE_HELP[CustomerRole(g.membership.role)])
+    return render_page(
+        "portal/dashboard.html",
+        user_count=user_count,
+        pending_invitations=invitations,
+        role_label=role_label,
+        role_help=ROLE_HELP[CustomerRole(g.membership.role)],
+    )
 
 
 @bp.route("/subscriptions")

@@ -55,9 +55,14 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
         self.modified = True
 
     def end(self) -> None:
-        """Delete this session at the end of the request (call at sign-out)."""
+        """Delete this session at the end of the request (call at sign-out).
+
+        Whatever is stored after this (a flash message, the chosen language) travels on in a
+        new anonymous session under a new id; the old id is dead either way.
+        """
         self.clear()
         self.end_requested = True
+        self.modified = False
 
 
 class DatabaseSessionInterface(SessionInterface):
@@ -80,9 +85,7 @@ class DatabaseSessionInterface(SessionInterface):
                 return ServerSession(expired=True)
             return ServerSession(dict(row.data), sid, row.created_at, row.last_seen_at)
 
-    def save_session(
-        self, app: Flask, session: SessionMixin, response: Response
-    ) -> None:
+    def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
         assert isinstance(session, ServerSession)
         name = self.get_cookie_name(app)
         domain = self.get_cookie_domain(app)
@@ -90,10 +93,17 @@ class DatabaseSessionInterface(SessionInterface):
         if session.end_requested:
             if session.sid:
                 self._delete(app, session.sid)
-            response.delete_cookie(name, domain=domain, path=path,
-                                   secure=self.get_cookie_secure(app),
-                                   httponly=True, samesite=self.get_cookie_samesite(app))
-            return
+                session.sid = None
+            if not session:
+                response.delete_cookie(
+                    name,
+                    domain=domain,
+                    path=path,
+                    secure=self.get_cookie_secure(app),
+                    httponly=True,
+                    samesite=self.get_cookie_samesite(app),
+                )
+                return
         if session.sid is None and not session:
             return  # nothing worth keeping: no row, no cookie
         response.vary.add("Cookie")

@@ -47,8 +47,9 @@ def login() -> Response | str:
     if request.method == "GET":
         form.next.data = request.args.get("next", "")
     if form.validate_on_submit():
-        staff = auth.authenticate(db.session, _partner(), StaffUser, form.email.data,
-                                  form.password.data)
+        staff = auth.authenticate(
+            db.session, _partner(), StaffUser, form.email.data, form.password.data
+        )
         if isinstance(staff, StaffUser):
             sign_in(StaffPrincipal(staff))
             return redirect(safe_next(form.next.data, url_for("staff.customers")))
@@ -103,37 +104,51 @@ def customers() -> str:
     if query:
         pattern = f"%{query.lower()}%"
         statement = statement.where(
-            or_(func.lower(Customer.name).like(pattern),
-                func.lower(func.coalesce(Customer.ms_tenant_id, "")).like(pattern))
+            or_(
+                func.lower(Customer.name).like(pattern),
+                func.lower(func.coalesce(Customer.ms_tenant_id, "")).like(pattern),
+            )
         )
     total = db.session.scalar(select(func.count()).select_from(statement.subquery())) or 0
     rows = list(
         db.session.scalars(
-            statement.order_by(Customer.name, Customer.id)
-            .limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE)
+            statement.order_by(func.lower(Customer.name), Customer.id)
+            .limit(PAGE_SIZE)
+            .offset((page - 1) * PAGE_SIZE)
         )
     )
     pages = max((total + PAGE_SIZE - 1) // PAGE_SIZE, 1)
-    return render_template("staff/customers.html", customers=rows, query=query, page=page,
-                           pages=pages, total=total)
+    return render_template(
+        "staff/customers.html", customers=rows, query=query, page=page, pages=pages, total=total
+    )
 
 
-def _customer_page(customer: Customer, invite_form: InviteForm | None = None,
-                   hold_form: CreditHoldForm | None = None) -> str:
+def _customer_page(
+    customer: Customer,
+    invite_form: InviteForm | None = None,
+    hold_form: CreditHoldForm | None = None,
+) -> str:
     members = list(
         db.session.scalars(
-            select(Membership).where(Membership.customer_id == customer.id)
-            .options(joinedload(Membership.user)).order_by(Membership.id)
+            select(Membership)
+            .where(Membership.customer_id == customer.id)
+            .options(joinedload(Membership.user))
+            .order_by(Membership.id)
         )
     )
     events = list(
         db.session.scalars(
-            select(AuditEvent).where(AuditEvent.customer_id == customer.id)
-            .order_by(AuditEvent.created_at.desc(), AuditEvent.id.desc()).limit(20)
+            select(AuditEvent)
+            .where(AuditEvent.customer_id == customer.id)
+            .order_by(AuditEvent.created_at.desc(), AuditEvent.id.desc())
+            .limit(20)
         )
     )
     return render_template(
-        "staff/customer.html", customer=customer, members=members, events=events,
+        "staff/customer.html",
+        customer=customer,
+        members=members,
+        events=events,
         invitations=people.pending_invitations(db.session, customer.id),
         invite_form=invite_form or InviteForm(formdata=None),
         hold_form=hold_form or CreditHoldForm(formdata=None, on_hold=not customer.credit_hold),
@@ -154,10 +169,20 @@ def credit_hold(customer_id: int) -> Response | tuple[str, int]:
     form = CreditHoldForm()
     if not form.validate_on_submit():
         return _customer_page(customer, hold_form=form), 422
-    people.set_credit_hold(db.session, _partner(), customer, bool(form.on_hold.data),
-                           str(current_user.get_id()), form.reason.data)
-    flash(_("%(name)s is on credit hold.", name=customer.name) if customer.credit_hold
-          else _("%(name)s is no longer on credit hold.", name=customer.name), "success")
+    people.set_credit_hold(
+        db.session,
+        _partner(),
+        customer,
+        bool(form.on_hold.data),
+        str(current_user.get_id()),
+        form.reason.data,
+    )
+    flash(
+        _("%(name)s is on credit hold.", name=customer.name)
+        if customer.credit_hold
+        else _("%(name)s is no longer on credit hold.", name=customer.name),
+        "success",
+    )
     return redirect(url_for("staff.customer", customer_id=customer.id))
 
 
@@ -169,9 +194,15 @@ def invite(customer_id: int) -> Response | tuple[str, int]:
     form = InviteForm()
     if form.validate_on_submit():
         try:
-            people.invite(db.session, _partner(), customer, form.email.data,
-                          CustomerRole(form.role.data), str(current_user.get_id()),
-                          current_user.account.name)
+            people.invite(
+                db.session,
+                _partner(),
+                customer,
+                form.email.data,
+                CustomerRole(form.role.data),
+                str(current_user.get_id()),
+                current_user.account.name,
+            )
         except ServiceError as error:
             form.email.errors.append(error.message)
         else:

@@ -45,9 +45,7 @@ def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[s
 
 
 @pytest.fixture(scope="session")
-def live_server(
-    database_url: str, smtp_server: tuple[int, Mailbox]
-) -> Iterator[LiveServer]:
+def live_server(database_url: str, smtp_server: tuple[int, Mailbox]) -> Iterator[LiveServer]:
     """The portal on http://127.0.0.1:<free port>, once per database backend.
 
     Plain http, so the documented development relaxation applies: the session cookie is

@@ -65,9 +65,12 @@ def add_invitations(app: Flask, tenant: Tenant) -> None:
     with app.app_context(), get_database(app).sessions() as s:
         for key, customer in tenant.customers.items():
             invitation = Invitation(
-                customer_id=customer.id, email=f"pending@{key}.{tenant.partner.slug}.example",
-                role=CustomerRole.FINANCE_MANAGER, token_hash=f"{key}{tenant.partner.slug}".ljust(64, "0"),
-                invited_by="test", expires_at=utcnow().replace(year=utcnow().year + 1),
+                customer_id=customer.id,
+                email=f"pending@{key}.{tenant.partner.slug}.example",
+                role=CustomerRole.FINANCE_MANAGER,
+                token_hash=f"{key}{tenant.partner.slug}".ljust(64, "0"),
+                invited_by="test",
+                expires_at=utcnow().replace(year=utcnow().year + 1),
             )
             s.add(invitation)
             s.flush()

@@ -34,8 +34,9 @@ def test_every_route_with_arguments_is_in_the_matrix(app: Flask) -> None:
 
 
 def test_every_route_declares_its_access(app: Flask) -> None:
-    undeclared = [e for e, view in app.view_functions.items()
-                  if e != "static" and access_of(view) is None]
+    undeclared = [
+        e for e, view in app.view_functions.items() if e != "static" and access_of(view) is None
+    ]
     assert undeclared == []
 
 
@@ -63,7 +64,7 @@ def test_app_refuses_to_start_with_an_undeclared_route(app_factory) -> None:  # 
 
     portal._register_blueprints = with_rogue  # type: ignore[assignment]
     try:
-        with pytest.raises(RuntimeError, match="rogue.rogue_view"):
+        with pytest.raises(RuntimeError, match=r"rogue\.rogue_view"):
             create_app(config)
     finally:
         portal._register_blueprints = original  # type: ignore[assignment]
@@ -175,7 +176,10 @@ def test_each_role_sees_exactly_its_pages(app: Flask, tenant: Tenant, role: Cust
         status = client.get(path).status_code
         assert status == (200 if permission in allowed else 403), (role, path, status)
         # the navigation offers exactly the pages the role may open
-        assert (f'href="{path}"' in dashboard) == (permission in allowed) or path == "/", (role, path)
+        assert (f'href="{path}"' in dashboard) == (permission in allowed) or path == "/", (
+            role,
+            path,
+        )
 
 
 def test_only_administrators_manage_users(app: Flask, tenant: Tenant) -> None:
@@ -183,12 +187,14 @@ def test_only_administrators_manage_users(app: Flask, tenant: Tenant) -> None:
     sign_in(client, "finance_manager@a.alpha.example")
     token = csrf_token(client.get("/").data)
     membership = tenant.memberships["a:subscription_manager"]
-    response = client.post(f"/account/users/{membership.id}/role",
-                           data={"csrf_token": token, "role": "administrator"})
+    response = client.post(
+        f"/account/users/{membership.id}/role", data={"csrf_token": token, "role": "administrator"}
+    )
     assert response.status_code == 403
-    response = client.post("/account/invitations",
-                           data={"csrf_token": token, "email": "x@a.alpha.example",
-                                 "role": "administrator"})
+    response = client.post(
+        "/account/invitations",
+        data={"csrf_token": token, "email": "x@a.alpha.example", "role": "administrator"},
+    )
     assert response.status_code == 403
 
 
@@ -204,12 +210,19 @@ def test_staff_roles_are_checked(app: Flask, tenant: Tenant, staff_role: str) ->
     sign_in(client, f"{staff_role}@staff.alpha.example", staff=True)
     customer_id = tenant.customers["a"].id
     token = csrf_token(client.get(f"/staff/customers/{customer_id}").data)
-    hold = client.post(f"/staff/customers/{customer_id}/credit-hold",
-                       data={"csrf_token": token, "on_hold": "y", "reason": "overdue"})
+    hold = client.post(
+        f"/staff/customers/{customer_id}/credit-hold",
+        data={"csrf_token": token, "on_hold": "y", "reason": "overdue"},
+    )
     assert (hold.status_code == 302) == (staff_role in STAFF_ACTIONS["credit_hold"])
     assert hold.status_code in (302, 403)
-    invite = client.post(f"/staff/customers/{customer_id}/invitations",
-                         data={"csrf_token": token, "email": f"new-{staff_role}@a.alpha.example",
-                               "role": "administrator"})
+    invite = client.post(
+        f"/staff/customers/{customer_id}/invitations",
+        data={
+            "csrf_token": token,
+            "email": f"new-{staff_role}@a.alpha.example",
+            "role": "administrator",
+        },
+    )
     assert (invite.status_code == 302) == (staff_role in STAFF_ACTIONS["invite"])
     assert invite.status_code in (302, 403)

@@ -61,7 +61,9 @@ def test_a_single_partner_answers_on_any_host(app: Flask, tenant: Tenant) -> Non
 
 
 def test_configured_default_partner_answers_unknown_hosts(
-    app_factory, tenant: Tenant, other_tenant: Tenant  # type: ignore[no-untyped-def]
+    app_factory,
+    tenant: Tenant,
+    other_tenant: Tenant,  # type: ignore[no-untyped-def]
 ) -> None:
     app = app_factory(PORTAL_DEFAULT_PARTNER="beta")
     page = _client(app, "unknown.test").get("/login").get_data(as_text=True)
@@ -94,7 +96,10 @@ def _theme(root: Path, slug: str) -> Path:
 
 
 def test_theme_overrides_and_extends_customer_templates(
-    app_factory, tmp_path: Path, tenant: Tenant, other_tenant: Tenant  # type: ignore[no-untyped-def]
+    app_factory,
+    tmp_path: Path,
+    tenant: Tenant,
+    other_tenant: Tenant,  # type: ignore[no-untyped-def]
 ) -> None:
     _theme(tmp_path, "alpha")
     app = app_factory(PORTAL_THEMES_DIR=str(tmp_path))
@@ -106,7 +111,9 @@ def test_theme_overrides_and_extends_customer_templates(
 
 
 def test_theme_cannot_override_staff_templates(
-    app_factory, tmp_path: Path, tenant: Tenant  # type: ignore[no-untyped-def]
+    app_factory,
+    tmp_path: Path,
+    tenant: Tenant,  # type: ignore[no-untyped-def]
 ) -> None:
     _theme(tmp_path, "alpha")
     app = app_factory(PORTAL_THEMES_DIR=str(tmp_path))
@@ -115,7 +122,9 @@ def test_theme_cannot_override_staff_templates(
 
 
 def test_theme_static_files_and_logo(
-    app_factory, tmp_path: Path, tenant: Tenant  # type: ignore[no-untyped-def]
+    app_factory,
+    tmp_path: Path,
+    tenant: Tenant,  # type: ignore[no-untyped-def]
 ) -> None:
     _theme(tmp_path, "alpha")
     app = app_factory(PORTAL_THEMES_DIR=str(tmp_path))

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from babel.messages.pofile import read_po
-from flask import Flask
 
 from tests.support import HttpsClient, Tenant, csrf_token, sign_in
 
@@ -31,8 +30,9 @@ def test_switch_overrides_the_browser(client: HttpsClient, tenant: Tenant) -> No
     sign_in(client, "administrator@a.alpha.example")
     english = {"Accept-Language": "en-US"}
     token = csrf_token(client.get("/", headers=english).data)
-    response = client.post("/language", data={"csrf_token": token, "locale": "es", "next": "/"},
-                           headers=english)
+    response = client.post(
+        "/language", data={"csrf_token": token, "locale": "es", "next": "/"}, headers=english
+    )
     assert response.status_code == 302 and response.location == "/"
     html = client.get("/", headers=english).get_data(as_text=True)
     assert '<html lang="es">' in html
@@ -57,10 +57,26 @@ def test_every_user_visible_string_is_translated(tmp_path: Path) -> None:
     """Extract the strings from the code and templates now; each must be translated to Spanish."""
     pot = tmp_path / "messages.pot"
     subprocess.run(
-        [sys.executable, "-m", "babel.messages.frontend", "extract", "-F", "babel.cfg",
-         "-k", "_l", "-k", "lazy_gettext", "-o", str(pot), "--no-location", "--omit-header",
-         "."],
-        cwd=ROOT, check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "babel.messages.frontend",
+            "extract",
+            "-F",
+            "babel.cfg",
+            "-k",
+            "_l",
+            "-k",
+            "lazy_gettext",
+            "-o",
+            str(pot),
+            "--no-location",
+            "--omit-header",
+            ".",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
     )
     with pot.open("rb") as handle:
         extracted = {m.id if isinstance(m.id, str) else m.id[0] for m in read_po(handle) if m.id}

@@ -8,7 +8,7 @@ import os
 import pytest
 from flask import Flask
 
-from tests.support import HttpsClient, Tenant, csrf_token, post_form, sign_in
+from tests.support import HttpsClient, csrf_token, post_form, sign_in
 
 REDIS_URL = os.environ.get("PORTAL_TEST_REDIS_URL", "")
 STORES = ["memory://"] + ([REDIS_URL] if REDIS_URL else [])
@@ -27,8 +27,9 @@ def limited_app(request: pytest.FixtureRequest, app_factory) -> Flask:  # type: 
 
 def _attempt(client: HttpsClient, email: str, password: str = "wrong password guess") -> int:
     token = csrf_token(client.get("/login").data)
-    return client.post("/login", data={"csrf_token": token, "email": email,
-                                       "password": password}).status_code
+    return client.post(
+        "/login", data={"csrf_token": token, "email": email, "password": password}
+    ).status_code
 
 
 def test_one_account_is_limited(limited_app: Flask) -> None:
@@ -37,11 +38,18 @@ def test_one_account_is_limited(limited_app: Flask) -> None:
     seed_partner(limited_app, "alpha", "portal-a.test")
     client: HttpsClient = limited_app.test_client()  # type: ignore[assignment]
     assert [_attempt(client, "administrator@a.alpha.example") for _ in range(3)] == [200] * 3
-    response_status = _attempt(client, "administrator@a.alpha.example", "correct horse battery staple")
+    response_status = _attempt(
+        client, "administrator@a.alpha.example", "correct horse battery staple"
+    )
     assert response_status == 429  # even the right password waits
-    page = client.post("/login", data={"csrf_token": csrf_token(client.get("/login").data),
-                                       "email": "administrator@a.alpha.example",
-                                       "password": "x"})
+    page = client.post(
+        "/login",
+        data={
+            "csrf_token": csrf_token(client.get("/login").data),
+            "email": "administrator@a.alpha.example",
+            "password": "x",
+        },
+    )
     assert "Too many attempts" in page.get_data(as_text=True)
     # another account from the same address is not locked out by the first
     assert _attempt(client, "finance_manager@a.alpha.example") == 200
@@ -62,7 +70,9 @@ def test_password_reset_is_limited_too(limited_app: Flask, mailbox) -> None:  # 
     seed_partner(limited_app, "alpha", "portal-a.test")
     client: HttpsClient = limited_app.test_client()  # type: ignore[assignment]
     statuses = [
-        post_form(client, "/forgot-password", {"email": "administrator@a.alpha.example"}).status_code
+        post_form(
+            client, "/forgot-password", {"email": "administrator@a.alpha.example"}
+        ).status_code
         for _ in range(3)
     ]
     assert statuses == [200, 200, 429]

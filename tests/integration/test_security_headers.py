@@ -57,7 +57,9 @@ def test_every_page_carries_the_security_headers(app: Flask, tenant: Tenant) -> 
         assert headers.get("X-Content-Type-Options") == "nosniff", where
         assert headers.get("Referrer-Policy") == "strict-origin-when-cross-origin", where
         assert headers.get("X-Frame-Options") == "DENY", where
-        assert headers.get("Strict-Transport-Security") == "max-age=31536000; includeSubDomains", where
+        assert headers.get("Strict-Transport-Security") == "max-age=31536000; includeSubDomains", (
+            where
+        )
         if endpoint not in {"branding.brand_css", "branding.theme_static"}:
             assert headers.get("Cache-Control") == "no-store", where
         if response.mimetype == "text/html":
@@ -78,10 +80,20 @@ def test_every_post_route_refuses_a_request_without_csrf_token(app: Flask, tenan
     assert len(urls) >= 14
     for endpoint, url in urls.items():
         client = _client_for(app, endpoint)
-        response = client.post(url, data={"email": "x@a.alpha.example", "role": "administrator",
-                                          "password": "correct horse battery staple",
-                                          "on_hold": "y", "reason": "r", "locale": "es"})
-        assert response.status_code == 400, f"POST {url} without CSRF answered {response.status_code}"
+        response = client.post(
+            url,
+            data={
+                "email": "x@a.alpha.example",
+                "role": "administrator",
+                "password": "correct horse battery staple",
+                "on_hold": "y",
+                "reason": "r",
+                "locale": "es",
+            },
+        )
+        assert response.status_code == 400, (
+            f"POST {url} without CSRF answered {response.status_code}"
+        )
         assert "This form has expired" in response.get_data(as_text=True), url
     # and nothing changed: customer a is not on hold, nobody was invited or removed
     client = _client_for(app, "pages.dashboard")
@@ -101,8 +113,9 @@ def test_cross_origin_post_is_refused(client: HttpsClient, tenant: Tenant) -> No
     from tests.support import csrf_token
 
     token = csrf_token(client.get("/account/").data)
-    response = client.post("/account/invitations",
-                           data={"csrf_token": token, "email": "y@a.alpha.example",
-                                 "role": "administrator"},
-                           headers={"Referer": "https://evil.example/"})
+    response = client.post(
+        "/account/invitations",
+        data={"csrf_token": token, "email": "y@a.alpha.example", "role": "administrator"},
+        headers={"Referer": "https://evil.example/"},
+    )
     assert response.status_code == 400
