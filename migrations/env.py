@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+
 import portal.models  # noqa: F401  (registers every table)
 from portal import config as portal_config
 from portal.db import Base, make_engine
