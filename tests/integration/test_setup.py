@@ -86,3 +86,9 @@ def test_plain_http_development_drops_the_host_prefix(app_factory) -> None:  # t
     assert app.config["SESSION_COOKIE_NAME"] == "portal_session"
     assert app.config["SESSION_COOKIE_SECURE"] is False
     assert app.config["SESSION_COOKIE_HTTPONLY"] is True
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (portal_config.ROOT / "README.md").read_text()
+    undocumented = [name for name in portal_config.SETTINGS if f"`PORTAL_{name}`" not in readme]
+    assert undocumented == []
