@@ -10,8 +10,10 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from portal import config as portal_config
+from portal.hookspecs import hookimpl
 
 __version__ = "0.1.0"
+__all__ = ["create_app", "hookimpl"]
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -28,7 +30,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     portal_config.finalise(app.config)
     _configure_flask(app)
 
-    from portal import cli, db, extensions
+    from portal import cli, db, extensions, plugins
     from portal.branding import brand, themes
     from portal.web import access, errors, filters, security_headers
     from portal.web.session_store import DatabaseSessionInterface
@@ -45,6 +47,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     filters.init_app(app)
     _register_blueprints(app)
+    plugins.init_app(app)
     extensions.init_rate_limits(app)
     themes.init_app(app)
     cli.init_app(app)

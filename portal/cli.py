@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
+from typing import Any
 
 import click
 from alembic import command
@@ -15,21 +17,28 @@ from portal.config import ROOT, public_view
 portal_cli = AppGroup("portal", help="CSP Portal administration.")
 
 
-def alembic_config(url: str) -> AlembicConfig:
+def alembic_config(url: str, plugin_locations: list[str] | None = None) -> AlembicConfig:
+    """Alembic set to the portal's migrations plus the branches of the loaded plugins."""
     cfg = AlembicConfig(str(ROOT / "alembic.ini"))
     cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    locations = [str(ROOT / "migrations" / "versions"), *(plugin_locations or [])]
+    cfg.set_main_option("version_path_separator", "os")
+    cfg.set_main_option("version_locations", os.pathsep.join(locations))
     cfg.attributes["database_url"] = url
     return cfg
 
 
-def migrate(url: str) -> None:
-    command.upgrade(alembic_config(url), "head")
+def migrate(url: str, plugin_locations: list[str] | None = None) -> None:
+    """``alembic upgrade heads``: the core and every loaded plugin's branch."""
+    command.upgrade(alembic_config(url, plugin_locations), "heads")
 
 
 @portal_cli.command("migrate")
 def migrate_command() -> None:
-    """Bring the database schema up to date (alembic upgrade head)."""
-    migrate(current_app.config["PORTAL_DATABASE_URL"])
+    """Bring the database schema up to date, plugins' tables included."""
+    from portal.integrations.registry import integrations
+
+    migrate(current_app.config["PORTAL_DATABASE_URL"], integrations().migration_locations)
     click.echo("database is up to date")
 
 
@@ -62,6 +71,33 @@ def config_command() -> None:
     """Show the effective PORTAL_* settings (secrets masked)."""
     for key, value in sorted(public_view(current_app.config).items()):
         click.echo(f"{key}={value}")
+
+
+@portal_cli.command("plugins")
+def plugins_command() -> None:
+    """List the loaded plugins: version, where from, hooks, adapters and settings."""
+    from portal.integrations.registry import Registry, integrations
+    from portal.plugins import plugin_infos
+
+    infos = plugin_infos()
+    if not infos:
+        click.echo("no plugins loaded (name them in PORTAL_PLUGINS)")
+    loaded = integrations()
+    registries: list[Registry[Any]] = [
+        loaded.providers,
+        loaded.payment_gateways,
+        loaded.accounting_systems,
+        loaded.notifiers,
+    ]
+    for info in infos.values():
+        click.echo(f"{info.name} {info.version}  [{info.source}]")
+        click.echo(f"  hooks: {', '.join(info.hooks) or '—'}")
+        for registry in registries:
+            keys = [k for k, owner in registry.owners.items() if owner == info.name]
+            if keys:
+                click.echo(f"  {registry.kind}: {', '.join(sorted(keys))}")
+        for key, value in sorted(info.settings.items()):
+            click.echo(f"  PORTAL_{info.name.upper()}_{key}={value}")
 
 
 def init_app(app: Flask) -> None:

@@ -60,6 +60,12 @@ SETTINGS: dict[str, tuple[Any, Any]] = {
     "ARGON2_TIME_COST": (2, _int),
     "ARGON2_MEMORY_KIB": (19456, _int),
     "TRUSTED_PROXIES": (0, _int),
+    "PLUGINS": ("", _str),
+    "PLUGIN_PATHS": ("", _str),
+    "PROVIDER": ("", _str),
+    "PAYMENT_GATEWAY": ("", _str),
+    "ACCOUNTING_SYSTEM": ("", _str),
+    "NOTIFIER": ("", _str),
 }
 
 SECRETS = frozenset({"SECRET_KEY", "MAIL_PASSWORD", "DATABASE_URL"})

@@ -113,7 +113,7 @@ def resolve_brand(db_session: Session, host: str) -> Brand | None:
         select(Partner).join(PartnerHost).where(PartnerHost.host == host)
     ).first()
     if partner is None:
-        partner = _fallback_partner(db_session)
+        partner = _fallback_partner(db_session, host)
     if partner is None:
         return None
     brand = Brand.of(partner)
@@ -121,8 +121,10 @@ def resolve_brand(db_session: Session, host: str) -> Brand | None:
     return brand
 
 
-def _fallback_partner(db_session: Session) -> Partner | None:
-    slug = current_app.config["PORTAL_DEFAULT_PARTNER"]
+def _fallback_partner(db_session: Session, host: str) -> Partner | None:
+    from portal.integrations.registry import integrations
+
+    slug = integrations().resolve_partner_slug(host) or current_app.config["PORTAL_DEFAULT_PARTNER"]
     if slug:
         return db_session.scalars(select(Partner).where(Partner.slug == slug)).first()
     if db_session.scalar(select(func.count()).select_from(Partner)) == 1:

@@ -1,6 +1,7 @@
 """The typed ORM models, one module per aggregate. Importing this package registers them all."""
 
 from portal.models.identity import PasswordResetToken, WebSession
+from portal.models.outbox import OutboxItem, OutboxState
 from portal.models.scoped import CustomerScoped, PartnerScoped
 from portal.models.tenancy import (
     AuditEvent,
@@ -19,6 +20,8 @@ __all__ = [
     "CustomerScoped",
     "Invitation",
     "Membership",
+    "OutboxItem",
+    "OutboxState",
     "Partner",
     "PartnerHost",
     "PartnerScoped",

@@ -48,6 +48,10 @@ class Partner(Base):
     terms_url: Mapped[str | None] = mapped_column(String(500))
     privacy_url: Mapped[str | None] = mapped_column(String(500))
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    # adapters serving this partner (None: the deployment's PORTAL_* default)
+    provider_key: Mapped[str | None] = mapped_column(String(63))
+    payment_gateway_key: Mapped[str | None] = mapped_column(String(63))
+    accounting_system_key: Mapped[str | None] = mapped_column(String(63))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     hosts: Mapped[list[PartnerHost]] = relationship(
@@ -84,6 +88,8 @@ class Customer(PartnerScoped, Base):
     credit_hold: Mapped[bool] = mapped_column(Boolean, default=False)
     credit_limit_minor: Mapped[int | None] = mapped_column(Integer)
     payment_terms_days: Mapped[int] = mapped_column(Integer, default=30)
+    # a customer bought through another provider than the partner's default (a distributor)
+    provider_key: Mapped[str | None] = mapped_column(String(63))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     memberships: Mapped[list[Membership]] = relationship(

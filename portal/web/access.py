@@ -213,7 +213,12 @@ def init_app(app: Flask) -> None:
 
     @app.context_processor
     def _portal_context() -> dict[str, Any]:
+        from portal.integrations.registry import integrations
+
+        loaded = integrations()
         return {
+            **loaded.template_context(),
+            "plugin_nav_items": [i for i in loaded.nav_items() if _may(i.permission)],
             "brand": g.get("brand"),
             "membership": g.get("membership"),
             "memberships": g.get("memberships", []),

@@ -10,6 +10,7 @@ from werkzeug.wrappers import Response
 from portal import db
 from portal.branding import render_page
 from portal.domain.roles import CustomerRole, Permission
+from portal.integrations.registry import integrations
 from portal.models import Membership
 from portal.services import people
 from portal.web.access import customer_required
@@ -35,6 +36,7 @@ def dashboard() -> str:
     )
     return render_page(
         "portal/dashboard.html",
+        panels=integrations().dashboard_panels(g.customer.id),
         user_count=user_count,
         pending_invitations=invitations,
         role_label=role_label,

@@ -1,0 +1,48 @@
+"""The contract of an outbox handler: what it receives and what it returns.
+
+A handler performs one kind of background work (``item.kind``). It is called with the item and
+a database session whose transaction also marks the item done: everything the handler writes
+commits together with "done", or not at all. Effects outside the database must be idempotent
+under the item's id (send it as the idempotency key / request id), because a worker killed after
+the effect but before the commit runs the handler again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from portal.models.outbox import OutboxItem
+
+
+@dataclass(frozen=True)
+class Done:
+    """The work is finished; ``result`` is kept on the item for the record."""
+
+    result: dict[str, object] | None = None
+
+
+@dataclass(frozen=True)
+class RetryLater:
+    """A technical failure: try again after backoff (at least ``retry_after`` when given)."""
+
+    reason: str
+    retry_after: timedelta | None = None
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """A business rejection or a permanent error: never retried; ``reason`` is kept."""
+
+    reason: str
+
+
+Outcome = Done | RetryLater | GiveUp
+
+
+class OutboxHandler(Protocol):
+    def __call__(self, item: OutboxItem, session: Session) -> Outcome: ...

@@ -1,0 +1,1 @@
+"""Test support shipped to plugin authors: fixtures, fake servers and contract suites."""

@@ -1,0 +1,1 @@
+"""The pytest plugin of CSP Portal (entry point ``pytest11: portal_testing``)."""
