@@ -55,7 +55,7 @@ bench: setup
 # Re-extract the catalogue after changing user-visible text, then translate translations/es.
 messages: $(STAMP)
 	$(BIN)/pybabel extract -F babel.cfg -k _l -k lazy_gettext -o translations/messages.pot --no-location --omit-header .
-	$(BIN)/pybabel update -i translations/messages.pot -d translations --no-fuzzy-matching --omit-header
+	$(BIN)/pybabel update -i translations/messages.pot -d translations --no-fuzzy-matching
 
 vendor:
 	./scripts/vendor.sh

@@ -22,7 +22,7 @@ def alembic_config(url: str, plugin_locations: list[str] | None = None) -> Alemb
     cfg = AlembicConfig(str(ROOT / "alembic.ini"))
     cfg.set_main_option("script_location", str(ROOT / "migrations"))
     locations = [str(ROOT / "migrations" / "versions"), *(plugin_locations or [])]
-    cfg.set_main_option("version_path_separator", "os")
+    cfg.set_main_option("path_separator", "os")
     cfg.set_main_option("version_locations", os.pathsep.join(locations))
     cfg.attributes["database_url"] = url
     return cfg

@@ -66,6 +66,9 @@ SETTINGS: dict[str, tuple[Any, Any]] = {
     "PAYMENT_GATEWAY": ("", _str),
     "ACCOUNTING_SYSTEM": ("", _str),
     "NOTIFIER": ("", _str),
+    "BROKER_URL": ("", _str),
+    "OUTBOX_LEASE_SECONDS": (300, _int),
+    "OUTBOX_SWEEP_SECONDS": (30, _int),
 }
 
 SECRETS = frozenset({"SECRET_KEY", "MAIL_PASSWORD", "DATABASE_URL"})
@@ -85,6 +88,7 @@ def finalise(config: dict[str, Any]) -> None:
     """Fill the settings that derive from others; refuse an unsafe production set-up."""
     development = config["PORTAL_ENV"] in {"development", "testing"}
     config["PORTAL_DATABASE_URL"] = database_url(config)
+    config["PORTAL_BROKER_URL"] = broker_url(config)
     if not config.get("PORTAL_SECRET_KEY"):
         if not development:
             raise RuntimeError(
@@ -102,6 +106,15 @@ def database_url(config: Mapping[str, Any]) -> str:
         return str(configured)
     INSTANCE_DIR.mkdir(exist_ok=True)
     return f"sqlite:///{INSTANCE_DIR / 'portal.sqlite3'}"
+
+
+def broker_url(config: Mapping[str, Any]) -> str:
+    """The configured Celery broker, or a SQLite file beside the database (no server needed)."""
+    configured = config.get("PORTAL_BROKER_URL")
+    if configured:
+        return str(configured)
+    INSTANCE_DIR.mkdir(exist_ok=True)
+    return f"sqla+sqlite:///{INSTANCE_DIR / 'celery-broker.sqlite3'}"
 
 
 def _development_secret() -> str:

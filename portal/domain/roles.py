@@ -29,6 +29,7 @@ class Permission(StrEnum):
     VIEW_CUSTOMERS = "view_customers"
     SET_CREDIT_HOLD = "set_credit_hold"
     INVITE_CUSTOMER_USERS = "invite_customer_users"
+    VIEW_SYSTEM = "view_system"
 
 
 CUSTOMER_PERMISSIONS: dict[CustomerRole, frozenset[Permission]] = {
@@ -49,9 +50,16 @@ CUSTOMER_PERMISSIONS: dict[CustomerRole, frozenset[Permission]] = {
 
 STAFF_PERMISSIONS: dict[StaffRole, frozenset[Permission]] = {
     StaffRole.ADMIN: frozenset(
-        {Permission.VIEW_CUSTOMERS, Permission.SET_CREDIT_HOLD, Permission.INVITE_CUSTOMER_USERS}
+        {
+            Permission.VIEW_CUSTOMERS,
+            Permission.SET_CREDIT_HOLD,
+            Permission.INVITE_CUSTOMER_USERS,
+            Permission.VIEW_SYSTEM,
+        }
     ),
-    StaffRole.SERVICE: frozenset({Permission.VIEW_CUSTOMERS, Permission.INVITE_CUSTOMER_USERS}),
+    StaffRole.SERVICE: frozenset(
+        {Permission.VIEW_CUSTOMERS, Permission.INVITE_CUSTOMER_USERS, Permission.VIEW_SYSTEM}
+    ),
     StaffRole.FINANCE: frozenset({Permission.VIEW_CUSTOMERS, Permission.SET_CREDIT_HOLD}),
     StaffRole.SALES: frozenset({Permission.VIEW_CUSTOMERS}),
 }

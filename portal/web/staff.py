@@ -5,8 +5,11 @@ Staff pages always render with the app's own templates: partner themes cannot to
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, flash, g, redirect, render_template, request, url_for
 from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from flask_login import current_user
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import joinedload
@@ -15,7 +18,17 @@ from werkzeug.wrappers import Response
 from portal import db
 from portal.domain.roles import CustomerRole, Permission
 from portal.extensions import rate_limited
-from portal.models import AuditEvent, Customer, Membership, Partner, StaffUser
+from portal.integrations.registry import Registry, integrations
+from portal.models import (
+    AuditEvent,
+    Customer,
+    Membership,
+    OutboxItem,
+    OutboxState,
+    Partner,
+    StaffUser,
+)
+from portal.plugins import plugin_infos
 from portal.scoping import get_or_404
 from portal.services import ServiceError, auth, people
 from portal.web.access import StaffPrincipal, public, sign_in, sign_out, staff_required
@@ -209,3 +222,55 @@ def invite(customer_id: int) -> Response | tuple[str, int]:
             flash(_("Invitation sent to %(email)s.", email=form.email.data), "success")
             return redirect(url_for("staff.customer", customer_id=customer.id))
     return _customer_page(customer, invite_form=form), 422
+
+
+OUTBOX_PAGE_SIZE = 50
+STATE_LABELS = {
+    OutboxState.PENDING.value: _l("Waiting"),
+    OutboxState.RUNNING.value: _l("Running"),
+    OutboxState.DONE.value: _l("Done"),
+    OutboxState.FAILED.value: _l("Failed"),
+}
+STATE_BADGES = {
+    OutboxState.PENDING.value: "text-bg-info",
+    OutboxState.RUNNING.value: "text-bg-primary",
+    OutboxState.DONE.value: "text-bg-success",
+    OutboxState.FAILED.value: "text-bg-danger",
+}
+
+
+@bp.route("/system")
+@staff_required(Permission.VIEW_SYSTEM)
+def system() -> str:
+    """Loaded plugins and their adapters, and the background work queue with its states."""
+    state = request.args.get("state", "")
+    mine = or_(OutboxItem.partner_id == g.brand.id, OutboxItem.partner_id.is_(None))
+    counts = dict(
+        db.session.execute(
+            select(OutboxItem.state, func.count()).where(mine).group_by(OutboxItem.state)
+        ).all()
+    )
+    statement = select(OutboxItem).where(mine)
+    if state in {s.value for s in OutboxState}:
+        statement = statement.where(OutboxItem.state == OutboxState(state))
+    items = list(
+        db.session.scalars(statement.order_by(OutboxItem.id.desc()).limit(OUTBOX_PAGE_SIZE))
+    )
+    loaded = integrations()
+    registries: list[Registry[Any]] = [
+        loaded.providers,
+        loaded.payment_gateways,
+        loaded.accounting_systems,
+        loaded.notifiers,
+    ]
+    return render_template(
+        "staff/system.html",
+        plugins=list(plugin_infos().values()),
+        registries=registries,
+        counts={s: counts.get(s, 0) for s in OutboxState},
+        items=items,
+        state=state,
+        states=list(OutboxState),
+        state_labels=STATE_LABELS,
+        state_badges=STATE_BADGES,
+    )
