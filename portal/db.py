@@ -71,7 +71,9 @@ def make_engine(url: str) -> Engine:
         if url in {"sqlite://", "sqlite:///:memory:"}:
             kwargs["poolclass"] = StaticPool
     else:
-        kwargs["pool_pre_ping"] = True
+        # a ping per checkout costs a round trip on every request; recycling old connections
+        # covers server-side timeouts, and a dropped connection fails one request, not more
+        kwargs["pool_recycle"] = 1800
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)

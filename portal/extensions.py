@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from flask import Flask, current_app, g, request, session
-from flask_babel import Babel, get_locale
+from flask_babel import Babel, get_locale, get_translations
 from flask_limiter import Limiter
 from flask_login import LoginManager
 from flask_wtf import CSRFProtect
@@ -98,6 +98,23 @@ def select_locale() -> str | None:
     return request.accept_languages.best_match(SUPPORTED_LOCALES) or "en"
 
 
+def _request_translations() -> Any:
+    locale = get_locale()
+    cache: dict[Any, Any] = g.setdefault("_portal_translations", {})
+    translations = cache.get(locale)
+    if translations is None:
+        translations = cache[locale] = get_translations()
+    return translations
+
+
+def _template_gettext(message: str) -> str:
+    return str(_request_translations().ugettext(message))
+
+
+def _template_ngettext(singular: str, plural: str, number: int) -> str:
+    return str(_request_translations().ungettext(singular, plural, number))
+
+
 def select_timezone() -> str:
     """Times are shown in the partner's time zone, the one its invoices and periods use."""
     brand = g.get("brand")
@@ -110,6 +127,11 @@ def init_app(app: Flask) -> None:
     login_manager.session_protection = None
     csrf.init_app(app)
     babel.init_app(app, locale_selector=select_locale, timezone_selector=select_timezone)
+    # Flask-Babel's template gettext resolves context, domain and locale on every string; a
+    # page has dozens, so templates look the catalogue up once per request and locale instead
+    app.jinja_env.install_gettext_callables(  # type: ignore[attr-defined]
+        _template_gettext, _template_ngettext, newstyle=True
+    )
 
     @app.context_processor
     def _locale_context() -> dict[str, str]:

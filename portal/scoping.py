@@ -12,6 +12,7 @@ filter but lifts the customer one (accepting an invitation to another account).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, TypeVar
 
 from flask import abort
@@ -51,7 +52,8 @@ def _restrict_to_scope(state: ORMExecuteState) -> None:
     state.statement = state.statement.options(*_criteria(scope, customer_wide))
 
 
-def _criteria(scope: Scope, customer_wide: bool = True) -> list[Any]:
+@lru_cache(maxsize=1024)
+def _criteria(scope: Scope, customer_wide: bool = True) -> tuple[Any, ...]:
     partner_id = scope.partner_id
     options: list[Any] = [
         with_loader_criteria(
@@ -74,7 +76,7 @@ def _criteria(scope: Scope, customer_wide: bool = True) -> list[Any]:
                 include_aliases=True,
             ),
         ]
-    return options
+    return tuple(options)
 
 
 def get_or_404(db_session: Session, model: type[T], object_id: int) -> T:

@@ -7,7 +7,7 @@ from datetime import timedelta
 from flask import current_app, url_for
 from flask_babel import get_locale
 from flask_babel import gettext as _
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, and_, func, select, update
 from sqlalchemy.orm import Session
 
 from portal.db import utcnow
@@ -240,16 +240,38 @@ def revoke_invitation(
         db_session.commit()
 
 
+def headcount(db_session: Session, customer_id: int) -> tuple[int, int]:
+    """Members and live invitations of an account, in one round trip."""
+    members = (
+        select(func.count())
+        .select_from(Membership)
+        .where(Membership.customer_id == customer_id)
+        .scalar_subquery()
+    )
+    invited = (
+        select(func.count())
+        .select_from(Invitation)
+        .where(_live_invitation(customer_id))
+        .scalar_subquery()
+    )
+    row = db_session.execute(select(members, invited)).one()
+    return int(row[0]), int(row[1])
+
+
+def _live_invitation(customer_id: int) -> ColumnElement[bool]:
+    return and_(
+        Invitation.customer_id == customer_id,
+        Invitation.accepted_at.is_(None),
+        Invitation.revoked_at.is_(None),
+        Invitation.expires_at > utcnow(),
+    )
+
+
 def pending_invitations(db_session: Session, customer_id: int) -> list[Invitation]:
     return list(
         db_session.scalars(
             select(Invitation)
-            .where(
-                Invitation.customer_id == customer_id,
-                Invitation.accepted_at.is_(None),
-                Invitation.revoked_at.is_(None),
-                Invitation.expires_at > utcnow(),
-            )
+            .where(_live_invitation(customer_id))
             .order_by(Invitation.created_at.desc())
         )
     )

@@ -14,14 +14,14 @@ from typing import Any, TypeVar, cast
 
 from flask import Flask, abort, g, redirect, request, session, url_for
 from flask_login import AnonymousUserMixin, current_user, login_user, logout_user
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import joinedload
 
 from portal import db
 from portal.branding.brand import request_host, resolve_brand
 from portal.domain.roles import Permission, customer_may, staff_may
 from portal.extensions import login_manager
-from portal.models import Customer, Membership, StaffUser, User
+from portal.models import Membership, StaffUser, User
 from portal.scoping import Scope, set_scope
 from portal.web.session_store import ServerSession
 
@@ -140,9 +140,16 @@ def _load_principal(principal_id: str) -> CustomerPrincipal | StaffPrincipal | N
     if not raw_id.isdigit():
         return None
     if kind == "user":
-        user = db.session.scalars(
-            select(User).where(User.id == int(raw_id), User.active.is_(True))
-        ).first()
+        # the person and every account they belong to, in one round trip
+        user = (
+            db.session.scalars(
+                select(User)
+                .where(User.id == int(raw_id), User.active.is_(True))
+                .options(joinedload(User.memberships).joinedload(Membership.customer))
+            )
+            .unique()
+            .first()
+        )
         return CustomerPrincipal(user) if user else None
     if kind == "staff":
         staff = db.session.scalars(
@@ -166,14 +173,10 @@ def _scope_request() -> None:
 
 
 def _choose_account(principal: CustomerPrincipal, partner_id: int) -> None:
-    memberships = list(
-        db.session.scalars(
-            select(Membership)
-            .join(Customer, Customer.id == Membership.customer_id)
-            .where(Membership.user_id == principal.account.id)
-            .options(joinedload(Membership.customer))
-            .order_by(func.lower(Customer.name))
-        )
+    # loaded with the user, under this partner's scope only
+    memberships = sorted(
+        (m for m in principal.account.memberships if m.customer is not None),
+        key=lambda m: m.customer.name.lower(),
     )
     if not memberships:
         # removed from every account: the session no longer means anything

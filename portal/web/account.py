@@ -18,7 +18,7 @@ from portal.models import Invitation, Membership, Partner
 from portal.scoping import get_or_404
 from portal.services import ServiceError, people
 from portal.web.access import customer_required
-from portal.web.forms import ConfirmForm, InviteForm, RoleForm, role_label
+from portal.web.forms import ConfirmForm, InviteForm, RoleForm, role_choices, role_label
 from portal.web.session_store import end_sessions_of, hash_session_id, sessions_of
 
 bp = Blueprint("account", __name__, url_prefix="/account")
@@ -46,7 +46,7 @@ def _render(invite_form: InviteForm | None = None) -> str:
         members=_members(),
         invitations=people.pending_invitations(db.session, g.customer.id),
         invite_form=invite_form or InviteForm(formdata=None),
-        role_form=RoleForm,
+        role_choices=role_choices(),
         confirm_form=ConfirmForm(),
         role_label=role_label,
     )

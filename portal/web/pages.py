@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, g, redirect, session, url_for
 from flask_babel import lazy_gettext as _l
-from sqlalchemy import func, select
 from werkzeug.wrappers import Response
 
 from portal import db
 from portal.branding import render_page
 from portal.domain.roles import CustomerRole, Permission
 from portal.integrations.registry import integrations
-from portal.models import Membership
 from portal.services import people
 from portal.web.access import customer_required
 from portal.web.forms import ConfirmForm, role_label
@@ -28,12 +26,9 @@ ROLE_HELP = {
 @bp.route("/")
 @customer_required(Permission.VIEW_DASHBOARD)
 def dashboard() -> str:
-    user_count = db.session.scalar(select(func.count()).select_from(Membership))
-    invitations = (
-        len(people.pending_invitations(db.session, g.customer.id))
-        if g.membership.role == "administrator"
-        else 0
-    )
+    user_count, invitations = people.headcount(db.session, g.customer.id)
+    if g.membership.role != CustomerRole.ADMINISTRATOR:
+        invitations = 0
     return render_page(
         "portal/dashboard.html",
         panels=integrations().dashboard_panels(g.customer.id),

@@ -18,7 +18,7 @@ from flask.sessions import SessionInterface, SessionMixin
 from sqlalchemy import delete, select, update
 from werkzeug.datastructures import CallbackDict
 
-from portal.db import get_database, utcnow
+from portal.db import get_database, get_session, utcnow
 from portal.models import WebSession
 
 LAST_SEEN_RESOLUTION = timedelta(seconds=60)
@@ -72,18 +72,26 @@ class DatabaseSessionInterface(SessionInterface):
 
     def open_session(self, app: Flask, request: Request) -> ServerSession:
         sid = request.cookies.get(self.get_cookie_name(app))
-        if not sid or len(sid) > 128:
+        if not sid or len(sid) > 128 or _is_static(app, request):
             return ServerSession()
-        with get_database(app).sessions() as db_session:
-            row = db_session.get(WebSession, hash_session_id(sid))
-            if row is None:
-                return ServerSession(expired=True)
-            now = utcnow()
-            if now - row.last_seen_at > self.idle or now - row.created_at > self.absolute:
-                db_session.delete(row)
-                db_session.commit()
-                return ServerSession(expired=True)
-            return ServerSession(dict(row.data), sid, row.created_at, row.last_seen_at)
+        # the request's own session: one connection per request, not two
+        # (columns, not an ORM object: this runs on every request)
+        db_session = get_session()
+        id_hash = hash_session_id(sid)
+        row = db_session.execute(
+            select(WebSession.data, WebSession.created_at, WebSession.last_seen_at).where(
+                WebSession.id_hash == id_hash
+            )
+        ).first()
+        if row is None:
+            return ServerSession(expired=True)
+        data, created_at, last_seen_at = row
+        now = utcnow()
+        if now - last_seen_at > self.idle or now - created_at > self.absolute:
+            db_session.execute(delete(WebSession).where(WebSession.id_hash == id_hash))
+            db_session.commit()
+            return ServerSession(expired=True)
+        return ServerSession(dict(data), sid, created_at, last_seen_at)
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
         assert isinstance(session, ServerSession)
@@ -171,6 +179,11 @@ class DatabaseSessionInterface(SessionInterface):
         with get_database(app).sessions() as db_session:
             db_session.execute(delete(WebSession).where(WebSession.id_hash == hash_session_id(sid)))
             db_session.commit()
+
+
+def _is_static(app: Flask, request: Request) -> bool:
+    """Assets need no session (and should cost no database round trip)."""
+    return bool(app.static_url_path) and request.path.startswith(f"{app.static_url_path}/")
 
 
 def _principal(data: dict[str, Any]) -> str | None:
