@@ -10,14 +10,17 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 
 # the embedded default: SQLite under instance/, mail to the console, plain-http cookies
-DEV_ENV := PORTAL_ENV=development PORTAL_INSECURE_COOKIES=1 PORTAL_MAIL_BACKEND=console
+DEV_ENV := PORTAL_ENV=development PORTAL_INSECURE_COOKIES=1 PORTAL_MAIL_BACKEND=console \
+	PORTAL_PLUGINS=demo_provider,demo_payments PORTAL_PROVIDER=demo PORTAL_PAYMENT_GATEWAY=demo
+FIRST_PARTY_PLUGINS := $(wildcard plugins/*/pyproject.toml)
 
 .PHONY: run test lint typecheck unit setup translations migrate demo bench vendor chromium clean messages
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(FIRST_PARTY_PLUGINS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet $(foreach p,$(FIRST_PARTY_PLUGINS),-e $(dir $(p)))
 	touch $(STAMP)
 
 setup: $(STAMP) translations

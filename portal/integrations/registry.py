@@ -31,7 +31,7 @@ class PluginError(RuntimeError):
 def _results(pm: pluggy.PluginManager, hook: str, **kwargs: Any) -> Iterator[tuple[str, Any]]:
     """Call each implementation of ``hook`` in turn, yielding ``(plugin name, result)``."""
     caller = getattr(pm.hook, hook)
-    for impl in reversed(caller.get_hookimpls()):  # registration order
+    for impl in caller.get_hookimpls():  # pluggy lists them in registration order
         result = impl.function(**{name: kwargs[name] for name in impl.argnames})
         if result is not None:
             yield pm.get_name(impl.plugin) or "?", result
@@ -142,7 +142,7 @@ class Integrations:
         """
         failed: list[str] = []
         caller = getattr(self.pm.hook, hook)
-        for impl in reversed(caller.get_hookimpls()):
+        for impl in caller.get_hookimpls():
             name = self.pm.get_name(impl.plugin) or "?"
             try:
                 impl.function(**{arg: kwargs[arg] for arg in impl.argnames})

@@ -1,0 +1,1 @@
+"""Benchmarks: ``python bench/pages.py`` (``make bench``); see BENCHMARKS.md."""

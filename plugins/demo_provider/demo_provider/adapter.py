@@ -1,0 +1,333 @@
+"""The demo licence provider: a :class:`~portal.integrations.providers.ProviderAdapter` that
+keeps its subscriptions in its own tables and behaves like a real provider.
+
+- ``set_quantity`` is idempotent by ``request_id``: the first final result is recorded and
+  every repeat of the request returns it without a second effect.
+- It takes a while (``DELAY_SECONDS``, default 2) before it answers a new request.
+- A share of requests fails technically (``FAILURE_RATE``, default 0.1; the caller retries) and
+  a share is refused by a business rule (``REJECTION_RATE``, default 0.05). Both are decided
+  from the request id (and, for technical failures, the attempt number), so a run is
+  reproducible and a retry of a technically-failed request can succeed.
+- Quantities below 1 or above 10,000 are always refused, with the reason.
+- Reading back (``get_subscription``) never fails at random.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, Insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from demo_provider.models import DemoRequest, DemoSubscription
+from portal.db import utcnow
+from portal.integrations.providers import ProviderSubscription, QuantityChange
+from portal.integrations.registry import PluginError
+from portal.integrations.results import (
+    BusinessRejection,
+    Result,
+    Succeeded,
+    TechnicalFailure,
+)
+
+log = logging.getLogger(__name__)
+
+MIN_QUANTITY = 1
+MAX_QUANTITY = 10_000
+DEMO_OFFER_ID = "DEMO-OFFER-365"
+ACTIVE = "active"
+REJECTED_BY_RULE = BusinessRejection("Quantity not allowed by the demo rules", code="demo.rejected")
+
+
+@dataclass(frozen=True)
+class DemoProviderSettings:
+    """``PORTAL_DEMO_PROVIDER_*`` settings, parsed and checked."""
+
+    delay_seconds: float = 2.0
+    failure_rate: float = 0.1
+    rejection_rate: float = 0.05
+    retry_after_seconds: float = 5.0
+
+    @classmethod
+    def from_settings(cls, raw: Mapping[str, Any]) -> DemoProviderSettings:
+        def number(name: str, default: float, upper: float | None = None) -> float:
+            value = raw.get(name)
+            if value is None or value == "":
+                return default
+            try:
+                parsed = float(value)
+            except (TypeError, ValueError):
+                parsed = -1.0
+            if parsed < 0 or (upper is not None and parsed > upper):
+                limit = f"between 0 and {upper:g}" if upper is not None else "0 or more"
+                raise PluginError(
+                    f"PORTAL_DEMO_PROVIDER_{name} must be a number {limit}, not {value!r}"
+                )
+            return parsed
+
+        return cls(
+            delay_seconds=number("DELAY_SECONDS", cls.delay_seconds),
+            failure_rate=number("FAILURE_RATE", cls.failure_rate, 1.0),
+            rejection_rate=number("REJECTION_RATE", cls.rejection_rate, 1.0),
+            retry_after_seconds=number("RETRY_AFTER_SECONDS", cls.retry_after_seconds),
+        )
+
+
+def roll(*parts: str) -> float:
+    """A number in [0, 1) fixed by ``parts``: the demo's reproducible dice."""
+    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def fails_technically(request_id: str, attempt: int, rate: float) -> bool:
+    return roll(request_id, "attempt", str(attempt)) < rate
+
+
+def rejected_by_rule(request_id: str, rate: float) -> bool:
+    return roll(request_id, "rule") < rate
+
+
+class DemoProvider:
+    """The ``"demo"`` provider adapter."""
+
+    key = "demo"
+    display_name = "Demo provider"
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: DemoProviderSettings | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings or DemoProviderSettings()
+        self._sleep = sleep
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"<DemoProvider key={self.key!r}>"
+
+    # -- the Protocol ------------------------------------------------------------------------
+
+    def get_subscription(
+        self, customer_tenant_id: str, subscription_ref: str
+    ) -> Result[ProviderSubscription]:
+        """Read one subscription back; an unknown one is a rejection coded ``demo.not_found``."""
+        try:
+            with Session(self.engine) as session:
+                row = session.scalars(
+                    select(DemoSubscription).where(
+                        DemoSubscription.customer_tenant_id == customer_tenant_id,
+                        DemoSubscription.subscription_ref == subscription_ref,
+                    )
+                ).first()
+                if row is None:
+                    return BusinessRejection(
+                        "The demo provider has no such subscription for this customer",
+                        code="demo.not_found",
+                    )
+                return Succeeded(_as_subscription(row))
+        except SQLAlchemyError as error:
+            return self._store_failure(error)
+
+    def set_quantity(self, change: QuantityChange) -> Result[ProviderSubscription]:
+        """Set the subscription to ``change.target_quantity`` exactly once per request id.
+
+        An unknown subscription is created (the demo provider sells anything).
+        """
+        refusal = _check_quantity(change.target_quantity)
+        if refusal is not None:
+            return refusal
+        try:
+            recorded = self._recorded(change)
+            if recorded is not None:
+                return recorded
+            if self.settings.delay_seconds:
+                self._sleep(self.settings.delay_seconds)
+            return self._attempt(change)
+        except SQLAlchemyError as error:
+            return self._store_failure(error)
+
+    # -- the work ------------------------------------------------------------------------------
+
+    def _recorded(self, change: QuantityChange) -> Result[ProviderSubscription] | None:
+        with Session(self.engine) as session:
+            request = session.get(DemoRequest, change.request_id)
+            if request is None:
+                return None
+            return _replay(request, change)
+
+    def _attempt(self, change: QuantityChange) -> Result[ProviderSubscription]:
+        settings = self.settings
+        with Session(self.engine) as session, session.begin():
+            # claim the request: the row (and, on PostgreSQL, its lock) serialises concurrent
+            # deliveries of the same request, so only one of them can apply it
+            session.execute(
+                _insert_ignoring_duplicates(
+                    self.engine,
+                    DemoRequest,
+                    {
+                        "request_id": change.request_id,
+                        "customer_tenant_id": change.customer_tenant_id,
+                        "subscription_ref": change.subscription_ref,
+                        "target_quantity": change.target_quantity,
+                        "attempts": 0,
+                        "created_at": self._clock(),
+                    },
+                )
+            )
+            claimed = session.execute(
+                update(DemoRequest)
+                .where(DemoRequest.request_id == change.request_id, DemoRequest.outcome.is_(None))
+                .values(attempts=DemoRequest.attempts + 1)
+            )
+            request = session.get(DemoRequest, change.request_id, populate_existing=True)
+            assert request is not None
+            if getattr(claimed, "rowcount", 0) != 1:
+                replayed = _replay(request, change)
+                assert replayed is not None
+                return replayed
+            conflict = _conflict(request, change)
+            if conflict is not None:
+                return conflict
+            if fails_technically(change.request_id, request.attempts, settings.failure_rate):
+                return TechnicalFailure(
+                    "The demo provider is temporarily unavailable (simulated)",
+                    retry_after=timedelta(seconds=settings.retry_after_seconds),
+                )
+            if rejected_by_rule(change.request_id, settings.rejection_rate):
+                request.outcome = "rejected"
+                request.reason = REJECTED_BY_RULE.reason
+                request.code = REJECTED_BY_RULE.code
+                request.finished_at = self._clock()
+                return REJECTED_BY_RULE
+            subscription = self._apply(session, change)
+            request.outcome = "succeeded"
+            request.result_quantity = subscription.quantity
+            request.result_offer_id = subscription.offer_id
+            request.result_status = subscription.status
+            request.finished_at = self._clock()
+            return Succeeded(_as_subscription(subscription))
+
+    def _apply(self, session: Session, change: QuantityChange) -> DemoSubscription:
+        now = self._clock()
+        session.execute(
+            _insert_ignoring_duplicates(
+                self.engine,
+                DemoSubscription,
+                {
+                    "customer_tenant_id": change.customer_tenant_id,
+                    "subscription_ref": change.subscription_ref,
+                    "offer_id": DEMO_OFFER_ID,
+                    "quantity": change.target_quantity,
+                    "status": ACTIVE,
+                    "version": 0,
+                    "updated_at": now,
+                },
+            )
+        )
+        session.execute(
+            update(DemoSubscription)
+            .where(
+                DemoSubscription.customer_tenant_id == change.customer_tenant_id,
+                DemoSubscription.subscription_ref == change.subscription_ref,
+            )
+            .values(
+                quantity=change.target_quantity,
+                version=DemoSubscription.version + 1,
+                updated_at=now,
+            )
+        )
+        subscription = session.scalars(
+            select(DemoSubscription)
+            .where(
+                DemoSubscription.customer_tenant_id == change.customer_tenant_id,
+                DemoSubscription.subscription_ref == change.subscription_ref,
+            )
+            .execution_options(populate_existing=True)
+        ).one()
+        return subscription
+
+    def _store_failure(self, error: SQLAlchemyError) -> TechnicalFailure:
+        log.warning("demo provider: its store failed (%s)", type(error).__name__)
+        return TechnicalFailure(
+            "The demo provider could not reach its store",
+            retry_after=timedelta(seconds=self.settings.retry_after_seconds),
+        )
+
+
+def _check_quantity(quantity: int) -> BusinessRejection | None:
+    if isinstance(quantity, bool) or not isinstance(quantity, int):
+        return BusinessRejection(
+            "The quantity must be a whole number", code="demo.invalid_quantity"
+        )
+    if quantity < MIN_QUANTITY:
+        return BusinessRejection(
+            f"The quantity must be at least {MIN_QUANTITY}", code="demo.quantity_too_low"
+        )
+    if quantity > MAX_QUANTITY:
+        return BusinessRejection(
+            f"The quantity cannot be more than {MAX_QUANTITY:,}", code="demo.quantity_too_high"
+        )
+    return None
+
+
+def _conflict(request: DemoRequest, change: QuantityChange) -> BusinessRejection | None:
+    if (request.customer_tenant_id, request.subscription_ref, request.target_quantity) != (
+        change.customer_tenant_id,
+        change.subscription_ref,
+        change.target_quantity,
+    ):
+        return BusinessRejection(
+            "This request id was already used for a different change",
+            code="demo.request_id_reused",
+        )
+    return None
+
+
+def _replay(request: DemoRequest, change: QuantityChange) -> Result[ProviderSubscription] | None:
+    """The recorded result of a finished request; None while it is not final."""
+    if request.outcome is None:
+        return None
+    conflict = _conflict(request, change)
+    if conflict is not None:
+        return conflict
+    if request.outcome == "succeeded":
+        assert request.result_quantity is not None
+        return Succeeded(
+            ProviderSubscription(
+                subscription_ref=request.subscription_ref,
+                offer_id=request.result_offer_id or DEMO_OFFER_ID,
+                quantity=request.result_quantity,
+                status=request.result_status or ACTIVE,
+            )
+        )
+    return BusinessRejection(request.reason or REJECTED_BY_RULE.reason, code=request.code)
+
+
+def _as_subscription(row: DemoSubscription) -> ProviderSubscription:
+    return ProviderSubscription(
+        subscription_ref=row.subscription_ref,
+        offer_id=row.offer_id,
+        quantity=row.quantity,
+        status=row.status,
+    )
+
+
+def _insert_ignoring_duplicates(engine: Engine, model: type[Any], values: dict[str, Any]) -> Insert:
+    """``INSERT … ON CONFLICT DO NOTHING`` on the portal's two engines."""
+    dialect = engine.dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(model).values(**values).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        return sqlite.insert(model).values(**values).on_conflict_do_nothing()
+    raise PluginError(f"the demo provider supports SQLite and PostgreSQL, not {dialect}")

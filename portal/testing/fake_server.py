@@ -1,0 +1,151 @@
+"""A local HTTP server on 127.0.0.1 that plays a vendor's API in a test.
+
+The test supplies a handler: a function from the :class:`RecordedRequest` to a
+:class:`FakeResponse`. Write it to follow the vendor's documented contract (status codes, error
+bodies, ``429`` with ``Retry-After``, idempotency headers), then point the plugin's real client
+(or the vendor's SDK) at :attr:`FakeServer.url`. Every request is recorded in
+:attr:`FakeServer.requests`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from werkzeug.datastructures import Headers
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request the fake received. ``headers`` are case-insensitive."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: Headers
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass(frozen=True)
+class FakeResponse:
+    """What the fake answers. A ``dict`` or ``list`` body is sent as JSON."""
+
+    status: int = 200
+    body: bytes | str | dict[str, Any] | list[Any] = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def encoded(self) -> tuple[bytes, dict[str, str]]:
+        headers = dict(self.headers)
+        if isinstance(self.body, dict | list):
+            headers.setdefault("Content-Type", "application/json")
+            return json.dumps(self.body).encode(), headers
+        if isinstance(self.body, str):
+            headers.setdefault("Content-Type", "text/plain; charset=utf-8")
+            return self.body.encode(), headers
+        return self.body, headers
+
+
+Handler = Callable[[RecordedRequest], FakeResponse]
+
+
+class FakeServer:
+    """An HTTP/1.1 server in a background thread on a free port of 127.0.0.1.
+
+    A handler that raises makes the fake answer ``500``; the error is kept in :attr:`errors`
+    (the ``portal_fake_server`` fixture fails the test with it).
+    """
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.requests: list[RecordedRequest] = []
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_request_handler(self))
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="portal-fake-server", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>`` (no trailing slash)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+    def requests_to(self, path: str, method: str | None = None) -> list[RecordedRequest]:
+        """The recorded requests for ``path`` (and ``method``, when given)."""
+        return [
+            r
+            for r in list(self.requests)
+            if r.path == path and (method is None or r.method == method.upper())
+        ]
+
+    def __enter__(self) -> FakeServer:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+def _make_request_handler(fake: FakeServer) -> type[BaseHTTPRequestHandler]:
+    class RequestHandler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _handle(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            parts = urlsplit(self.path)
+            request = RecordedRequest(
+                method=self.command,
+                path=parts.path,
+                query=parse_qs(parts.query, keep_blank_values=True),
+                headers=Headers(list(self.headers.items())),
+                body=body,
+            )
+            fake.record(request)
+            try:
+                response = fake.handler(request)
+                payload, headers = response.encoded()
+                status = response.status
+            except Exception:
+                fake.errors.append(traceback.format_exc())
+                payload, headers, status = b"fake server handler failed", {}, 500
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(payload)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet: the test reads :attr:`FakeServer.requests` instead."""
+
+    return RequestHandler
