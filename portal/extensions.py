@@ -8,12 +8,13 @@ with :func:`rate_limited`, naming the setting that holds the rate.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from flask import Flask, current_app, g, request, session
-from flask_babel import Babel, get_locale, get_translations
+from flask_babel import Babel, force_locale, get_locale, get_translations
 from flask_limiter import Limiter
 from flask_login import LoginManager
 from flask_wtf import CSRFProtect
@@ -99,12 +100,23 @@ def select_locale() -> str | None:
 
 
 def _request_translations() -> Any:
-    locale = get_locale()
-    cache: dict[Any, Any] = g.setdefault("_portal_translations", {})
-    translations = cache.get(locale)
+    translations = g.get("_portal_translations")
     if translations is None:
-        translations = cache[locale] = get_translations()
+        translations = g._portal_translations = get_translations()
     return translations
+
+
+@contextmanager
+def rendering_in(locale: str) -> Iterator[None]:
+    """Render in another language for a moment (an email to someone else), then switch back."""
+    saved = g.pop("_portal_translations", None)
+    try:
+        with force_locale(locale):
+            yield
+    finally:
+        g.pop("_portal_translations", None)
+        if saved is not None:
+            g._portal_translations = saved
 
 
 def _template_gettext(message: str) -> str:

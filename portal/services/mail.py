@@ -9,8 +9,8 @@ from email.message import EmailMessage
 from email.utils import formataddr, make_msgid
 
 from flask import current_app, render_template
-from flask_babel import force_locale
 
+from portal.extensions import rendering_in
 from portal.models import Partner
 
 
@@ -23,7 +23,7 @@ class Mail:
 
 def render_mail(template: str, partner: Partner, locale: str | None, **context: object) -> Mail:
     """Render ``templates/email/<template>.txt``; its first line is the subject."""
-    with force_locale(locale or "en"):
+    with rendering_in(locale or "en"):
         body = render_template(f"email/{template}.txt", partner=partner, **context)
     subject, _, text = body.partition("\n")
     return Mail(to=str(context.get("to", "")), subject=subject.strip(), text=text.lstrip("\n"))

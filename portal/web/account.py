@@ -47,7 +47,6 @@ def _render(invite_form: InviteForm | None = None) -> str:
         invitations=people.pending_invitations(db.session, g.customer.id),
         invite_form=invite_form or InviteForm(formdata=None),
         role_choices=role_choices(),
-        confirm_form=ConfirmForm(),
         role_label=role_label,
     )
 

@@ -93,3 +93,20 @@ def test_every_user_visible_string_is_translated(tmp_path: Path) -> None:
     missing = sorted(extracted - set(translated))
     assert not missing, f"untranslated (run `make messages`, then translate): {missing}"
     assert len(extracted) > 150
+
+
+def test_a_mail_in_another_language_leaves_the_page_in_its_own(
+    client: HttpsClient,
+    tenant: Tenant,
+    mailbox,  # type: ignore[no-untyped-def]
+) -> None:
+    spanish = {"Accept-Language": "es"}
+    token = csrf_token(client.get("/forgot-password", headers=spanish).data)
+    page = client.post(
+        "/forgot-password",
+        headers=spanish,
+        data={"csrf_token": token, "email": "administrator@a.alpha.example"},
+    )
+    assert "Revisa tu correo" in page.get_data(as_text=True)  # the page: Spanish
+    mail = mailbox.last_to("administrator@a.alpha.example")
+    assert mail["Subject"] == "Reset your Alpha Cloud password"  # the mail: the user's (English)
