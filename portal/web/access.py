@@ -14,7 +14,7 @@ from typing import Any, TypeVar, cast
 
 from flask import Flask, abort, g, redirect, request, session, url_for
 from flask_login import AnonymousUserMixin, current_user, login_user, logout_user
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import joinedload
 
 from portal import db
@@ -134,27 +134,26 @@ def check_every_route_declares_access(app: Flask) -> None:
         )
 
 
+# Built once: these run on every signed-in request. The person and every account they belong
+# to come back in one round trip.
+USER_WITH_ACCOUNTS = (
+    select(User)
+    .where(User.id == bindparam("id"), User.active.is_(True))
+    .options(joinedload(User.memberships).joinedload(Membership.customer))
+)
+ACTIVE_STAFF = select(StaffUser).where(StaffUser.id == bindparam("id"), StaffUser.active.is_(True))
+
+
 @login_manager.user_loader  # type: ignore[untyped-decorator]
 def _load_principal(principal_id: str) -> CustomerPrincipal | StaffPrincipal | None:
     kind, _, raw_id = principal_id.partition(":")
     if not raw_id.isdigit():
         return None
     if kind == "user":
-        # the person and every account they belong to, in one round trip
-        user = (
-            db.session.scalars(
-                select(User)
-                .where(User.id == int(raw_id), User.active.is_(True))
-                .options(joinedload(User.memberships).joinedload(Membership.customer))
-            )
-            .unique()
-            .first()
-        )
+        user = db.session.scalars(USER_WITH_ACCOUNTS, {"id": int(raw_id)}).unique().first()
         return CustomerPrincipal(user) if user else None
     if kind == "staff":
-        staff = db.session.scalars(
-            select(StaffUser).where(StaffUser.id == int(raw_id), StaffUser.active.is_(True))
-        ).first()
+        staff = db.session.scalars(ACTIVE_STAFF, {"id": int(raw_id)}).first()
         return StaffPrincipal(staff) if staff else None
     return None
 

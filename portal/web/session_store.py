@@ -15,13 +15,16 @@ from typing import Any
 
 from flask import Flask, Request, Response
 from flask.sessions import SessionInterface, SessionMixin
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from werkzeug.datastructures import CallbackDict
 
 from portal.db import get_database, get_session, utcnow
 from portal.models import WebSession
 
 LAST_SEEN_RESOLUTION = timedelta(seconds=60)
+SESSION_BY_ID = select(WebSession.data, WebSession.created_at, WebSession.last_seen_at).where(
+    WebSession.id_hash == bindparam("id_hash")
+)
 
 
 def hash_session_id(sid: str) -> str:
@@ -78,11 +81,7 @@ class DatabaseSessionInterface(SessionInterface):
         # (columns, not an ORM object: this runs on every request)
         db_session = get_session()
         id_hash = hash_session_id(sid)
-        row = db_session.execute(
-            select(WebSession.data, WebSession.created_at, WebSession.last_seen_at).where(
-                WebSession.id_hash == id_hash
-            )
-        ).first()
+        row = db_session.execute(SESSION_BY_ID, {"id_hash": id_hash}).first()
         if row is None:
             return ServerSession(expired=True)
         data, created_at, last_seen_at = row
