@@ -35,8 +35,9 @@ demo: migrate
 	$(DEV_ENV) $(FLASK) portal demo
 
 run: demo
+	$(DEV_ENV) $(FLASK) demo-provider exercise --count 8
 	@echo "CSP Portal on http://$(HOST):$(PORT)/  (staff area: /staff/) — demo logins are in README.md"
-	$(DEV_ENV) $(FLASK) run --host $(HOST) --port $(PORT)
+	$(DEV_ENV) HOST=$(HOST) PORT=$(PORT) ./scripts/run-dev.sh
 
 chromium:
 	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the browser tests"; \
@@ -54,6 +55,7 @@ test: setup chromium lint typecheck
 
 bench: setup
 	$(BIN)/python bench/pages.py
+	$(BIN)/python bench/outbox.py
 
 # Re-extract the catalogue after changing user-visible text, then translate translations/es.
 messages: $(STAMP)

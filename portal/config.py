@@ -67,6 +67,7 @@ SETTINGS: dict[str, tuple[Any, Any]] = {
     "ACCOUNTING_SYSTEM": ("", _str),
     "NOTIFIER": ("", _str),
     "BROKER_URL": ("", _str),
+    "TASK_QUEUE": ("portal", _str),
     "OUTBOX_LEASE_SECONDS": (300, _int),
     "OUTBOX_SWEEP_SECONDS": (30, _int),
 }

@@ -31,7 +31,7 @@ from portal.integrations.registry import Integrations, PluginError, _as_list, _r
 ENTRY_POINT_GROUP = "portal.plugins"
 FIRST_PARTY_DIR = ROOT / "plugins"
 # core default implementations, registered in every app
-CORE_PLUGINS: tuple[str, ...] = ()
+CORE_PLUGINS: tuple[str, ...] = ("portal.tasks.core_hooks",)
 NAME = re.compile(r"[a-z][a-z0-9_]*")
 SECRET_NAME = re.compile(r"secret|key|token|password|dsn", re.IGNORECASE)
 

@@ -233,7 +233,8 @@ def client_for(app: Flask, host: str = DEFAULT_HOST) -> PortalClient:
 
 
 # what a plugin may import from the portal: the hook marker, the integration types, database
-# helpers, plugin settings, access decorators, page rendering, roles and money
+# helpers, plugin settings, access decorators, page rendering, roles and money, the models
+# (to read) and the outbox (to queue background work and write its handlers)
 PUBLIC_PORTAL_MODULES = frozenset(
     {
         "portal",
@@ -244,6 +245,10 @@ PUBLIC_PORTAL_MODULES = frozenset(
         "portal.domain.roles",
         "portal.domain.money",
         "portal.integrations",
+        "portal.models",
+        "portal.models.outbox",
+        "portal.tasks.handlers",
+        "portal.tasks.outbox",
     }
 )
 

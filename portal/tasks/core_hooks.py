@@ -1,0 +1,57 @@
+"""Core default hook implementations, registered in every app (``CORE_PLUGINS``).
+
+They give every deployment the periodic jobs it needs whatever plugins are loaded: the outbox
+sweep (which re-sends work the broker lost or a dead worker abandoned) and the daily purge of
+expired sign-in sessions; and the ``core.noop`` outbox kind, a heartbeat that proves the whole
+path (enqueue, broker, worker, database) works.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from celery.schedules import crontab  # type: ignore[import-untyped]
+from flask import current_app, has_app_context
+
+from portal import config
+from portal.hookspecs import hookimpl
+from portal.tasks.celery_app import PURGE_SESSIONS_TASK, SWEEP_TASK
+from portal.tasks.handlers import Done, Outcome
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from portal.models.outbox import OutboxItem
+    from portal.tasks.handlers import OutboxHandler
+
+
+def noop(item: OutboxItem, session: Session) -> Outcome:
+    """Does nothing and succeeds: a heartbeat, and the unit of the outbox benchmark."""
+    return Done()
+
+
+def _sweep_seconds() -> int:
+    # the hook has no app argument and runs while the app is being built: read the app's
+    # setting when there is one, else the environment the app reads it from
+    settings = current_app.config if has_app_context() else config.load()
+    return int(settings.get("PORTAL_OUTBOX_SWEEP_SECONDS") or 30)
+
+
+@hookimpl
+def portal_beat_schedule() -> dict[str, dict[str, Any]]:
+    return {
+        "portal.outbox.sweep": {
+            "task": SWEEP_TASK,
+            "schedule": timedelta(seconds=_sweep_seconds()),
+        },
+        "portal.sessions.purge": {
+            "task": PURGE_SESSIONS_TASK,
+            "schedule": crontab(hour=3, minute=17),  # daily, at a quiet hour (UTC)
+        },
+    }
+
+
+@hookimpl
+def portal_outbox_handlers() -> dict[str, OutboxHandler]:
+    return {"core.noop": noop}

@@ -1,0 +1,407 @@
+"""The outbox: enqueue work in the caller's transaction, claim it under a lease, run it once.
+
+Why this shape (DESIGN §7, reliability notes §1.5):
+
+- :func:`enqueue` adds the row to the caller's session, so the work exists if and only if the
+  change that causes it commits. The broker only ever hears about committed rows: the items
+  are collected in ``session.info`` and their ids sent after the commit. A broker that is down
+  loses nothing; the row stays pending and :func:`sweep` sends it later.
+- A message carries only the item's id. Messages may be lost, duplicated or redelivered after a
+  crash; the row is the truth. :func:`claim` is one conditional UPDATE, so exactly one worker
+  holds an item at a time, and a lease lets another take over when a worker dies. Every later
+  change of the item's state is conditional on that lease.
+- :func:`run_item` commits "done" in the same transaction as the handler's own writes, and only
+  if the lease is still ours: a worker that lost its lease can't commit a second effect.
+
+Nothing here imports Celery at module level: the web process enqueues without loading it until
+the first dispatch, and the tests drive this module directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any, Final, cast
+
+from flask import Flask, current_app
+from sqlalchemy import Table, and_, bindparam, event, inspect, or_, select, update
+from sqlalchemy.orm import Session, SessionTransaction
+
+from portal.db import get_database, utcnow
+from portal.integrations.registry import integrations
+from portal.models import OutboxItem, OutboxState
+from portal.scoping import Scope, set_scope
+from portal.tasks.handlers import Done, GiveUp, Outcome, RetryLater
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE: Final = timedelta(seconds=2)
+BACKOFF_CAP: Final = timedelta(hours=1)
+SWEEP_BATCH: Final = 500
+ERROR_LIMIT: Final = 2000  # characters of an error kept on the item (shown to staff)
+DEFAULT_LEASE_SECONDS: Final = 300
+
+# keys of Session.info: the items to dispatch after commit, and the app they belong to
+_PENDING: Final = "portal_outbox_items"
+_APP: Final = "portal_outbox_app"
+
+_rng = random.Random()  # jitter spreads retries; it protects nothing
+
+
+# -- settings --------------------------------------------------------------------------------
+
+
+def lease_duration(app: Flask) -> timedelta:
+    """How long a claimed item stays with its worker before another may take it over."""
+    seconds = app.config.get("PORTAL_OUTBOX_LEASE_SECONDS") or DEFAULT_LEASE_SECONDS
+    return timedelta(seconds=int(seconds))
+
+
+def worker_identity() -> str:
+    """A lease owner unique to one run: a worker can't mistake an old lease of its own."""
+    return f"{socket.gethostname()}:{uuid.uuid4().hex[:12]}"
+
+
+# -- enqueue ---------------------------------------------------------------------------------
+
+
+def enqueue(
+    session: Session,
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    partner_id: int | None = None,
+    customer_id: int | None = None,
+    available_at: datetime | None = None,
+    max_attempts: int = 8,
+    app: Flask | None = None,
+) -> OutboxItem:
+    """Add an outbox item to the caller's transaction; it is dispatched once that commits.
+
+    The caller commits (or rolls back) as usual: a rollback takes the item with it and nothing
+    is sent. Like any added object, the item is inserted (and gets its id) at the next flush,
+    so a batch of items costs one INSERT. ``app`` defaults to the current app; an unknown
+    ``kind`` is refused here rather than failing later in a worker.
+    """
+    flask_app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    if kind not in integrations(flask_app).outbox_handlers:
+        known = ", ".join(sorted(integrations(flask_app).outbox_handlers)) or "none"
+        raise ValueError(f"no outbox handler for kind {kind!r} is loaded (loaded: {known})")
+    if max_attempts < 1:
+        raise ValueError("max_attempts must be at least 1")
+    now = utcnow()
+    due = available_at is None or available_at <= now
+    item = OutboxItem(
+        kind=kind,
+        payload=payload,
+        partner_id=partner_id,
+        customer_id=customer_id,
+        state=OutboxState.PENDING,
+        attempts=0,
+        max_attempts=max_attempts,
+        available_at=available_at or now,
+        # due work is marked as sent now, so the sweep leaves it to the dispatch after commit
+        # (a failed dispatch clears the mark); later work is left to the sweep, when it is due
+        dispatched_at=now if due else None,
+    )
+    session.add(item)  # inserted at the next flush, many items in one statement
+    if due:
+        session.info.setdefault(_PENDING, []).append(item)
+        session.info[_APP] = flask_app
+    return item
+
+
+@event.listens_for(Session, "after_commit")
+def _dispatch_after_commit(session: Session) -> None:
+    items: list[OutboxItem] = session.info.pop(_PENDING, [])
+    app: Flask | None = session.info.pop(_APP, None)
+    # the ids from the identity keys: no SQL may run here, and none is needed. An item without
+    # one was never inserted (expunged, or its savepoint rolled back): nothing to send.
+    ids = [key[0] for key in (inspect(item).identity for item in items) if key]
+    if ids and app is not None:
+        dispatch_ids(app, ids)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_after_rollback(session: Session, transaction: SessionTransaction) -> None:
+    # after a commit the items are already gone; this drops those of a rolled-back transaction
+    if transaction.parent is None:
+        session.info.pop(_PENDING, None)
+        session.info.pop(_APP, None)
+
+
+def dispatch_ids(app: Flask, ids: Sequence[int]) -> int:
+    """Send ``ids`` to the broker; on failure log, un-mark the rest for the sweep, and go on.
+
+    Never raises: it runs after the caller's commit, when the work is already safely stored.
+    """
+    from portal.tasks.celery_app import run_sender
+
+    sent = 0
+    try:
+        with run_sender(app) as send:
+            for item_id in ids:
+                send(item_id)
+                sent += 1
+    except Exception:
+        log.exception(
+            "could not dispatch %d outbox item(s) (first id %s); the sweep will send them",
+            len(ids) - sent,
+            ids[sent],
+        )
+        _clear_dispatched(app, ids[sent:])
+    return sent
+
+
+def _clear_dispatched(app: Flask, ids: Sequence[int]) -> None:
+    """Let the next sweep send these items at once instead of after a lease period."""
+    try:
+        with get_database(app).sessions() as session:
+            session.execute(
+                update(OutboxItem)
+                .where(OutboxItem.id.in_(list(ids)), OutboxItem.state == OutboxState.PENDING)
+                .values(dispatched_at=None)
+                .execution_options(synchronize_session=False)
+            )
+            session.commit()
+    except Exception:
+        log.exception("could not clear dispatched_at; the sweep sends them after one lease")
+
+
+# -- claim and run ---------------------------------------------------------------------------
+
+
+# Statements built once, on the table rather than the mapped class: a worker runs them for every
+# item, and building them or passing them through the ORM's bulk-update machinery costs more
+# than the database round trip of a no-op item.
+_T = cast(Table, OutboxItem.__table__)
+_DUE = and_(_T.c.state == OutboxState.PENDING, _T.c.available_at <= bindparam("now"))
+_ABANDONED = and_(_T.c.state == OutboxState.RUNNING, _T.c.lease_expires_at < bindparam("now"))
+_CLAIM = select(OutboxItem).from_statement(
+    update(_T)
+    .where(_T.c.id == bindparam("item_id"), or_(_DUE, _ABANDONED))
+    .values(
+        state=OutboxState.RUNNING,
+        lease_expires_at=bindparam("lease_until"),
+        lease_owner=bindparam("worker_id"),
+        attempts=_T.c.attempts + 1,
+    )
+    .returning(*_T.c)
+)
+# the item is still leased to this run: no other worker has taken it over
+_OURS = and_(
+    _T.c.id == bindparam("item_id"),
+    _T.c.state == OutboxState.RUNNING,
+    _T.c.lease_owner == bindparam("worker_id"),
+)
+_NO_LEASE = {"lease_expires_at": None, "lease_owner": None}
+_FINISH = (
+    update(_T)
+    .where(_OURS)
+    .values(
+        state=OutboxState.DONE,
+        finished_at=bindparam("now"),
+        result=bindparam("result"),
+        last_error=None,
+        **_NO_LEASE,
+    )
+)
+_FAIL = (
+    update(_T)
+    .where(_OURS)
+    .values(
+        state=OutboxState.FAILED,
+        finished_at=bindparam("now"),
+        last_error=bindparam("error"),
+        **_NO_LEASE,
+    )
+)
+_RETRY = (
+    update(_T)
+    .where(_OURS)
+    .values(
+        state=OutboxState.PENDING,
+        available_at=bindparam("available_at"),
+        last_error=bindparam("error"),
+        dispatched_at=None,  # the sweep sends it once it is due
+        **_NO_LEASE,
+    )
+)
+
+
+def claim(
+    session: Session,
+    item_id: int,
+    worker_id: str,
+    lease: timedelta,
+    now: datetime | None = None,
+) -> OutboxItem | None:
+    """Take the item for ``lease`` if it is available, in one conditional UPDATE.
+
+    Claimable: pending and due, or running with an expired lease (its worker died). Exactly one
+    of several concurrent claimers gets the row back: PostgreSQL re-checks the condition on the
+    row after waiting for the other's lock, SQLite serialises writers. ``RETURNING`` is the
+    rowcount check and the load of the item in one round trip. The caller commits.
+    """
+    now = now or utcnow()
+    params = {"item_id": item_id, "now": now, "lease_until": now + lease, "worker_id": worker_id}
+    return session.scalars(_CLAIM, params).first()
+
+
+def run_item(app: Flask, item_id: int, worker_id: str | None = None) -> str:
+    """Claim one item and run its handler; returns what happened (for logs and tests).
+
+    The claim is committed on its own first, so a crash while the handler runs leaves a lease
+    that expires rather than a pending item another worker would start at once. Both
+    transactions run on one connection, checked out (and pinged) once per item.
+    """
+    worker_id = worker_id or worker_identity()
+    database = get_database(app)
+    with database.engine.connect() as connection:
+        transactional = connection.default_isolation_level
+        # the claim is one statement: in autocommit it is its own transaction, committed in
+        # the same round trip
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        with database.sessions(bind=connection) as session:
+            item = claim(session, item_id, worker_id, lease_duration(app))
+            session.commit()
+        if item is None:
+            return "not-claimable"
+        connection.execution_options(isolation_level=transactional)
+        with database.sessions(bind=connection) as session:
+            return _run_handler(app, session, item, worker_id)
+
+
+def _run_handler(app: Flask, session: Session, item: OutboxItem, worker_id: str) -> str:
+    """Call the item's handler in the item's tenant scope and record its outcome."""
+    if item.partner_id is not None:
+        set_scope(session, Scope(item.partner_id, item.customer_id))
+    handler = integrations(app).outbox_handlers.get(item.kind)
+    if handler is None:
+        outcome: Outcome = RetryLater(f"no handler for kind {item.kind!r} is loaded")
+    else:
+        try:
+            outcome = handler(item, session)
+        except Exception as error:
+            log.exception("outbox item %s (%s) raised; it will be retried", item.id, item.kind)
+            session.rollback()
+            outcome = RetryLater(_describe(error))
+    if isinstance(outcome, Done):
+        return _finish(session, item, worker_id, outcome)
+    session.rollback()  # a handler that did not finish keeps none of its writes
+    if isinstance(outcome, GiveUp):
+        return _fail(session, item, worker_id, outcome.reason)
+    return _retry_or_fail(session, item, worker_id, outcome)
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:ERROR_LIMIT]
+
+
+def _finish(session: Session, item: OutboxItem, worker_id: str, outcome: Done) -> str:
+    """Mark done with the handler's writes, in one commit, if the lease is still ours."""
+    params = {"item_id": item.id, "worker_id": worker_id, "now": utcnow(), "result": outcome.result}
+    if session.connection().execute(_FINISH, params).rowcount != 1:
+        session.rollback()
+        log.warning("outbox item %s: lease lost before commit; its writes are undone", item.id)
+        return "lease-lost"
+    session.commit()
+    return "done"
+
+
+def _fail(session: Session, item: OutboxItem, worker_id: str, reason: str) -> str:
+    params = {"now": utcnow(), "error": reason[:ERROR_LIMIT]}
+    return _release(session, item, worker_id, _FAIL, params, "failed")
+
+
+def _retry_or_fail(session: Session, item: OutboxItem, worker_id: str, outcome: RetryLater) -> str:
+    if item.attempts >= item.max_attempts:
+        return _fail(
+            session, item, worker_id, f"gave up after {item.attempts} attempts: {outcome.reason}"
+        )
+    delay = backoff(item.attempts, outcome.retry_after, _rng)
+    params = {"available_at": utcnow() + delay, "error": outcome.reason[:ERROR_LIMIT]}
+    return _release(session, item, worker_id, _RETRY, params, "retry")
+
+
+def _release(
+    session: Session,
+    item: OutboxItem,
+    worker_id: str,
+    statement: Any,
+    params: dict[str, Any],
+    outcome: str,
+) -> str:
+    """Record a retry or a failure and drop the lease, if the lease is still ours."""
+    result = session.connection().execute(
+        statement, {"item_id": item.id, "worker_id": worker_id, **params}
+    )
+    if result.rowcount != 1:
+        session.rollback()
+        return "lease-lost"
+    session.commit()
+    log.info("outbox item %s (%s): %s", item.id, item.kind, outcome)
+    return outcome
+
+
+def backoff(attempt: int, retry_after: timedelta | None, rng: random.Random) -> timedelta:
+    """Delay before the next attempt: exponential with full jitter, never before retry_after.
+
+    Full jitter (uniform between 0 and the exponential ceiling) spreads the retries of many
+    items failing together; the ceiling doubles from 2 s per attempt up to one hour. A
+    provider's ``Retry-After`` is a floor: retrying earlier only earns another refusal.
+    """
+    exponent = min(max(attempt - 1, 0), 20)  # 2 s * 2**20 is far above the cap already
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * (1 << exponent))
+    delay = ceiling * rng.random()
+    if retry_after is not None and retry_after > delay:
+        return retry_after
+    return delay
+
+
+# -- sweep -----------------------------------------------------------------------------------
+
+
+def sweep(app: Flask, now: datetime | None = None) -> int:
+    """Dispatch work the broker may have lost; returns how many items were sent.
+
+    Picks items that are due but were not dispatched within one lease period (the dispatch
+    failed, the broker lost the message, or a retry came due), and items whose worker's lease
+    expired (it died). At most :data:`SWEEP_BATCH` per call, oldest first; a duplicate message
+    is harmless because a claim succeeds only once.
+    """
+    now = now or utcnow()
+    quiet_since = now - lease_duration(app)
+    due = and_(
+        OutboxItem.state == OutboxState.PENDING,
+        OutboxItem.available_at <= now,
+        or_(OutboxItem.dispatched_at.is_(None), OutboxItem.dispatched_at < quiet_since),
+    )
+    abandoned = and_(
+        OutboxItem.state == OutboxState.RUNNING,
+        OutboxItem.lease_expires_at < now,
+        or_(OutboxItem.dispatched_at.is_(None), OutboxItem.dispatched_at < quiet_since),
+    )
+    with get_database(app).sessions() as session:
+        ids = list(
+            session.scalars(
+                select(OutboxItem.id)
+                .where(or_(due, abandoned))
+                .order_by(OutboxItem.available_at, OutboxItem.id)
+                .limit(SWEEP_BATCH)
+            )
+        )
+        if not ids:
+            return 0
+        session.execute(
+            update(OutboxItem)
+            .where(OutboxItem.id.in_(ids))
+            .values(dispatched_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+    return dispatch_ids(app, ids)

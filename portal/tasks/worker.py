@@ -1,0 +1,27 @@
+"""The module the ``celery`` command points at: ``celery -A portal.tasks.worker worker``.
+
+It builds the portal from the environment (the same ``PORTAL_*`` settings as the web server)
+and exposes its Celery app as ``celery``. The Flask app is deliberately not called ``app``:
+Celery's ``-A`` lookup would take it for the Celery app.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.signals import worker_process_init  # type: ignore[import-untyped]
+
+from portal import create_app
+from portal.db import get_database
+from portal.tasks.celery_app import make_celery
+
+flask_app = create_app()
+celery = make_celery(flask_app)
+
+
+def _fresh_connections(**_: Any) -> None:
+    """A forked pool process must not share the parent's database connections."""
+    get_database(flask_app).engine.dispose(close=False)
+
+
+worker_process_init.connect(_fresh_connections, weak=False)
