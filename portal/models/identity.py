@@ -19,6 +19,10 @@ class WebSession(Base):
     data: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
     # "user:<id>" or "staff:<id>" once signed in, so every session of a person can be ended.
     principal: Mapped[str | None] = mapped_column(String(40), index=True)
+    # the signed-in customer user, so a request loads session and person in one query
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("app_user.id", ondelete="CASCADE"), index=True
+    )
     user_agent: Mapped[str | None] = mapped_column(String(300))
     ip: Mapped[str | None] = mapped_column(String(45))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

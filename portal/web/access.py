@@ -23,7 +23,7 @@ from portal.domain.roles import Permission, customer_may, staff_may
 from portal.extensions import login_manager
 from portal.models import Membership, StaffUser, User
 from portal.scoping import Scope, set_scope
-from portal.web.session_store import ServerSession
+from portal.web.session_store import PRELOADED_USER, ServerSession
 
 F = TypeVar("F", bound=Callable[..., Any])
 ACCESS_ATTR = "portal_access"
@@ -150,12 +150,27 @@ def _load_principal(principal_id: str) -> CustomerPrincipal | StaffPrincipal | N
     if not raw_id.isdigit():
         return None
     if kind == "user":
-        user = db.session.scalars(USER_WITH_ACCOUNTS, {"id": int(raw_id)}).unique().first()
+        user = _preloaded_user(int(raw_id))
+        if user is None:
+            user = db.session.scalars(USER_WITH_ACCOUNTS, {"id": int(raw_id)}).unique().first()
         return CustomerPrincipal(user) if user else None
     if kind == "staff":
         staff = db.session.scalars(ACTIVE_STAFF, {"id": int(raw_id)}).first()
         return StaffPrincipal(staff) if staff else None
     return None
+
+
+def _preloaded_user(user_id: int) -> User | None:
+    """The person the session store loaded with the session, if it is this brand's.
+
+    That query ran before the partner was known, so the partner scope did not filter it:
+    check here what the scope would have.
+    """
+    user: User | None = g.get(PRELOADED_USER)
+    brand = g.get("brand")
+    if user is None or brand is None or user.id != user_id or user.partner_id != brand.id:
+        return None
+    return user
 
 
 def _scope_request() -> None:

@@ -13,18 +13,25 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
-from flask import Flask, Request, Response
+from flask import Flask, Request, Response, g
 from flask.sessions import SessionInterface, SessionMixin
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import and_, bindparam, delete, select, update
+from sqlalchemy.orm import joinedload
 from werkzeug.datastructures import CallbackDict
 
 from portal.db import get_database, get_session, utcnow
-from portal.models import WebSession
+from portal.models import Membership, User, WebSession
 
 LAST_SEEN_RESOLUTION = timedelta(seconds=60)
-SESSION_BY_ID = select(WebSession.data, WebSession.created_at, WebSession.last_seen_at).where(
-    WebSession.id_hash == bindparam("id_hash")
+# the session and, when a customer user is signed in, that person with every account they
+# belong to: one round trip for what every page needs
+SESSION_BY_ID = (
+    select(WebSession, User)
+    .outerjoin(User, and_(User.id == WebSession.user_id, User.active.is_(True)))
+    .options(joinedload(User.memberships).joinedload(Membership.customer))
+    .where(WebSession.id_hash == bindparam("id_hash"))
 )
+PRELOADED_USER = "_portal_preloaded_user"
 
 
 def hash_session_id(sid: str) -> str:
@@ -78,19 +85,20 @@ class DatabaseSessionInterface(SessionInterface):
         if not sid or len(sid) > 128 or _is_static(app, request):
             return ServerSession()
         # the request's own session: one connection per request, not two
-        # (columns, not an ORM object: this runs on every request)
         db_session = get_session()
         id_hash = hash_session_id(sid)
-        row = db_session.execute(SESSION_BY_ID, {"id_hash": id_hash}).first()
+        row = db_session.execute(SESSION_BY_ID, {"id_hash": id_hash}).unique().first()
         if row is None:
             return ServerSession(expired=True)
-        data, created_at, last_seen_at = row
+        stored, user = row
         now = utcnow()
-        if now - last_seen_at > self.idle or now - created_at > self.absolute:
+        if now - stored.last_seen_at > self.idle or now - stored.created_at > self.absolute:
             db_session.execute(delete(WebSession).where(WebSession.id_hash == id_hash))
             db_session.commit()
             return ServerSession(expired=True)
-        return ServerSession(dict(data), sid, created_at, last_seen_at)
+        # handed to the user loader, which still checks the partner (see portal.web.access)
+        g.setdefault(PRELOADED_USER, user)
+        return ServerSession(dict(stored.data), sid, stored.created_at, stored.last_seen_at)
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
         assert isinstance(session, ServerSession)
@@ -148,6 +156,7 @@ class DatabaseSessionInterface(SessionInterface):
                     id_hash=hash_session_id(session.sid or ""),
                     data=data,
                     principal=_principal(data),
+                    user_id=_user_id(data),
                     user_agent=(request.user_agent.string or "")[:300],
                     ip=request.remote_addr,
                     created_at=now,
@@ -161,7 +170,9 @@ class DatabaseSessionInterface(SessionInterface):
             db_session.execute(
                 update(WebSession)
                 .where(WebSession.id_hash == hash_session_id(sid))
-                .values(data=data, principal=_principal(data), last_seen_at=now)
+                .values(
+                    data=data, principal=_principal(data), user_id=_user_id(data), last_seen_at=now
+                )
             )
             db_session.commit()
 
@@ -183,6 +194,11 @@ class DatabaseSessionInterface(SessionInterface):
 def _is_static(app: Flask, request: Request) -> bool:
     """Assets need no session (and should cost no database round trip)."""
     return bool(app.static_url_path) and request.path.startswith(f"{app.static_url_path}/")
+
+
+def _user_id(data: dict[str, Any]) -> int | None:
+    kind, _, raw_id = str(data.get("_user_id") or "").partition(":")
+    return int(raw_id) if kind == "user" and raw_id.isdigit() else None
 
 
 def _principal(data: dict[str, Any]) -> str | None:
