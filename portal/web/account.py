@@ -32,12 +32,12 @@ def _actor() -> str:
     return str(current_user.get_id())
 
 
+# built once; the tenant scope adds the customer's criteria when it runs
+MEMBERS = select(Membership).options(joinedload(Membership.user)).order_by(Membership.id)
+
+
 def _members() -> list[Membership]:
-    return list(
-        db.session.scalars(
-            select(Membership).options(joinedload(Membership.user)).order_by(Membership.id)
-        )
-    )
+    return list(db.session.scalars(MEMBERS))
 
 
 def _render(invite_form: InviteForm | None = None) -> str:
