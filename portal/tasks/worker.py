@@ -40,3 +40,5 @@ def _asynchronous_commit(dbapi_connection: Any, _record: Any) -> None:
     if get_database(flask_app).engine.dialect.name == "postgresql":
         with dbapi_connection.cursor() as cursor:
             cursor.execute("SET synchronous_commit TO off")
+        # the SET opened a transaction: end it, or the pool's reset would roll the SET back
+        dbapi_connection.commit()
