@@ -178,16 +178,23 @@ def _administrators(db_session: Session, customer_id: int) -> int:
     )
 
 
+def _keep_an_administrator(
+    db_session: Session, membership: Membership, field: str | None = None
+) -> None:
+    """Refuse to demote or remove the account's last Administrator."""
+    if (
+        membership.role == CustomerRole.ADMINISTRATOR
+        and _administrators(db_session, membership.customer_id) <= 1
+    ):
+        raise ServiceError(_("An account needs at least one Administrator."), field)
+
+
 def change_role(
     db_session: Session, partner: Partner, membership: Membership, role: CustomerRole, actor: str
 ) -> None:
     if membership.role == role:
         return
-    if (
-        membership.role == CustomerRole.ADMINISTRATOR
-        and _administrators(db_session, membership.customer_id) <= 1
-    ):
-        raise ServiceError(_("An account needs at least one Administrator."), "role")
+    _keep_an_administrator(db_session, membership, "role")
     old = membership.role
     membership.role = role
     audit.record(
@@ -206,11 +213,7 @@ def change_role(
 def remove_member(
     db_session: Session, partner: Partner, membership: Membership, actor: str
 ) -> None:
-    if (
-        membership.role == CustomerRole.ADMINISTRATOR
-        and _administrators(db_session, membership.customer_id) <= 1
-    ):
-        raise ServiceError(_("An account needs at least one Administrator."))
+    _keep_an_administrator(db_session, membership)
     audit.record(
         db_session,
         partner_id=partner.id,

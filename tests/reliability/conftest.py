@@ -35,6 +35,7 @@ from portal import create_app
 from portal.cli import migrate
 from portal.db import get_database
 from portal.models import OutboxItem, OutboxState
+from tests.conftest import _ensure_pg_database, _reset_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 CELERY = ROOT / ".venv" / "bin" / "celery"
@@ -71,22 +72,8 @@ def free_port() -> int:
 
 
 def _fresh_database(url: str) -> None:
-    target = sa.make_url(url)
-    admin = sa.create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            exists = conn.scalar(
-                sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": target.database}
-            )
-            if not exists:
-                conn.execute(sa.text(f'CREATE DATABASE "{target.database}"'))
-    finally:
-        admin.dispose()
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(sa.text("DROP SCHEMA public CASCADE"))
-        conn.execute(sa.text("CREATE SCHEMA public"))
-    engine.dispose()
+    _ensure_pg_database(url)
+    _reset_schema(url)
 
 
 @pytest.fixture(scope="session")
