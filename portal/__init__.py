@@ -84,6 +84,16 @@ def _register_blueprints(app: Flask) -> None:
     from portal.web.auth import bp as auth_bp
     from portal.web.pages import bp as pages_bp
     from portal.web.staff import bp as staff_bp
+    from portal.web.staff_licences import bp as staff_licences_bp
+    from portal.web.subscriptions import bp as subscriptions_bp
 
-    for blueprint in (branding_bp, auth_bp, pages_bp, account_bp, staff_bp):
+    for blueprint in (
+        branding_bp,
+        auth_bp,
+        pages_bp,
+        account_bp,
+        subscriptions_bp,
+        staff_bp,
+        staff_licences_bp,
+    ):
         app.register_blueprint(blueprint)

@@ -70,6 +70,9 @@ SETTINGS: dict[str, tuple[Any, Any]] = {
     "TASK_QUEUE": ("portal", _str),
     "OUTBOX_LEASE_SECONDS": (300, _int),
     "OUTBOX_SWEEP_SECONDS": (30, _int),
+    "PROVISIONING_MAX_ATTEMPTS": (8, _int),
+    "PROVIDER_CALL_LIMIT": ("300 per minute", _str),
+    "SERVICE_TEAM_EMAIL": ("", _str),
 }
 
 SECRETS = frozenset({"SECRET_KEY", "MAIL_PASSWORD", "DATABASE_URL"})

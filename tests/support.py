@@ -9,9 +9,34 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from portal.db import get_database
+import uuid
+from datetime import datetime, timedelta
+
+from portal.db import get_database, utcnow
+from portal.domain.catalog import (
+    BillingFrequency,
+    ProductClass,
+    ReductionBehaviour,
+    SubscriptionType,
+    Term,
+)
+from portal.domain.licences import ChangeKind, ChangeState
 from portal.domain.roles import CustomerRole, StaffRole
-from portal.models import Customer, Membership, Partner, PartnerHost, StaffUser, User
+from portal.models import (
+    AgreementAcceptance,
+    AttestationState,
+    Customer,
+    LicenceChange,
+    Membership,
+    Partner,
+    PartnerHost,
+    Product,
+    ProductPrice,
+    StaffUser,
+    Subscription,
+    SubscriptionStatus,
+    User,
+)
 from portal.services.passwords import hash_password
 
 PASSWORD = "correct horse battery staple"
@@ -62,6 +87,10 @@ class Tenant:
     users: dict[str, User] = field(default_factory=dict)
     memberships: dict[str, Membership] = field(default_factory=dict)
     staff: dict[str, StaffUser] = field(default_factory=dict)
+    # filled by seed_licences: "a", "b" (bought 30 days ago), "a:new" (bought 1 day ago)
+    products: dict[str, int] = field(default_factory=dict)
+    subscriptions: dict[str, int] = field(default_factory=dict)
+    changes: dict[str, int] = field(default_factory=dict)
 
 
 def seed_partner(app: Flask, slug: str, host: str, colour: str = "#0b5cad") -> Tenant:
@@ -85,6 +114,7 @@ def seed_partner(app: Flask, slug: str, host: str, colour: str = "#0b5cad") -> T
             customer = Customer(
                 partner_id=partner.id,
                 name=f"{slug} customer {key}",
+                ms_tenant_id=str(uuid.uuid4()),
                 default_currency="USD",
                 credit_limit_minor=100_000,
             )
@@ -118,3 +148,119 @@ def seed_partner(app: Flask, slug: str, host: str, colour: str = "#0b5cad") -> T
             tenant.staff[staff_role.value] = staff
         s.commit()
     return tenant
+
+
+PRICE_MINOR = 1_000  # 10.00 USD per seat and month
+
+
+def seed_licences(
+    app: Flask, tenant: Tenant, provider_key: str = "demo", reduction: str = "within_window"
+) -> Tenant:
+    """A product (monthly billing, 1-year term, MCA needed) and subscriptions: customers "a"
+    and "b" have 10 seats bought 30 days ago; "a:new" has 5 seats bought a day ago. Both
+    customers have accepted the MCA (confirmed)."""
+    now = utcnow()
+    with app.app_context(), get_database(app).sessions() as s:
+        product = Product(
+            partner_id=tenant.partner.id,
+            name="Microsoft 365 Business Standard",
+            description="",
+            product_class=ProductClass.RESALE,
+            subscription_type=SubscriptionType.LICENCE,
+            provider_offer_id="CFQ7TTC0LDPB:0001",
+            term=Term.P1Y,
+            billing_frequency=BillingFrequency.MONTHLY,
+            min_quantity=1,
+            max_quantity=50,
+            reduction=ReductionBehaviour(reduction),
+            window_hours=168,
+            requires_mca=True,
+            active=True,
+            prices=[
+                ProductPrice(
+                    partner_id=tenant.partner.id,
+                    currency="USD",
+                    price_minor=PRICE_MINOR,
+                    cost_minor=800,
+                )
+            ],
+        )
+        s.add(product)
+        s.flush()
+        tenant.products["standard"] = product.id
+        for key, customer_key, seats, bought in (
+            ("a", "a", 10, now - timedelta(days=30)),
+            ("b", "b", 10, now - timedelta(days=30)),
+            ("a:new", "a", 5, now - timedelta(days=1)),
+        ):
+            customer = tenant.customers[customer_key]
+            subscription, change = _bought(product, customer, provider_key, seats, bought)
+            s.add(subscription)
+            s.flush()
+            change.subscription_id = subscription.id
+            s.add(change)
+            s.flush()
+            tenant.subscriptions[key] = subscription.id
+            tenant.changes[key] = change.id
+        for customer in tenant.customers.values():
+            s.add(confirmed_acceptance(customer, provider_key, now - timedelta(days=60)))
+        s.commit()
+    return tenant
+
+
+def _bought(
+    product: Product, customer: Customer, provider_key: str, seats: int, bought: datetime
+) -> tuple[Subscription, LicenceChange]:
+    subscription = Subscription(
+        partner_id=customer.partner_id,
+        customer_id=customer.id,
+        product_id=product.id,
+        provider_key=provider_key,
+        provider_ref=f"sub-{uuid.uuid4()}",
+        status=SubscriptionStatus.ACTIVE,
+        quantity=seats,
+        term=product.term,
+        billing_frequency=product.billing_frequency,
+        currency="USD",
+        term_started_at=bought,
+        term_ends_on=(bought + timedelta(days=364)).date(),
+        version=0,
+        created_at=bought,
+    )
+    change = LicenceChange(
+        partner_id=customer.partner_id,
+        customer_id=customer.id,
+        sequence=1,
+        request_id=str(uuid.uuid4()),
+        kind=ChangeKind.PURCHASE,
+        state=ChangeState.PROVISIONED,
+        quantity_from=0,
+        quantity_to=seats,
+        amount_minor=0,
+        currency="USD",
+        requested_by="seed",
+        requested_at=bought,
+        attempts=1,
+        effective_at=bought,
+        finished_at=bought,
+    )
+    return subscription, change
+
+
+def confirmed_acceptance(
+    customer: Customer, provider_key: str, accepted_at: datetime
+) -> AgreementAcceptance:
+    return AgreementAcceptance(
+        partner_id=customer.partner_id,
+        customer_id=customer.id,
+        provider_key=provider_key,
+        template_id="seed-template",
+        agreement_link="https://www.microsoft.com/licensing/docs/customeragreement",
+        first_name="Signer",
+        last_name=customer.name,
+        email="signer@example.com",
+        accepted_at=accepted_at,
+        request_id=str(uuid.uuid4()),
+        state=AttestationState.CONFIRMED,
+        confirmed_at=accepted_at,
+    )

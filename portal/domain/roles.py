@@ -25,11 +25,17 @@ class Permission(StrEnum):
     VIEW_SUBSCRIPTIONS = "view_subscriptions"
     VIEW_USAGE = "view_usage"
     VIEW_INVOICES = "view_invoices"
+    CHANGE_LICENCES = "change_licences"  # buy subscriptions, add or reduce seats
+    ACCEPT_AGREEMENT = "accept_agreement"  # sign the Microsoft Customer Agreement
     # staff area
     VIEW_CUSTOMERS = "view_customers"
     SET_CREDIT_HOLD = "set_credit_hold"
     INVITE_CUSTOMER_USERS = "invite_customer_users"
     VIEW_SYSTEM = "view_system"
+    VIEW_CATALOGUE = "view_catalogue"
+    MANAGE_CATALOGUE = "manage_catalogue"
+    VIEW_LICENCE_QUEUE = "view_licence_queue"
+    MANAGE_LICENCE_QUEUE = "manage_licence_queue"  # retry a failed change, mark it resolved
 
 
 CUSTOMER_PERMISSIONS: dict[CustomerRole, frozenset[Permission]] = {
@@ -40,10 +46,18 @@ CUSTOMER_PERMISSIONS: dict[CustomerRole, frozenset[Permission]] = {
             Permission.VIEW_SUBSCRIPTIONS,
             Permission.VIEW_USAGE,
             Permission.VIEW_INVOICES,
+            Permission.CHANGE_LICENCES,
+            Permission.ACCEPT_AGREEMENT,
         }
     ),
     CustomerRole.SUBSCRIPTION_MANAGER: frozenset(
-        {Permission.VIEW_DASHBOARD, Permission.VIEW_SUBSCRIPTIONS, Permission.VIEW_USAGE}
+        {
+            Permission.VIEW_DASHBOARD,
+            Permission.VIEW_SUBSCRIPTIONS,
+            Permission.VIEW_USAGE,
+            Permission.CHANGE_LICENCES,
+            Permission.ACCEPT_AGREEMENT,
+        }
     ),
     CustomerRole.FINANCE_MANAGER: frozenset({Permission.VIEW_DASHBOARD, Permission.VIEW_INVOICES}),
 }
@@ -55,13 +69,33 @@ STAFF_PERMISSIONS: dict[StaffRole, frozenset[Permission]] = {
             Permission.SET_CREDIT_HOLD,
             Permission.INVITE_CUSTOMER_USERS,
             Permission.VIEW_SYSTEM,
+            Permission.VIEW_CATALOGUE,
+            Permission.MANAGE_CATALOGUE,
+            Permission.VIEW_LICENCE_QUEUE,
+            Permission.MANAGE_LICENCE_QUEUE,
         }
     ),
     StaffRole.SERVICE: frozenset(
-        {Permission.VIEW_CUSTOMERS, Permission.INVITE_CUSTOMER_USERS, Permission.VIEW_SYSTEM}
+        {
+            Permission.VIEW_CUSTOMERS,
+            Permission.INVITE_CUSTOMER_USERS,
+            Permission.VIEW_SYSTEM,
+            Permission.VIEW_CATALOGUE,
+            Permission.VIEW_LICENCE_QUEUE,
+            Permission.MANAGE_LICENCE_QUEUE,
+        }
     ),
-    StaffRole.FINANCE: frozenset({Permission.VIEW_CUSTOMERS, Permission.SET_CREDIT_HOLD}),
-    StaffRole.SALES: frozenset({Permission.VIEW_CUSTOMERS}),
+    StaffRole.FINANCE: frozenset(
+        {
+            Permission.VIEW_CUSTOMERS,
+            Permission.SET_CREDIT_HOLD,
+            Permission.VIEW_CATALOGUE,
+            Permission.VIEW_LICENCE_QUEUE,
+        }
+    ),
+    StaffRole.SALES: frozenset(
+        {Permission.VIEW_CUSTOMERS, Permission.VIEW_CATALOGUE, Permission.MANAGE_CATALOGUE}
+    ),
 }
 
 

@@ -1,8 +1,16 @@
-"""Licence providers (Partner Center, distributors): the Protocol and what it exchanges."""
+"""Licence providers (Partner Center, distributors): the Protocol and what it exchanges.
+
+Every call that changes something carries a ``request_id`` that is stable for one logical
+operation (the licence change, the purchase, the acceptance): the adapter sends it as the
+provider's idempotency key (Partner Center: ``MS-RequestId``) on every attempt, so a repeated
+call has one effect. Every outcome is a :mod:`portal.integrations.results` value; an adapter
+never raises for a failure of the provider.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Protocol, runtime_checkable
 
 from portal.integrations.results import Result
@@ -10,26 +18,78 @@ from portal.integrations.results import Result
 
 @dataclass(frozen=True)
 class ProviderSubscription:
-    """A subscription as the provider sees it."""
+    """A subscription as the provider sees it.
+
+    ``term_ends_on`` is the last day of the current term (Partner Center's
+    ``commitmentEndDate``, inclusive) when the provider tells it.
+    """
 
     subscription_ref: str
     offer_id: str
     quantity: int
     status: str
+    term_ends_on: date | None = None
 
 
 @dataclass(frozen=True)
 class QuantityChange:
     """Set a subscription to an absolute quantity.
 
-    ``request_id`` is stable for one change (the change id): sending the same request twice must
-    have one effect, and an unknown outcome is resolved by reading the subscription back.
+    ``request_id`` is stable for one change (derived from the change id): sending the same
+    request twice must have one effect, and an unknown outcome is resolved by reading the
+    subscription back.
     """
 
     request_id: str
     customer_tenant_id: str
     subscription_ref: str
     target_quantity: int
+
+
+@dataclass(frozen=True)
+class NewSubscription:
+    """Buy a new subscription of ``offer_id`` with ``quantity`` seats.
+
+    ``term`` is an ISO 8601 duration (``P1M``, ``P1Y``, ``P3Y``); ``billing_frequency`` is
+    ``monthly``, ``annual`` or ``triennial``. The same ``request_id`` must never buy twice.
+    """
+
+    request_id: str
+    customer_tenant_id: str
+    offer_id: str
+    quantity: int
+    term: str
+    billing_frequency: str
+
+
+@dataclass(frozen=True)
+class AgreementTemplate:
+    """The current Microsoft Customer Agreement: its template id and where to read it."""
+
+    template_id: str
+    link: str
+
+
+@dataclass(frozen=True)
+class AgreementAttestation:
+    """The partner's attestation that the customer accepted the agreement ``template_id``."""
+
+    request_id: str
+    customer_tenant_id: str
+    template_id: str
+    first_name: str
+    last_name: str
+    email: str
+    phone: str | None
+    accepted_at: datetime
+
+
+@dataclass(frozen=True)
+class AgreementConfirmation:
+    """The provider recorded the acceptance; ``reference`` is its id for it, when it has one."""
+
+    template_id: str
+    reference: str | None = None
 
 
 @runtime_checkable
@@ -40,9 +100,21 @@ class ProviderAdapter(Protocol):
     def get_subscription(
         self, customer_tenant_id: str, subscription_ref: str
     ) -> Result[ProviderSubscription]:
-        """Read one subscription back from the provider."""
+        """Read one subscription back from the provider (an unknown one is a rejection)."""
         ...
 
     def set_quantity(self, change: QuantityChange) -> Result[ProviderSubscription]:
         """Apply ``change`` exactly once; return the subscription as it now stands."""
+        ...
+
+    def create_subscription(self, purchase: NewSubscription) -> Result[ProviderSubscription]:
+        """Buy ``purchase`` exactly once per request id; return the new subscription."""
+        ...
+
+    def get_agreement_template(self) -> Result[AgreementTemplate]:
+        """The Microsoft Customer Agreement customers must accept before buying."""
+        ...
+
+    def confirm_agreement(self, attestation: AgreementAttestation) -> Result[AgreementConfirmation]:
+        """Attest the customer's acceptance; confirming the same acceptance again succeeds."""
         ...

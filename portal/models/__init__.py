@@ -1,8 +1,11 @@
 """The typed ORM models, one module per aggregate. Importing this package registers them all."""
 
+from portal.models.agreements import AgreementAcceptance, AttestationState
+from portal.models.catalog import Product, ProductPrice
 from portal.models.identity import PasswordResetToken, WebSession
 from portal.models.outbox import OutboxItem, OutboxState
 from portal.models.scoped import CustomerScoped, PartnerScoped
+from portal.models.subscriptions import LicenceChange, Subscription, SubscriptionStatus
 from portal.models.tenancy import (
     AuditEvent,
     Customer,
@@ -15,10 +18,13 @@ from portal.models.tenancy import (
 )
 
 __all__ = [
+    "AgreementAcceptance",
+    "AttestationState",
     "AuditEvent",
     "Customer",
     "CustomerScoped",
     "Invitation",
+    "LicenceChange",
     "Membership",
     "OutboxItem",
     "OutboxState",
@@ -26,7 +32,11 @@ __all__ = [
     "PartnerHost",
     "PartnerScoped",
     "PasswordResetToken",
+    "Product",
+    "ProductPrice",
     "StaffUser",
+    "Subscription",
+    "SubscriptionStatus",
     "User",
     "WebSession",
 ]

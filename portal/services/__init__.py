@@ -1,5 +1,9 @@
 """Use cases. Views call these; these own transactions, audit and mail."""
 
+from typing import Any
+
+from flask_babel import gettext
+
 
 class ServiceError(Exception):
     """A request the rules refuse; ``message`` is shown to the user as it is (translated)."""
@@ -8,3 +12,8 @@ class ServiceError(Exception):
         super().__init__(message)
         self.message = message
         self.field = field
+
+
+def _(message: str, **variables: Any) -> str:
+    """``gettext``, typed: ``message`` in the current request's (or mail's) language."""
+    return str(gettext(message, **variables))

@@ -6,13 +6,39 @@ add their own demo rows here.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
+from dateutil.relativedelta import relativedelta
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from portal.db import get_database
+from portal.db import get_database, utcnow
+from portal.domain.catalog import (
+    BillingFrequency,
+    ProductClass,
+    ReductionBehaviour,
+    SubscriptionType,
+    Term,
+)
+from portal.domain.licences import ChangeKind, ChangeState
 from portal.domain.roles import CustomerRole, StaffRole
-from portal.models import Customer, Membership, Partner, PartnerHost, StaffUser, User
+from portal.models import (
+    AgreementAcceptance,
+    AttestationState,
+    Customer,
+    LicenceChange,
+    Membership,
+    Partner,
+    PartnerHost,
+    Product,
+    ProductPrice,
+    StaffUser,
+    Subscription,
+    SubscriptionStatus,
+    User,
+)
 from portal.services.passwords import hash_password
 
 DEMO_PASSWORD = "demo-portal-2026"  # noqa: S105  (published in the README on purpose)
@@ -26,12 +52,17 @@ class DemoCustomer:
     currency: str
     domain: str
     credit_hold: bool = False
+    mca_accepted: bool = True
 
 
 DEMO_CUSTOMERS = (
     DemoCustomer("Fabrikam Ltd", "6f1c2b0e-7d5a-4c3e-9b1a-2d4e6f8a0b1c", "USD", "fabrikam.example"),
     DemoCustomer(
-        "Northwind Traders", "0a9b8c7d-6e5f-4a3b-8c2d-1e0f9a8b7c6d", "EUR", "northwind.example"
+        "Northwind Traders",
+        "0a9b8c7d-6e5f-4a3b-8c2d-1e0f9a8b7c6d",
+        "EUR",
+        "northwind.example",
+        mca_accepted=False,
     ),
     DemoCustomer(
         "Tailspin Toys",
@@ -55,10 +86,13 @@ STAFF_LOGINS = (
 
 
 def create_demo_data() -> bool:
-    """Create the demo rows if the demo partner is missing; True when something was created."""
+    """Create the demo rows that are missing; True when something was created."""
     with get_database().sessions() as db_session:
-        if db_session.scalars(select(Partner).where(Partner.slug == DEMO_PARTNER_SLUG)).first():
-            return False
+        partner = db_session.scalars(
+            select(Partner).where(Partner.slug == DEMO_PARTNER_SLUG)
+        ).first()
+        if partner is not None:
+            return create_demo_licences(db_session, partner)
         password_hash = hash_password(DEMO_PASSWORD)
         partner = Partner(
             slug=DEMO_PARTNER_SLUG,
@@ -106,5 +140,210 @@ def create_demo_data() -> bool:
                     password_hash=password_hash,
                 )
             )
+        db_session.flush()
+        create_demo_licences(db_session, partner)
         db_session.commit()
     return True
+
+
+@dataclass(frozen=True)
+class DemoProduct:
+    key: str
+    name: str
+    offer_id: str
+    term: Term
+    frequency: BillingFrequency
+    reduction: ReductionBehaviour
+    usd_minor: int  # per seat per billing period; EUR and GBP follow at fixed ratios
+    components: tuple[tuple[str, str], ...] = ()
+
+
+DEMO_PRODUCTS = (
+    DemoProduct(
+        "premium",
+        "Microsoft 365 Business Premium",
+        "CFQ7TTC0LCHC:0002",
+        Term.P1Y,
+        BillingFrequency.MONTHLY,
+        ReductionBehaviour.WITHIN_WINDOW,
+        2200,
+    ),
+    DemoProduct(
+        "e3",
+        "Microsoft 365 E3 (monthly term)",
+        "CFQ7TTC0LF8Q:0001",
+        Term.P1M,
+        BillingFrequency.MONTHLY,
+        ReductionBehaviour.WITHIN_WINDOW,
+        4320,
+    ),
+    DemoProduct(
+        "teams",
+        "Microsoft Teams Essentials",
+        "CFQ7TTC0QW5P:0001",
+        Term.P1Y,
+        BillingFrequency.ANNUAL,
+        ReductionBehaviour.DISALLOWED,
+        4800,
+    ),
+    DemoProduct(
+        "bundle",
+        "Secure Mail bundle",
+        "CONTOSO-SECURE-MAIL",
+        Term.P1Y,
+        BillingFrequency.MONTHLY,
+        ReductionBehaviour.WITHIN_WINDOW,
+        1300,
+        components=(
+            ("Exchange Online (Plan 1)", "CFQ7TTC0LH16:0001"),
+            ("Microsoft Defender for Office 365 (Plan 1)", "CFQ7TTC0LHBK:0001"),
+        ),
+    ),
+)
+# (customer index, product key, seats, bought this many days ago)
+DEMO_SUBSCRIPTIONS = (
+    (0, "premium", 25, 2),
+    (0, "e3", 10, 40),
+    (0, "bundle", 5, 90),
+    (1, "premium", 12, 100),
+    (2, "premium", 8, 20),
+)
+CURRENCY_RATIOS = {"USD": (1, 1), "EUR": (93, 100), "GBP": (79, 100)}
+
+
+def create_demo_licences(db_session: Session, partner: Partner) -> bool:
+    """The catalogue, the customers' subscriptions and their agreements, once."""
+    if db_session.scalars(select(Product).where(Product.partner_id == partner.id)).first():
+        return False
+    products = {demo.key: _demo_product(partner, demo) for demo in DEMO_PRODUCTS}
+    db_session.add_all(products.values())
+    db_session.flush()
+    customers = list(
+        db_session.scalars(
+            select(Customer).where(Customer.partner_id == partner.id).order_by(Customer.id)
+        )
+    )
+    now = utcnow()
+    for index, key, seats, days_ago in DEMO_SUBSCRIPTIONS:
+        if index < len(customers):
+            bought = now - timedelta(days=days_ago)
+            _demo_subscription(db_session, customers[index], products[key], seats, bought)
+    for demo, customer in zip(DEMO_CUSTOMERS, customers, strict=False):
+        if demo.mca_accepted:
+            db_session.add(_demo_acceptance(customer, now - timedelta(days=120)))
+    db_session.commit()
+    return True
+
+
+def _demo_product(partner: Partner, demo: DemoProduct) -> Product:
+    product = Product(
+        partner_id=partner.id,
+        name=demo.name,
+        description="",
+        product_class=ProductClass.RESALE,
+        subscription_type=SubscriptionType.LICENCE,
+        provider_offer_id=demo.offer_id,
+        term=demo.term,
+        billing_frequency=demo.frequency,
+        min_quantity=1,
+        max_quantity=300,
+        reduction=demo.reduction,
+        requires_mca=True,
+        active=True,
+        prices=[
+            ProductPrice(
+                partner_id=partner.id,
+                currency=currency,
+                price_minor=demo.usd_minor * num // den,
+                cost_minor=demo.usd_minor * num * 85 // (den * 100),
+            )
+            for currency, (num, den) in CURRENCY_RATIOS.items()
+        ],
+    )
+    product.components = [
+        Product(
+            partner_id=partner.id,
+            name=name,
+            description="",
+            product_class=ProductClass.RESALE,
+            subscription_type=SubscriptionType.LICENCE,
+            provider_offer_id=offer_id,
+            term=demo.term,
+            billing_frequency=demo.frequency,
+            min_quantity=1,
+            max_quantity=300,
+            reduction=demo.reduction,
+            requires_mca=True,
+            active=True,
+        )
+        for name, offer_id in demo.components
+    ]
+    return product
+
+
+def _demo_subscription(
+    db_session: Session, customer: Customer, product: Product, seats: int, bought: datetime
+) -> Subscription:
+    def subscription(of: Product) -> Subscription:
+        return Subscription(
+            partner_id=customer.partner_id,
+            customer_id=customer.id,
+            product=of,
+            provider_key="demo",
+            provider_ref=f"demo-{uuid.uuid4()}",
+            status=SubscriptionStatus.ACTIVE,
+            quantity=seats,
+            term=of.term,
+            billing_frequency=of.billing_frequency,
+            currency=customer.default_currency,
+            term_started_at=bought,
+            term_ends_on=(bought + relativedelta(months=of.term.months)).date() - timedelta(days=1),
+            version=0,
+            created_at=bought,
+        )
+
+    parent = subscription(product)
+    parent.children = [subscription(component) for component in product.components]
+    db_session.add(parent)
+    db_session.flush()
+    db_session.add(
+        LicenceChange(
+            partner_id=customer.partner_id,
+            customer_id=customer.id,
+            subscription_id=parent.id,
+            sequence=1,
+            request_id=str(uuid.uuid4()),
+            kind=ChangeKind.PURCHASE,
+            state=ChangeState.PROVISIONED,
+            quantity_from=0,
+            quantity_to=seats,
+            amount_minor=0,
+            currency=customer.default_currency,
+            requested_by="demo data",
+            requested_at=bought,
+            attempts=1,
+            provider_answer=f"{parent.provider_ref}: {seats} seats, active",
+            effective_at=bought,
+            finished_at=bought,
+        )
+    )
+    return parent
+
+
+def _demo_acceptance(customer: Customer, accepted_at: datetime) -> AgreementAcceptance:
+    return AgreementAcceptance(
+        partner_id=customer.partner_id,
+        customer_id=customer.id,
+        provider_key="demo",
+        template_id="demo-mca-2026-11",
+        agreement_link="https://www.microsoft.com/licensing/docs/customeragreement",
+        first_name="Alex",
+        last_name="Admin",
+        email="admin@" + customer.name.split()[0].lower() + ".example",
+        phone=None,
+        accepted_at=accepted_at,
+        request_id=str(uuid.uuid4()),
+        state=AttestationState.CONFIRMED,
+        confirmed_at=accepted_at,
+        provider_reference="demo-agreement",
+    )

@@ -299,4 +299,10 @@ def set_credit_hold(
         action="credit.hold_on" if on_hold else "credit.hold_off",
         reason=reason,
     )
+    if not on_hold:
+        from portal.services.licences import release_held  # licences builds on people
+
+        # the changes recorded during the hold go out now, in order, in the same commit
+        db_session.flush()
+        release_held(db_session, customer)
     db_session.commit()

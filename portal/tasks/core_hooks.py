@@ -54,4 +54,11 @@ def portal_beat_schedule() -> dict[str, dict[str, Any]]:
 
 @hookimpl
 def portal_outbox_handlers() -> dict[str, OutboxHandler]:
-    return {"core.noop": noop}
+    from portal.services import agreements, licences, provisioning
+
+    return {
+        "core.noop": noop,
+        licences.PROVISION_KIND: provisioning.provision,
+        provisioning.NOTIFY_KIND: provisioning.notify,
+        agreements.ATTEST_KIND: agreements.attest,
+    }

@@ -41,7 +41,15 @@ class GiveUp:
     reason: str
 
 
-Outcome = Done | RetryLater | GiveUp
+@dataclass(frozen=True)
+class Defer:
+    """Not now, and not a failure (a rate budget is spent): run again after ``delay`` without
+    counting this as an attempt."""
+
+    delay: timedelta
+
+
+Outcome = Done | RetryLater | GiveUp | Defer
 
 
 class OutboxHandler(Protocol):

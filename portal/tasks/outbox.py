@@ -35,7 +35,7 @@ from portal.db import get_database, utcnow
 from portal.integrations.registry import integrations
 from portal.models import OutboxItem, OutboxState
 from portal.scoping import Scope, set_scope
-from portal.tasks.handlers import Done, GiveUp, Outcome, RetryLater
+from portal.tasks.handlers import Defer, Done, GiveUp, Outcome, RetryLater
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +231,17 @@ _RETRY = (
         **_NO_LEASE,
     )
 )
+_DEFER = (
+    update(_T)
+    .where(_OURS)
+    .values(
+        state=OutboxState.PENDING,
+        available_at=bindparam("available_at"),
+        attempts=_T.c.attempts - 1,  # waiting for a budget is not an attempt
+        dispatched_at=None,
+        **_NO_LEASE,
+    )
+)
 
 
 def claim(
@@ -295,6 +306,9 @@ def _run_handler(app: Flask, session: Session, item: OutboxItem, worker_id: str)
     session.rollback()  # a handler that did not finish keeps none of its writes
     if isinstance(outcome, GiveUp):
         return _fail(session, item, worker_id, outcome.reason)
+    if isinstance(outcome, Defer):
+        params = {"available_at": utcnow() + outcome.delay}
+        return _release(session, item, worker_id, _DEFER, params, "deferred")
     return _retry_or_fail(session, item, worker_id, outcome)
 
 

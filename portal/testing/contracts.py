@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
@@ -43,7 +43,15 @@ from portal.integrations.payments import (
     SignatureError,
     WebhookEvent,
 )
-from portal.integrations.providers import ProviderAdapter, ProviderSubscription, QuantityChange
+from portal.integrations.providers import (
+    AgreementAttestation,
+    AgreementConfirmation,
+    AgreementTemplate,
+    NewSubscription,
+    ProviderAdapter,
+    ProviderSubscription,
+    QuantityChange,
+)
 from portal.integrations.results import BusinessRejection, Succeeded, TechnicalFailure
 
 T = TypeVar("T")
@@ -99,8 +107,9 @@ class ProviderContract:
 
     Fixtures to provide: ``adapter``. Fixtures you may override: ``customer_tenant_id`` and
     ``subscription_ref`` (a subscription the adapter may change; by default fresh ids),
-    ``quantities`` (two different valid quantities) and ``rejected_quantity`` (a quantity the
-    provider refuses, by default -1). Ordinary requests must succeed (no random failures).
+    ``quantities`` (two different valid quantities), ``rejected_quantity`` (a quantity the
+    provider refuses, by default -1) and ``offer_id`` (an offer the provider sells). Ordinary
+    requests must succeed (no random failures).
     """
 
     @pytest.fixture
@@ -122,6 +131,10 @@ class ProviderContract:
     @pytest.fixture
     def rejected_quantity(self) -> int:
         return -1
+
+    @pytest.fixture
+    def offer_id(self) -> str:
+        return "CONTRACT-OFFER"
 
     def test_contract_adapter_implements_the_protocol(self, adapter: ProviderAdapter) -> None:
         _check_identity(adapter, ProviderAdapter)
@@ -216,6 +229,69 @@ class ProviderContract:
             if isinstance(result, Succeeded):
                 assert isinstance(result.value, ProviderSubscription)
         classified(lambda: adapter.get_subscription(customer_tenant_id, subscription_ref), "read")
+
+    def test_contract_purchase_is_idempotent_by_request_id(
+        self,
+        adapter: ProviderAdapter,
+        customer_tenant_id: str,
+        offer_id: str,
+        quantities: tuple[int, int],
+    ) -> None:
+        purchase = NewSubscription(
+            unique("purchase"), customer_tenant_id, offer_id, quantities[0], "P1M", "monthly"
+        )
+        bought = succeeded(adapter.create_subscription(purchase), "create_subscription")
+        assert bought.value.subscription_ref.strip(), "a new subscription needs a reference"
+        assert bought.value.quantity == quantities[0]
+        again = succeeded(adapter.create_subscription(purchase), "create_subscription (repeat)")
+        assert again.value.subscription_ref == bought.value.subscription_ref, (
+            "a repeated purchase request bought a second subscription"
+        )
+        ref = bought.value.subscription_ref
+        read = succeeded(adapter.get_subscription(customer_tenant_id, ref), "read")
+        assert read.value.quantity == quantities[0]
+        change = QuantityChange(unique("request"), customer_tenant_id, ref, quantities[1])
+        changed = succeeded(adapter.set_quantity(change), "set_quantity after a purchase")
+        assert changed.value.quantity == quantities[1]
+
+    def test_contract_purchase_of_no_seats_is_a_rejection(
+        self, adapter: ProviderAdapter, customer_tenant_id: str, offer_id: str
+    ) -> None:
+        purchase = NewSubscription(
+            unique("purchase"), customer_tenant_id, offer_id, 0, "P1M", "monthly"
+        )
+        result = classified(lambda: adapter.create_subscription(purchase), "create_subscription")
+        assert isinstance(result, BusinessRejection), f"expected a rejection, got {result!r}"
+
+    def test_contract_agreement_template_has_an_id_and_a_link(
+        self, adapter: ProviderAdapter
+    ) -> None:
+        template = succeeded(adapter.get_agreement_template(), "get_agreement_template")
+        assert isinstance(template.value, AgreementTemplate)
+        assert template.value.template_id.strip()
+        assert template.value.link.startswith("https://")
+
+    def test_contract_confirming_an_acceptance_twice_succeeds(
+        self, adapter: ProviderAdapter, customer_tenant_id: str
+    ) -> None:
+        template = succeeded(adapter.get_agreement_template(), "get_agreement_template")
+        attestation = AgreementAttestation(
+            request_id=unique("agreement"),
+            customer_tenant_id=customer_tenant_id,
+            template_id=template.value.template_id,
+            first_name="Ada",
+            last_name="Lovelace",
+            email="ada@contract.example",
+            phone="+1 555 0100",
+            accepted_at=datetime(2026, 11, 2, 9, 30, tzinfo=UTC),
+        )
+        first = succeeded(adapter.confirm_agreement(attestation), "confirm_agreement")
+        assert isinstance(first.value, AgreementConfirmation)
+        assert first.value.template_id == template.value.template_id
+        again = classified(lambda: adapter.confirm_agreement(attestation), "confirm (repeat)")
+        assert isinstance(again, Succeeded), (
+            f"confirming the same acceptance again must succeed (it already exists): {again!r}"
+        )
 
 
 # -- payment gateways --------------------------------------------------------------------------

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime, timedelta
 
 from flask import Flask
-from flask_babel import format_currency, format_datetime
+from flask_babel import format_currency, format_date, format_datetime
 
 from portal.domain.money import to_major
 from portal.web.forms import role_label
@@ -24,7 +24,14 @@ def when(value: datetime | None, style: str = "medium") -> str:
     return f"{format_datetime(value, style)} {format_datetime(value, 'zzz')}"
 
 
+def day(value: date | None, style: str = "medium") -> str:
+    """A calendar day in the reader's language (no time zone: a day is the partner's day)."""
+    return "—" if value is None else str(format_date(value, style))
+
+
 def init_app(app: Flask) -> None:
     app.add_template_filter(money, "money")
     app.add_template_filter(when, "when")
+    app.add_template_filter(day, "format_date")
+    app.jinja_env.globals["timedelta"] = timedelta
     app.jinja_env.globals["role_label"] = role_label

@@ -39,12 +39,6 @@ def dashboard() -> str:
     )
 
 
-@bp.route("/subscriptions")
-@customer_required(Permission.VIEW_SUBSCRIPTIONS)
-def subscriptions() -> str:
-    return render_page("portal/subscriptions.html")
-
-
 @bp.route("/usage")
 @customer_required(Permission.VIEW_USAGE)
 def usage() -> str:

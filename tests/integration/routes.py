@@ -38,12 +38,31 @@ def _invitation(tenant: Tenant, key: str) -> dict[str, object]:
     return {"invitation_id": tenant.invitations[key]}  # type: ignore[attr-defined]
 
 
+def _subscription(tenant: Tenant, key: str) -> dict[str, object]:
+    return {"subscription_id": tenant.subscriptions[key]}
+
+
+def _product(tenant: Tenant, key: str) -> dict[str, object]:
+    return {"product_id": tenant.products["standard"]}
+
+
+def _change(tenant: Tenant, key: str) -> dict[str, object]:
+    return {"change_id": tenant.changes[key]}
+
+
 # endpoint -> how to name the objects it acts on
 OBJECT_ROUTES: dict[str, ObjectRoute] = {
     "account.change_role": ObjectRoute(_membership),
     "account.remove_user": ObjectRoute(_membership),
     "account.revoke_invitation": ObjectRoute(_invitation),
     "pages.switch_account": ObjectRoute(_customer),
+    "subscriptions.detail": ObjectRoute(_subscription),
+    "subscriptions.changes": ObjectRoute(_subscription),
+    "subscriptions.preview": ObjectRoute(_subscription),
+    "subscriptions.change": ObjectRoute(_subscription),
+    "staff_licences.product": ObjectRoute(_product),
+    "staff_licences.retry": ObjectRoute(_change),
+    "staff_licences.resolve": ObjectRoute(_change),
     "staff.customer": ObjectRoute(_customer),
     "staff.credit_hold": ObjectRoute(_customer),
     "staff.invite": ObjectRoute(_customer),
@@ -56,6 +75,8 @@ NOT_OBJECT_ARGUMENTS: dict[str, str] = {
     "auth.reset_password": "a secret single-use token, tested in test_password_reset",
     "staff.reset_password": "a secret single-use token, tested in test_password_reset",
     "auth.accept_invitation": "a secret single-use token, tested in test_invitations",
+    "subscriptions.buy": "the partner's catalogue, shared by all its customers; another "
+    "partner's product is 404 (test_licences)",
 }
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,7 +30,14 @@ from sqlalchemy.orm import Session
 
 from demo_provider.models import DemoRequest, DemoSubscription
 from portal.db import utcnow
-from portal.integrations.providers import ProviderSubscription, QuantityChange
+from portal.integrations.providers import (
+    AgreementAttestation,
+    AgreementConfirmation,
+    AgreementTemplate,
+    NewSubscription,
+    ProviderSubscription,
+    QuantityChange,
+)
 from portal.integrations.registry import PluginError
 from portal.integrations.results import (
     BusinessRejection,
@@ -45,6 +53,10 @@ MAX_QUANTITY = 10_000
 DEMO_OFFER_ID = "DEMO-OFFER-365"
 ACTIVE = "active"
 REJECTED_BY_RULE = BusinessRejection("Quantity not allowed by the demo rules", code="demo.rejected")
+DEMO_AGREEMENT = AgreementTemplate(
+    template_id="demo-mca-2026-11",
+    link="https://www.microsoft.com/licensing/docs/customeragreement",
+)
 
 
 @dataclass(frozen=True)
@@ -144,6 +156,37 @@ class DemoProvider:
 
         An unknown subscription is created (the demo provider sells anything).
         """
+        return self._set(change, DEMO_OFFER_ID)
+
+    def create_subscription(self, purchase: NewSubscription) -> Result[ProviderSubscription]:
+        """Buy a subscription: its reference follows from the request id, so a repeated
+        purchase request finds the subscription the first one made instead of a second one."""
+        ref = f"demo-{uuid.uuid5(uuid.NAMESPACE_URL, 'demo-purchase:' + purchase.request_id)}"
+        change = QuantityChange(
+            purchase.request_id, purchase.customer_tenant_id, ref, purchase.quantity
+        )
+        return self._set(change, purchase.offer_id)
+
+    def get_agreement_template(self) -> Result[AgreementTemplate]:
+        return Succeeded(DEMO_AGREEMENT)
+
+    def confirm_agreement(self, attestation: AgreementAttestation) -> Result[AgreementConfirmation]:
+        """Every well-formed acceptance of the current agreement is confirmed (idempotently:
+        the same acceptance again gets the same answer)."""
+        if attestation.template_id != DEMO_AGREEMENT.template_id:
+            return BusinessRejection(
+                "That is not the current Microsoft Customer Agreement", code="demo.old_agreement"
+            )
+        if not (attestation.first_name.strip() and attestation.last_name.strip()):
+            return BusinessRejection("The signer's name is missing", code="demo.invalid_contact")
+        return Succeeded(
+            AgreementConfirmation(
+                template_id=attestation.template_id,
+                reference=f"demo-agreement-{attestation.request_id}",
+            )
+        )
+
+    def _set(self, change: QuantityChange, offer_id: str) -> Result[ProviderSubscription]:
         refusal = _check_quantity(change.target_quantity)
         if refusal is not None:
             return refusal
@@ -153,7 +196,7 @@ class DemoProvider:
                 return recorded
             if self.settings.delay_seconds:
                 self._sleep(self.settings.delay_seconds)
-            return self._attempt(change)
+            return self._attempt(change, offer_id)
         except SQLAlchemyError as error:
             return self._store_failure(error)
 
@@ -166,7 +209,7 @@ class DemoProvider:
                 return None
             return _replay(request, change)
 
-    def _attempt(self, change: QuantityChange) -> Result[ProviderSubscription]:
+    def _attempt(self, change: QuantityChange, offer_id: str) -> Result[ProviderSubscription]:
         settings = self.settings
         with Session(self.engine) as session, session.begin():
             # claim the request: the row (and, on PostgreSQL, its lock) serialises concurrent
@@ -210,7 +253,7 @@ class DemoProvider:
                 request.code = REJECTED_BY_RULE.code
                 request.finished_at = self._clock()
                 return REJECTED_BY_RULE
-            subscription = self._apply(session, change)
+            subscription = self._apply(session, change, offer_id)
             request.outcome = "succeeded"
             request.result_quantity = subscription.quantity
             request.result_offer_id = subscription.offer_id
@@ -218,7 +261,7 @@ class DemoProvider:
             request.finished_at = self._clock()
             return Succeeded(_as_subscription(subscription))
 
-    def _apply(self, session: Session, change: QuantityChange) -> DemoSubscription:
+    def _apply(self, session: Session, change: QuantityChange, offer_id: str) -> DemoSubscription:
         now = self._clock()
         session.execute(
             _insert_ignoring_duplicates(
@@ -227,7 +270,7 @@ class DemoProvider:
                 {
                     "customer_tenant_id": change.customer_tenant_id,
                     "subscription_ref": change.subscription_ref,
-                    "offer_id": DEMO_OFFER_ID,
+                    "offer_id": offer_id,
                     "quantity": change.target_quantity,
                     "status": ACTIVE,
                     "version": 0,
@@ -258,7 +301,7 @@ class DemoProvider:
         return subscription
 
     def _store_failure(self, error: SQLAlchemyError) -> TechnicalFailure:
-        log.warning("demo provider: its store failed (%s)", type(error).__name__)
+        log.warning("demo provider: its store failed (%s: %s)", type(error).__name__, error)
         return TechnicalFailure(
             "The demo provider could not reach its store",
             retry_after=timedelta(seconds=self.settings.retry_after_seconds),
