@@ -35,7 +35,7 @@ demo: migrate
 	$(DEV_ENV) $(FLASK) portal demo
 
 run: demo
-	$(DEV_ENV) $(FLASK) demo-provider exercise --count 8
+	$(DEV_ENV) $(FLASK) portal demo-changes --count 8
 	@echo "CSP Portal on http://$(HOST):$(PORT)/  (staff area: /staff/) — demo logins are in README.md"
 	$(DEV_ENV) HOST=$(HOST) PORT=$(PORT) ./scripts/run-dev.sh
 

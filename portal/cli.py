@@ -52,6 +52,24 @@ def demo_command() -> None:
     click.echo(f"every demo login uses the password: {DEMO_PASSWORD}")
 
 
+@portal_cli.command("demo-changes")
+@click.option("--count", default=8, show_default=True, help="How many changes to request.")
+def demo_changes_command(count: int) -> None:
+    """Add seats to the demo subscriptions, to watch the licence change log move."""
+    from portal.extensions import rendering_in
+    from portal.services import ServiceError
+    from portal.services.demo import request_demo_changes
+
+    try:
+        with rendering_in("en"):
+            queued, refusals = request_demo_changes(count)
+    except ServiceError as why:
+        raise click.ClickException(why.message) from why
+    for refusal in refusals:
+        click.echo(refusal)
+    click.echo(f"requested {queued} demo licence changes ({len(refusals)} refused by the rules)")
+
+
 @portal_cli.command("purge-sessions")
 def purge_sessions_command() -> None:
     """Delete expired sign-in sessions."""

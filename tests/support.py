@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
-
-import uuid
-from datetime import datetime, timedelta
 
 from portal.db import get_database, utcnow
 from portal.domain.catalog import (

@@ -347,3 +347,62 @@ def _demo_acceptance(customer: Customer, accepted_at: datetime) -> AgreementAcce
         confirmed_at=accepted_at,
         provider_reference="demo-agreement",
     )
+
+
+def request_demo_changes(count: int) -> tuple[int, list[str]]:
+    """Add a seat to the demo subscriptions, round robin, as each customer's Administrator,
+    through the same use case as the portal's page; returns how many were recorded and the
+    refusals ("Northwind Traders: Accept the Microsoft Customer Agreement …")."""
+    from portal.services import ServiceError, licences
+
+    queued, refusals = 0, []
+    with get_database().sessions() as session:
+        ids = list(
+            session.scalars(
+                select(Subscription.id)
+                .join(Partner, Partner.id == Subscription.partner_id)
+                .where(
+                    Partner.slug == DEMO_PARTNER_SLUG,
+                    Subscription.parent_id.is_(None),
+                    Subscription.status == SubscriptionStatus.ACTIVE,
+                )
+                .order_by(Subscription.id)
+            )
+        )
+        if not ids:
+            raise ServiceError("no demo subscriptions: run `flask portal demo` first")
+        for number in range(count):
+            subscription = session.get_one(Subscription, ids[number % len(ids)])
+            customer = session.get_one(Customer, subscription.customer_id)
+            partner = session.get_one(Partner, customer.partner_id)
+            target = licences.target_quantity(session, subscription) + 1
+            try:
+                licences.request_quantity(
+                    session,
+                    partner,
+                    customer,
+                    subscription,
+                    target,
+                    subscription.version,
+                    _administrator(session, customer),
+                )
+            except ServiceError as refused:
+                session.rollback()
+                refusals.append(f"{customer.name}: {refused.message}")
+                continue
+            session.commit()
+            queued += 1
+    return queued, refusals
+
+
+def _administrator(session: Session, customer: Customer) -> User:
+    return session.scalars(
+        select(User)
+        .join(Membership, Membership.user_id == User.id)
+        .where(
+            Membership.customer_id == customer.id,
+            Membership.role == CustomerRole.ADMINISTRATOR,
+        )
+        .order_by(User.id)
+        .limit(1)
+    ).one()

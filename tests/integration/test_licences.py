@@ -19,8 +19,8 @@ from flask import Flask
 
 from portal.cli import migrate
 from portal.db import get_database, utcnow
-from portal.integrations.registry import integrations
 from portal.domain.licences import ChangeState, HoldReason
+from portal.integrations.registry import integrations
 from portal.models import (
     AgreementAcceptance,
     AttestationState,
@@ -269,9 +269,7 @@ def test_reduction_inside_the_window_previews_a_credit(
     assert subscription(app, sub_id).quantity == 3
 
 
-def test_seats_added_later_open_their_own_window(
-    client: Any, app: Flask, licensed: Tenant
-) -> None:
+def test_seats_added_later_open_their_own_window(client: Any, app: Flask, licensed: Tenant) -> None:
     sub_id = licensed.subscriptions["a"]
     sign_in(client, "administrator@a.alpha.example")
     assert confirm(client, sub_id, 13).status_code == 302
@@ -410,7 +408,9 @@ def test_technical_failures_retry_then_fail_for_staff(
 
 def _withdraw_agreement(app: Flask, customer_id: int) -> None:
     with app.app_context(), get_database(app).sessions() as s:
-        s.execute(sa.delete(AgreementAcceptance).where(AgreementAcceptance.customer_id == customer_id))
+        s.execute(
+            sa.delete(AgreementAcceptance).where(AgreementAcceptance.customer_id == customer_id)
+        )
         s.commit()
 
 
@@ -442,7 +442,9 @@ def test_accepting_the_mca_records_the_signer_and_attests_it(
     sign_in(client, "administrator@a.alpha.example")
     page = text(client.get("/agreement"))
     assert "https://www.microsoft.com/licensing/docs/customeragreement" in page
-    missing = post_form(client, "/agreement", {"first_name": "Ada", "last_name": "", "email": "ada@a.example"})
+    missing = post_form(
+        client, "/agreement", {"first_name": "Ada", "last_name": "", "email": "ada@a.example"}
+    )
     assert missing.status_code == 422
     body = text(missing)
     assert "Enter the last name." in body and "Tick the box to accept the agreement." in body

@@ -18,7 +18,6 @@ from portal import hookimpl
 from portal.db import get_database
 from portal.integrations.providers import ProviderAdapter
 from portal.plugins import plugin_settings
-from portal.tasks.handlers import OutboxHandler
 
 __version__ = "0.1.0"
 __all__ = ["DemoProvider", "DemoProviderSettings"]
@@ -36,17 +35,3 @@ def portal_register_providers(app: Flask) -> list[ProviderAdapter]:
 @hookimpl
 def portal_migration_locations() -> str:
     return str(MIGRATIONS)
-
-
-@hookimpl
-def portal_outbox_handlers() -> dict[str, OutboxHandler]:
-    from demo_provider.background import KIND, set_quantity
-
-    return {KIND: set_quantity}
-
-
-@hookimpl
-def portal_startup(app: Flask) -> None:
-    from demo_provider.background import add_commands
-
-    add_commands(app)

@@ -1,4 +1,5 @@
-"""The demo provider's background work: changes queued through the outbox, run by a worker."""
+"""``flask portal demo-changes`` on the demo data: licence changes through the portal's own use
+case, provisioned against the demo provider by the outbox (what a fresh ``make run`` shows)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,11 @@ from flask import Flask
 from sqlalchemy import select
 
 from portal.db import get_database
-from portal.integrations.registry import integrations
-from portal.integrations.results import Succeeded
-from portal.models import Customer, OutboxItem, OutboxState
+from portal.domain.licences import ChangeKind, ChangeState, HoldReason
+from portal.models import Customer, LicenceChange, OutboxItem, OutboxState, Subscription
+from portal.services.demo import create_demo_data
 from portal.tasks.outbox import run_item
 from portal.testing.support import SeededPartner
-from tests.plugins.demo_provider.conftest import QUIET
-
-TENANT = "11111111-2222-4333-8444-555555555555"
 
 
 @pytest.fixture
@@ -25,60 +23,87 @@ def portal_config(demo_settings: dict[str, str]) -> dict[str, Any]:
     return {
         "PORTAL_PLUGIN_SETTINGS": {"demo_provider": demo_settings},
         "PORTAL_BROKER_URL": "memory://",
+        "PORTAL_PROVIDER": "demo",
     }
 
 
-def _exercise(app: Flask, partner: SeededPartner, count: int) -> list[OutboxItem]:
-    with app.app_context(), get_database(app).sessions() as s:
-        s.get_one(Customer, partner.customer_id).ms_tenant_id = TENANT
-        s.commit()
-    result = app.test_cli_runner().invoke(args=["demo-provider", "exercise", "--count", str(count)])
-    assert result.exit_code == 0, result.output
-    assert f"queued {count} demo quantity changes" in result.output
+def _exercise(app: Flask, count: int) -> str:
     with app.app_context():
-        for item_id in _ids(app):
+        create_demo_data()
+    result = app.test_cli_runner().invoke(args=["portal", "demo-changes", "--count", str(count)])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _run_all(app: Flask) -> None:
+    with app.app_context(), get_database(app).sessions() as s:
+        ids = list(s.scalars(select(OutboxItem.id).where(OutboxItem.state == OutboxState.PENDING)))
+    with app.app_context():
+        for item_id in ids:
             run_item(app, item_id, "test-worker")
+
+
+def _requested(app: Flask) -> list[tuple[str, LicenceChange]]:
     with get_database(app).sessions() as s:
-        return list(s.scalars(select(OutboxItem).order_by(OutboxItem.id)))
-
-
-def _ids(app: Flask) -> list[int]:
-    with get_database(app).sessions() as s:
-        return list(s.scalars(select(OutboxItem.id).order_by(OutboxItem.id)))
-
-
-def test_queued_changes_complete_in_order(portal_app: Flask, portal_partner: SeededPartner) -> None:
-    items = _exercise(portal_app, portal_partner, 3)
-    assert [i.state for i in items] == [OutboxState.DONE] * 3
-    assert [i.result for i in items] == [{"quantity": 5}, {"quantity": 6}, {"quantity": 7}]
-    assert all(i.customer_id == portal_partner.customer_id for i in items)
-    with portal_app.app_context():
-        read = (
-            integrations(portal_app)
-            .providers.get("demo")
-            .get_subscription(TENANT, f"demo-m365-{portal_partner.customer_id}")
+        found = s.execute(
+            select(Customer.name, LicenceChange)
+            .join(Customer, Customer.id == LicenceChange.customer_id)
+            .where(LicenceChange.kind == ChangeKind.QUANTITY)
+            .order_by(LicenceChange.id)
         )
-    assert isinstance(read, Succeeded) and read.value.quantity == 7
+        return [(name, change) for name, change in found]
 
 
-@pytest.mark.parametrize("demo_settings", [QUIET | {"REJECTION_RATE": "1"}])
-def test_a_rejected_change_is_given_up_with_the_reason(
+def test_exercise_requests_changes_that_follow_the_rules(
     portal_app: Flask, portal_partner: SeededPartner
 ) -> None:
-    (item,) = _exercise(portal_app, portal_partner, 1)
-    assert item.state == OutboxState.FAILED and item.attempts == 1
-    assert "demo.rejected" in (item.last_error or "")
+    output = _exercise(portal_app, 5)
+    # Fabrikam's three subscriptions, Northwind (no agreement: refused), Tailspin (on hold)
+    assert "requested 4 demo licence changes (1 refused by the rules)" in output
+    assert "Northwind Traders: Accept the Microsoft Customer Agreement" in output
+    _run_all(portal_app)
+    requested = _requested(portal_app)
+    states = {(name, change.state, change.hold_reason) for name, change in requested}
+    assert ("Fabrikam Ltd", ChangeState.PROVISIONED, None) in states
+    assert ("Tailspin Toys", ChangeState.AWAITING, HoldReason.CREDIT_HOLD) in states
+    with get_database(portal_app).sessions() as s:
+        for name, change in requested:
+            if name == "Fabrikam Ltd":
+                assert (
+                    s.get_one(Subscription, change.subscription_id).quantity == change.quantity_to
+                )
 
 
-@pytest.mark.parametrize("demo_settings", [QUIET | {"FAILURE_RATE": "1"}])
+@pytest.mark.parametrize(
+    "demo_settings", [{"DELAY_SECONDS": "0", "FAILURE_RATE": "0", "REJECTION_RATE": "1"}]
+)
+def test_a_rejected_change_is_final_with_the_reason(
+    portal_app: Flask, portal_partner: SeededPartner
+) -> None:
+    _exercise(portal_app, 1)
+    _run_all(portal_app)
+    ((_, change),) = _requested(portal_app)
+    assert change.state is ChangeState.REJECTED and change.provider_code == "demo.rejected"
+
+
+@pytest.mark.parametrize(
+    "demo_settings", [{"DELAY_SECONDS": "0", "FAILURE_RATE": "1", "REJECTION_RATE": "0"}]
+)
 def test_a_technical_failure_is_retried_later(
     portal_app: Flask, portal_partner: SeededPartner
 ) -> None:
-    (item,) = _exercise(portal_app, portal_partner, 1)
-    assert item.state == OutboxState.PENDING and item.attempts == 1
-    assert item.available_at > item.created_at and item.last_error
+    _exercise(portal_app, 1)
+    _run_all(portal_app)
+    ((_, change),) = _requested(portal_app)
+    assert change.state is ChangeState.RETRYING and change.attempts == 1
+    with get_database(portal_app).sessions() as s:
+        item = s.scalars(select(OutboxItem).where(OutboxItem.kind == "licences.provision")).one()
+        assert item.state == OutboxState.PENDING and item.available_at > item.created_at
 
 
-def test_exercise_needs_demo_customers(portal_app: Flask, portal_partner: SeededPartner) -> None:
-    result = portal_app.test_cli_runner().invoke(args=["demo-provider", "exercise"])
-    assert result.exit_code != 0 and "run `portal demo`" in result.output
+def test_exercise_needs_demo_subscriptions(
+    portal_app: Flask, portal_partner: SeededPartner
+) -> None:
+    result = portal_app.test_cli_runner().invoke(args=["portal", "demo-changes"])
+    assert result.exit_code != 0
+    assert "run `flask portal demo` first" in result.output
