@@ -4,6 +4,7 @@ provider in the background, and gate Microsoft purchases and changes on it (DESI
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -15,13 +16,15 @@ from sqlalchemy.orm import Session
 
 from portal.db import utcnow
 from portal.integrations.providers import AgreementAttestation, AgreementTemplate, ProviderAdapter
-from portal.integrations.registry import integrations
+from portal.integrations.registry import PluginError, integrations
 from portal.integrations.results import BusinessRejection, Succeeded, TechnicalFailure
 from portal.models import AgreementAcceptance, AttestationState, Customer, Partner, User
 from portal.models.outbox import OutboxItem
 from portal.services import ServiceError, _, audit
 from portal.tasks.handlers import Done, Outcome, RetryLater
 from portal.tasks.outbox import enqueue
+
+log = logging.getLogger(__name__)
 
 ATTEST_KIND = "agreements.attest"
 TEMPLATE_CACHE_SECONDS = 3600.0  # the agreement's version changes rarely
@@ -79,7 +82,13 @@ def require_agreement(db_session: Session, customer: Customer) -> None:
 
 def agreement_template(partner: Partner, customer: Customer) -> AgreementTemplate:
     """The agreement to show, from the provider (cached for an hour per provider)."""
-    provider = provider_for(partner, customer)
+    try:
+        provider = provider_for(partner, customer)
+    except PluginError:
+        log.exception("no provider for %s: the agreement cannot be shown", customer.id)
+        raise ServiceError(
+            _("The Microsoft Customer Agreement cannot be loaded right now.")
+        ) from None
     with _template_lock:
         cached = _template_cache.get(provider.key)
         if cached and time.monotonic() - cached[0] < TEMPLATE_CACHE_SECONDS:

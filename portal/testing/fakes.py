@@ -15,6 +15,7 @@ import itertools
 import json
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -28,7 +29,14 @@ from portal.integrations.payments import (
     SignatureError,
     WebhookEvent,
 )
-from portal.integrations.providers import ProviderSubscription, QuantityChange
+from portal.integrations.providers import (
+    AgreementAttestation,
+    AgreementConfirmation,
+    AgreementTemplate,
+    NewSubscription,
+    ProviderSubscription,
+    QuantityChange,
+)
 from portal.integrations.results import BusinessRejection, Result, Succeeded, TechnicalFailure
 
 Failure = TechnicalFailure | BusinessRejection
@@ -61,6 +69,7 @@ class FakeProvider:
         self.subscriptions: dict[tuple[str, str], ProviderSubscription] = {}
         self.results: dict[str, tuple[QuantityChange, Result[ProviderSubscription]]] = {}
         self.effects = 0
+        self.agreements: dict[str, AgreementAttestation] = {}
         self.script = _Script()
         self._lock = threading.Lock()
 
@@ -101,6 +110,27 @@ class FakeProvider:
                 result = Succeeded(subscription)
             self.results[change.request_id] = (change, result)
             return result
+
+    def create_subscription(self, purchase: NewSubscription) -> Result[ProviderSubscription]:
+        """A purchase is a first quantity on a reference derived from the request id."""
+        ref = f"fake-{uuid.uuid5(uuid.NAMESPACE_URL, purchase.request_id)}"
+        change = QuantityChange(
+            purchase.request_id, purchase.customer_tenant_id, ref, purchase.quantity
+        )
+        return self.set_quantity(change)
+
+    def get_agreement_template(self) -> Result[AgreementTemplate]:
+        return Succeeded(FAKE_AGREEMENT)
+
+    def confirm_agreement(self, attestation: AgreementAttestation) -> Result[AgreementConfirmation]:
+        with self._lock:
+            self.agreements[attestation.customer_tenant_id] = attestation
+        return Succeeded(AgreementConfirmation(attestation.template_id, "fake-agreement"))
+
+
+FAKE_AGREEMENT = AgreementTemplate(
+    "fake-template", "https://www.microsoft.com/licensing/docs/customeragreement"
+)
 
 
 class FakePaymentGateway:

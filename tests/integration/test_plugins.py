@@ -311,10 +311,7 @@ def test_flask_portal_plugins_lists_version_hooks_adapters_and_masked_secrets(
     lines = result.output.splitlines()
     assert any(line.startswith("demo_provider 0.1.0  [") for line in lines)
     assert any(line.startswith("demo_payments 0.1.0  [") for line in lines)
-    assert (
-        "  hooks: portal_migration_locations, portal_outbox_handlers, "
-        "portal_register_providers, portal_startup" in lines
-    )
+    assert "  hooks: portal_migration_locations, portal_register_providers" in lines
     assert (
         "  hooks: portal_blueprints, portal_migration_locations, portal_register_payment_gateways"
         in lines

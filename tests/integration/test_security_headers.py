@@ -7,7 +7,7 @@ from flask import Flask
 from portal.extensions import csrf
 from portal.web.access import access_of
 from tests.integration.routes import OBJECT_ROUTES, add_invitations
-from tests.support import HttpsClient, Tenant, sign_in
+from tests.support import HttpsClient, Tenant, seed_licences, sign_in
 
 TOKEN_ARGUMENTS = {"token": "not-a-real-token", "filename": "missing.css"}
 
@@ -25,7 +25,8 @@ def _urls(app: Flask, tenant: Tenant, method: str) -> dict[str, str]:
             if rule.endpoint in OBJECT_ROUTES:
                 values = dict(OBJECT_ROUTES[rule.endpoint].ids(tenant, "a"))
             else:
-                values = {name: TOKEN_ARGUMENTS[name] for name in rule.arguments}
+                arguments = {**TOKEN_ARGUMENTS, "product_id": tenant.products["standard"]}
+                values = {name: arguments[name] for name in rule.arguments}
             urls[rule.endpoint] = url_for(rule.endpoint, **values)
     return urls
 
@@ -45,6 +46,7 @@ def test_every_page_carries_the_security_headers(app: Flask, tenant: Tenant) -> 
     app.config["PORTAL_RATELIMIT_LOGIN_ACCOUNT"] = "1000 per minute"
     app.config["PORTAL_RATELIMIT_LOGIN_IP"] = "1000 per minute"
     add_invitations(app, tenant)
+    seed_licences(app, tenant)
     urls = _urls(app, tenant, "GET")
     assert len(urls) >= 15
     for endpoint, url in urls.items():
@@ -76,6 +78,7 @@ def test_every_post_route_refuses_a_request_without_csrf_token(app: Flask, tenan
     app.config["PORTAL_RATELIMIT_LOGIN_ACCOUNT"] = "1000 per minute"
     app.config["PORTAL_RATELIMIT_LOGIN_IP"] = "1000 per minute"
     add_invitations(app, tenant)
+    seed_licences(app, tenant)
     urls = _urls(app, tenant, "POST")
     assert len(urls) >= 14
     for endpoint, url in urls.items():
