@@ -5,12 +5,20 @@ The test supplies a handler: a function from the :class:`RecordedRequest` to a
 bodies, ``429`` with ``Retry-After``, idempotency headers), then point the plugin's real client
 (or the vendor's SDK) at :attr:`FakeServer.url`. Every request is recorded in
 :attr:`FakeServer.requests`.
+
+A response can also play the network's faults: ``FakeResponse(delay=3)`` answers three seconds
+late (longer than the client's timeout: a timeout after the fake did its work), and
+``FakeResponse(drop=True)`` closes the connection without answering (the client cannot know
+whether the request had an effect).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,11 +45,17 @@ class RecordedRequest:
 
 @dataclass(frozen=True)
 class FakeResponse:
-    """What the fake answers. A ``dict`` or ``list`` body is sent as JSON."""
+    """What the fake answers. A ``dict`` or ``list`` body is sent as JSON.
+
+    ``delay`` seconds pass before the answer is sent (the handler's work is already done);
+    ``drop`` closes the connection without sending anything, after the delay.
+    """
 
     status: int = 200
     body: bytes | str | dict[str, Any] | list[Any] = b""
     headers: Mapping[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    drop: bool = False
 
     def encoded(self) -> tuple[bytes, dict[str, str]]:
         headers = dict(self.headers)
@@ -69,10 +83,13 @@ class FakeServer:
         self.requests: list[RecordedRequest] = []
         self.errors: list[str] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_request_handler(self))
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), _make_request_handler(self))
+        # a short poll interval: stopping the server (at every test's teardown) is quick
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="portal-fake-server", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="portal-fake-server",
+            daemon=True,
         )
 
     @property
@@ -112,9 +129,19 @@ class FakeServer:
         self.stop()
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # many concurrent clients connect at once in a benchmark: the default backlog (5) would
+    # drop their connection attempts and add a second of retransmission to some of them
+    request_queue_size = 128
+
+
 def _make_request_handler(fake: FakeServer) -> type[BaseHTTPRequestHandler]:
     class RequestHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # headers and body go out in two writes: without this, Nagle's algorithm and the
+        # client's delayed ACK add ~40 ms to every keep-alive answer
+        disable_nagle_algorithm = True
 
         def _handle(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
@@ -128,20 +155,36 @@ def _make_request_handler(fake: FakeServer) -> type[BaseHTTPRequestHandler]:
                 body=body,
             )
             fake.record(request)
+            delay, drop = 0.0, False
             try:
                 response = fake.handler(request)
                 payload, headers = response.encoded()
-                status = response.status
+                status, delay, drop = response.status, response.delay, response.drop
             except Exception:
                 fake.errors.append(traceback.format_exc())
                 payload, headers, status = b"fake server handler failed", {}, 500
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(payload)
+            if delay > 0:
+                time.sleep(delay)
+            if drop:
+                self._drop()
+                return
+            try:
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                # the client gave up waiting (a delayed answer past its timeout)
+                self.close_connection = True
+
+        def _drop(self) -> None:
+            """Close the connection without a word: no status line, no headers."""
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
 
