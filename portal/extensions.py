@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from flask import Flask, current_app, g, request, session
+from flask import Flask, current_app, g, has_request_context, request, session
 from flask_babel import Babel, force_locale, get_locale, get_translations
 from flask_limiter import Limiter
 from flask_login import LoginManager
@@ -93,6 +93,8 @@ def _rate_from(setting: str) -> Callable[[], str]:
 
 
 def select_locale() -> str | None:
+    if not has_request_context():
+        return None  # a worker or the CLI: the default language, unless forced for a mail
     chosen = session.get("locale")
     if chosen in SUPPORTED_LOCALES:
         return str(chosen)

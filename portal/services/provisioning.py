@@ -333,19 +333,29 @@ def resolve(
     note = note.strip()
     if not note:
         raise ServiceError(_("Say what was done, for the record."), "note")
+    subscription = change.subscription
+    if applied and subscription.provider_ref is None:
+        # without the provider's reference no later change could reach the subscription
+        raise ServiceError(
+            _(
+                "This purchase never got a subscription at the provider: retry it, or mark it "
+                "not applied."
+            )
+        )
     change.resolved_by = staff.email
     change.resolution_note = note
     change.finished_at = utcnow()
     if applied:
         change.state = ChangeState.PROVISIONED
         change.effective_at = utcnow()
-        change.subscription.quantity = change.quantity_to
-        change.subscription.status = SubscriptionStatus.ACTIVE
-        for child in change.subscription.children:
-            child.quantity = change.quantity_to
+        for part in (subscription, *subscription.children):
+            part.quantity = change.quantity_to
+            part.status = SubscriptionStatus.ACTIVE
     else:
         change.state = ChangeState.REJECTED
         change.provider_answer = note
+        if change.kind is ChangeKind.PURCHASE:
+            subscription.status = SubscriptionStatus.FAILED
     audit.record(
         db_session,
         partner_id=partner.id,

@@ -61,6 +61,8 @@ OBJECT_ROUTES: dict[str, ObjectRoute] = {
     "subscriptions.preview": ObjectRoute(_subscription),
     "subscriptions.change": ObjectRoute(_subscription),
     "staff_licences.product": ObjectRoute(_product),
+    "staff_licences.set_price": ObjectRoute(_product),
+    "staff_licences.remove_price": ObjectRoute(_product),
     "staff_licences.retry": ObjectRoute(_change),
     "staff_licences.resolve": ObjectRoute(_change),
     "staff.customer": ObjectRoute(_customer),

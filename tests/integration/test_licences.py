@@ -560,3 +560,31 @@ def test_another_partners_product_cannot_be_bought(
     answer = client.post(foreign, data={"csrf_token": token, "quantity": "2", "confirmed": "yes"})
     assert answer.status_code == 404
     assert len(rows(app, sa.select(Subscription))) == 6
+
+
+def test_a_failed_purchase_is_resolved_only_as_it_can_be(
+    client: Any, app: Flask, licensed: Tenant
+) -> None:
+    from portal.models import Partner, StaffUser
+    from portal.services import ServiceError, provisioning
+
+    sign_in(client, "administrator@a.alpha.example")
+    url = f"/subscriptions/buy/{licensed.products['standard']}"
+    done = post_form(client, url, {"quantity": "2", "confirmed": "yes"})
+    new_id = int(done.headers["Location"].rsplit("/", 1)[1])
+    with app.app_context(), get_database(app).sessions() as s:
+        change = s.scalars(
+            sa.select(LicenceChange).where(LicenceChange.subscription_id == new_id)
+        ).one()
+        change.state = ChangeState.FAILED
+        s.commit()
+        partner = s.get_one(Partner, licensed.partner.id)
+        staff = s.get_one(StaffUser, licensed.staff["service"].id)
+        with pytest.raises(ServiceError, match="never got a subscription at the provider"):
+            provisioning.resolve(s, partner, change, staff, applied=True, note="done by hand")
+        s.rollback()
+        provisioning.resolve(s, partner, change, staff, applied=False, note="customer withdrew")
+        s.commit()
+    bought = subscription(app, new_id)
+    assert bought.status is SubscriptionStatus.FAILED
+    assert changes_of(app, new_id)[0].state is ChangeState.REJECTED
