@@ -9,19 +9,32 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Email, InputRequired, Length
 
 from portal.domain.roles import CustomerRole
+from portal.extensions import _request_translations
+
+
+def N_(message: str) -> str:
+    """Mark ``message`` for the catalogue (N_ is a default pybabel keyword); translate it later."""
+    return message
+
+
+ROLE_LABELS: dict[CustomerRole, str] = {
+    CustomerRole.ADMINISTRATOR: N_("Administrator"),
+    CustomerRole.SUBSCRIPTION_MANAGER: N_("Subscription Manager"),
+    CustomerRole.FINANCE_MANAGER: N_("Finance Manager"),
+}
 
 
 def role_choices() -> list[SelectChoice]:
-    return [SelectChoice(role.value, str(role_label(role))) for role in CustomerRole]
+    return [SelectChoice(role.value, role_label(role)) for role in CustomerRole]
 
 
 def role_label(role: CustomerRole | str) -> str:
-    labels = {
-        CustomerRole.ADMINISTRATOR: _l("Administrator"),
-        CustomerRole.SUBSCRIPTION_MANAGER: _l("Subscription Manager"),
-        CustomerRole.FINANCE_MANAGER: _l("Finance Manager"),
-    }
-    return str(labels[CustomerRole(role)])
+    """The role's name in the request's language.
+
+    Looked up in the catalogue cached for the request: a page may show a label per row, and a
+    lazy string would cost a full Flask-Babel lookup (context, domain, locale) for each.
+    """
+    return str(_request_translations().ugettext(ROLE_LABELS[CustomerRole(role)]))
 
 
 EMAIL_MESSAGE = _l("Enter a valid email address.")
