@@ -3,8 +3,11 @@
 Calls (Partner Center REST API v1, see the plugin's README):
 
 - read a subscription: ``GET /v1/customers/{tenant}/subscriptions/{id}``;
-- change a quantity: read the full subscription, then ``PATCH`` it back with the new absolute
-  ``quantity`` (``If-Match`` its etag). ``200`` is done; ``202`` + ``Location`` is polled;
+- change a quantity: ``PATCH`` the full subscription back with the new absolute ``quantity``
+  (``If-Match`` its etag). The resource is the one Partner Center last sent us for that
+  subscription (kept per process, see :class:`KnownResources`), read first only when we have
+  none; when the etag is stale (``2055``) it is read again and the ``PATCH`` sent once more.
+  ``200`` is done; ``202`` + ``Location`` is polled;
 - buy: ``POST /v1/customers/{tenant}/orders`` with one line item;
 - the Microsoft Customer Agreement: ``GET /v1/agreements?agreementType=MicrosoftCustomerAgreement``
   and ``POST /v1/customers/{tenant}/agreements``.
@@ -15,9 +18,13 @@ repeat has one effect. Every method returns a result and never raises.
 
 from __future__ import annotations
 
+import copy
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -27,6 +34,7 @@ import httpx
 from partner_center_provider.auth import MsalTokenProvider, TokenProvider
 from partner_center_provider.client import PartnerCenterClient
 from partner_center_provider.errors import (
+    ETAG_STALE,
     classify_exception,
     classify_response,
     parse_error,
@@ -50,6 +58,43 @@ MCA = "MicrosoftCustomerAgreement"
 AGREEMENT_EXISTS = "600061"
 QUANTITY_OUT_OF_RANGE = "2002"
 BILLING_CYCLES = {"monthly": "monthly", "annual": "annual", "triennial": "triennial"}
+
+
+class KnownResources:
+    """The subscription resources Partner Center last sent us, most recently used first kept.
+
+    A quantity change must send the whole resource with its etag; reading it before every
+    ``PATCH`` would double the calls, and the answer to the previous change already holds it.
+    A stale copy is harmless: its etag no longer matches and Partner Center refuses the write
+    (``2055``) without applying it, and the adapter reads the resource afresh.
+    """
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._resources: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, tenant: str, ref: str) -> dict[str, Any] | None:
+        with self._lock:
+            found = self._resources.get((tenant, ref))
+            if found is None:
+                return None
+            self._resources.move_to_end((tenant, ref))
+            return copy.deepcopy(found)
+
+    def keep(self, tenant: str, resource: dict[str, Any]) -> None:
+        ref = resource.get("id")
+        if not isinstance(ref, str) or not ref:
+            return
+        with self._lock:
+            self._resources[(tenant, ref)] = resource
+            self._resources.move_to_end((tenant, ref))
+            while len(self._resources) > self.capacity:
+                self._resources.popitem(last=False)
+
+    def forget(self, tenant: str, ref: str) -> None:
+        with self._lock:
+            self._resources.pop((tenant, ref), None)
 
 
 class PartnerCenterProvider:
@@ -76,6 +121,7 @@ class PartnerCenterProvider:
         self.poll_limit = poll_limit
         self._sleep = sleep
         self._monotonic = monotonic
+        self.known = KnownResources()
 
     @classmethod
     def from_settings(
@@ -123,6 +169,13 @@ class PartnerCenterProvider:
     # -- the calls ---------------------------------------------------------------------------
 
     def _read(self, tenant: str, ref: str) -> Result[ProviderSubscription]:
+        read = self._read_resource(tenant, ref)
+        if not isinstance(read, Succeeded):
+            return read
+        return _subscription_of(read.value)
+
+    def _read_resource(self, tenant: str, ref: str) -> Result[dict[str, Any]]:
+        """The subscription resource as Partner Center has it now (and kept for next time)."""
         what = "reading the subscription"
         try:
             response = self.client.request("GET", _subscription_path(tenant, ref))
@@ -130,20 +183,29 @@ class PartnerCenterProvider:
             return classify_exception(error, what, sent_write=False)
         if response.status_code != 200:
             return classify_response(response, what)
-        return _subscription_result(response)
-
-    def _set_quantity(self, change: QuantityChange) -> Result[ProviderSubscription]:
-        what = "changing the quantity"
-        path = _subscription_path(change.customer_tenant_id, change.subscription_ref)
-        try:
-            current = self.client.request("GET", path)
-        except Exception as error:
-            return classify_exception(error, "reading the subscription", sent_write=False)
-        if current.status_code != 200:
-            return classify_response(current, "reading the subscription")
-        resource = _json_object(current)
+        resource = _json_object(response)
         if resource is None:
             return TechnicalFailure("Partner Center sent a subscription that is not JSON")
+        self.known.keep(tenant, resource)
+        return Succeeded(resource)
+
+    def _set_quantity(self, change: QuantityChange) -> Result[ProviderSubscription]:
+        tenant, ref = change.customer_tenant_id, change.subscription_ref
+        resource = self.known.get(tenant, ref)
+        if resource is not None:
+            answer = self._patch_quantity(change, resource)
+            if not _stale_etag(answer):
+                return answer.result
+            self.known.forget(tenant, ref)  # changed elsewhere since we saw it: read it again
+        read = self._read_resource(tenant, ref)
+        if not isinstance(read, Succeeded):
+            return read
+        return self._patch_quantity(change, read.value).result
+
+    def _patch_quantity(self, change: QuantityChange, resource: dict[str, Any]) -> _Answer:
+        what = "changing the quantity"
+        tenant = change.customer_tenant_id
+        path = _subscription_path(tenant, change.subscription_ref)
         resource["quantity"] = change.target_quantity
         etag = (resource.get("attributes") or {}).get("etag")
         try:
@@ -155,15 +217,18 @@ class PartnerCenterProvider:
                 if_match=etag if isinstance(etag, str) and etag else None,
             )
         except Exception as error:
-            return classify_exception(error, what, sent_write=True)
+            return _Answer(classify_exception(error, what, sent_write=True))
         if response.status_code == 200:
-            return _subscription_result(response)
+            body = _json_object(response)
+            if body is not None:
+                self.known.keep(tenant, body)
+            return _Answer(_subscription_result(response), response)
         if response.status_code == 202:
-            return self._follow(response, path, change.target_quantity)
-        return classify_response(response, what)
+            return _Answer(self._follow(response, path, change.target_quantity, tenant), response)
+        return _Answer(classify_response(response, what), response)
 
     def _follow(
-        self, accepted: httpx.Response, path: str, target: int
+        self, accepted: httpx.Response, path: str, target: int, tenant: str
     ) -> Result[ProviderSubscription]:
         """Poll a ``202 Accepted`` change until the subscription shows ``target``."""
         location = accepted.headers.get("Location")
@@ -189,6 +254,9 @@ class PartnerCenterProvider:
             if not isinstance(read, Succeeded):
                 return read
             if read.value.quantity == target:
+                body = _json_object(response)
+                if body is not None:
+                    self.known.keep(tenant, body)
                 return read
             last = f"the subscription still shows {read.value.quantity}"
         wait = max(timedelta(seconds=interval), hinted or timedelta(0))
@@ -327,6 +395,28 @@ class PartnerCenterProvider:
         return f"PartnerCenterProvider({self.client!r})"
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """A ``PATCH``'s result, with the response it came from (None when none came)."""
+
+    result: Result[ProviderSubscription]
+    response: httpx.Response | None = None
+
+
+def _stale_etag(answer: _Answer) -> bool:
+    """Partner Center refused the write because the resource changed since we read it."""
+    if answer.response is None or answer.response.status_code not in (400, 409, 412):
+        return False
+    return answer.response.status_code == 412 or parse_error(answer.response).code == ETAG_STALE
+
+
+def _subscription_of(resource: dict[str, Any]) -> Result[ProviderSubscription]:
+    try:
+        return Succeeded(_subscription(resource))
+    except (KeyError, TypeError, ValueError) as error:
+        return TechnicalFailure(f"Partner Center sent a subscription we cannot read ({error})")
+
+
 def _below_minimum() -> BusinessRejection:
     return BusinessRejection("The quantity must be at least 1.", code=QUANTITY_OUT_OF_RANGE)
 
@@ -358,10 +448,7 @@ def _subscription_result(response: httpx.Response) -> Result[ProviderSubscriptio
     body = _json_object(response)
     if body is None:
         return TechnicalFailure("Partner Center sent a subscription that is not JSON")
-    try:
-        return Succeeded(_subscription(body))
-    except (KeyError, TypeError, ValueError) as error:
-        return TechnicalFailure(f"Partner Center sent a subscription we cannot read ({error})")
+    return _subscription_of(body)
 
 
 def _subscription(body: dict[str, Any]) -> ProviderSubscription:

@@ -39,6 +39,7 @@ TRANSIENT_CODES = frozenset(
         "800060",  # "Your order is in progress": an earlier change is still being applied
     }
 )
+ETAG_STALE = "2055"
 MFA_REQUIRED = "900421"
 MAX_REASON = 1024
 

@@ -52,7 +52,8 @@ def test_headers_ms_request_id_is_stable_across_attempts_and_correlation_ids_are
     path = f"/v1/customers/{tenant}/subscriptions/{subscription}"
     patches = fake.requests_to(path, "PATCH")
     gets = fake.requests_to(path, "GET")
-    assert len(patches) == 3 and len(gets) == 2
+    # one read: the second attempt sends the resource kept from the first one's read
+    assert len(patches) == 3 and len(gets) == 1
 
     expected = ms_request_id("licence-change-17")
     assert str(uuid.UUID(expected)) == expected  # a GUID
@@ -62,7 +63,7 @@ def test_headers_ms_request_id_is_stable_across_attempts_and_correlation_ids_are
     assert [p.headers["MS-RequestId"] for p in patches] == [expected] * 3
     # reads carry a request id of their own, new every time
     read_ids = {g.headers["MS-RequestId"] for g in gets}
-    assert len(read_ids) == 2 and expected not in read_ids
+    assert len(read_ids) == 1 and expected not in read_ids
 
     everything = fake.requests
     correlation = [r.headers["MS-CorrelationId"] for r in everything]
@@ -78,6 +79,37 @@ def test_headers_ms_request_id_is_stable_across_attempts_and_correlation_ids_are
         assert patch.json()["quantity"] == 9  # camelCase, absolute
     for get in gets:
         assert "Content-Type" not in get.headers
+
+
+def test_a_change_sends_the_resource_of_the_last_answer_without_reading_it_again(
+    pc: PartnerCenterProvider, fake: FakePartnerCenter, tenant: str, subscription: str
+) -> None:
+    path = f"/v1/customers/{tenant}/subscriptions/{subscription}"
+    for target in (6, 7, 8):
+        answer = pc.set_quantity(QuantityChange(f"change-{target}", tenant, subscription, target))
+        assert isinstance(answer, Succeeded) and answer.value.quantity == target
+    assert len(fake.requests_to(path, "GET")) == 1, "only the first change reads the resource"
+    patches = fake.requests_to(path, "PATCH")
+    assert len(patches) == 3
+    # each PATCH carried the etag Partner Center gave in the answer before it
+    assert all(p.headers.get("If-Match") for p in patches)
+    assert len({p.headers["If-Match"] for p in patches}) == 3
+
+
+def test_a_subscription_changed_elsewhere_is_read_again_and_changed_once(
+    pc: PartnerCenterProvider, fake: FakePartnerCenter, tenant: str, subscription: str
+) -> None:
+    path = f"/v1/customers/{tenant}/subscriptions/{subscription}"
+    assert isinstance(pc.set_quantity(QuantityChange("first", tenant, subscription, 6)), Succeeded)
+    # someone changes the subscription in Partner Center itself: our copy's etag is stale now
+    fake.update_subscription(tenant, subscription, quantity=20)
+    answer = pc.set_quantity(QuantityChange("second", tenant, subscription, 21))
+    assert isinstance(answer, Succeeded) and answer.value.quantity == 21
+    assert fake.subscription(tenant, subscription)["quantity"] == 21  # type: ignore[index]
+    assert fake.effects(ms_request_id("second")) == 1
+    stale, fresh = fake.requests_to(path, "PATCH")[1:]
+    assert stale.headers["If-Match"] != fresh.headers["If-Match"]
+    assert len(fake.requests_to(path, "GET")) == 2, "read once at first, once after the refusal"
 
 
 def test_a_guid_request_id_is_sent_as_it_is(
