@@ -21,9 +21,16 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Done:
-    """The work is finished; ``result`` is kept on the item for the record."""
+    """The work is finished; ``result`` is kept on the item for the record.
+
+    ``follow_up``: an item the handler enqueued in this transaction that this worker should run
+    next itself, rather than send it through the broker (the next step of the same work, such
+    as a subscription's next licence change). Should the worker die first, the sweep sends it
+    after one lease period, as it does for a lost message.
+    """
 
     result: dict[str, object] | None = None
+    follow_up: OutboxItem | None = None
 
 
 @dataclass(frozen=True)

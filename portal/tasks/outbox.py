@@ -44,6 +44,9 @@ BACKOFF_CAP: Final = timedelta(hours=1)
 SWEEP_BATCH: Final = 500
 ERROR_LIMIT: Final = 2000  # characters of an error kept on the item (shown to staff)
 DEFAULT_LEASE_SECONDS: Final = 300
+# follow-ups one task runs before it hands the next to the broker: a long chain of work must not
+# keep a worker slot from everything else
+FOLLOW_UP_LIMIT: Final = 20
 
 # keys of Session.info: the items to dispatch after commit, and the app they belong to
 _PENDING: Final = "portal_outbox_items"
@@ -220,6 +223,16 @@ _FAIL = (
         **_NO_LEASE,
     )
 )
+_HAND_OVER = (
+    update(_T)
+    .where(_OURS)
+    .values(
+        state=OutboxState.PENDING,
+        attempts=_T.c.attempts - 1,  # it never ran
+        dispatched_at=bindparam("now"),
+        **_NO_LEASE,
+    )
+)
 _RETRY = (
     update(_T)
     .where(_OURS)
@@ -268,7 +281,10 @@ def run_item(app: Flask, item_id: int, worker_id: str | None = None) -> str:
 
     The claim is committed on its own first, so a crash while the handler runs leaves a lease
     that expires rather than a pending item another worker would start at once. Both
-    transactions run on one connection, checked out (and pinged) once per item.
+    transactions run on one connection, checked out (and pinged) once per task. A handler's
+    follow-up (:attr:`Done.follow_up`) is leased to this worker in the commit that finishes
+    the item, and run next on the same connection, up to :data:`FOLLOW_UP_LIMIT` of them; the
+    one after that goes to the broker.
     """
     worker_id = worker_id or worker_identity()
     database = get_database(app)
@@ -284,11 +300,31 @@ def run_item(app: Flask, item_id: int, worker_id: str | None = None) -> str:
             return "not-claimable"
         connection.execution_options(isolation_level=transactional)
         with database.sessions(bind=connection) as session:
-            return _run_handler(app, session, item, worker_id)
+            outcome, follow_up = _run_handler(app, session, item, worker_id)
+        for _ in range(FOLLOW_UP_LIMIT):
+            if follow_up is None:
+                break
+            with database.sessions(bind=connection) as session:
+                _, follow_up = _run_handler(app, session, follow_up, worker_id)
+    if follow_up is not None:
+        _hand_over(app, follow_up)
+    return outcome
 
 
-def _run_handler(app: Flask, session: Session, item: OutboxItem, worker_id: str) -> str:
-    """Call the item's handler in the item's tenant scope and record its outcome."""
+def _hand_over(app: Flask, item: OutboxItem) -> None:
+    """A follow-up this worker will not run after all: release its lease and dispatch it."""
+    with get_database(app).sessions() as session:
+        params = {"item_id": item.id, "worker_id": item.lease_owner, "now": utcnow()}
+        session.connection().execute(_HAND_OVER, params)
+        session.commit()
+    dispatch_ids(app, [item.id])
+
+
+def _run_handler(
+    app: Flask, session: Session, item: OutboxItem, worker_id: str
+) -> tuple[str, OutboxItem | None]:
+    """Call the item's handler in the item's tenant scope and record its outcome; returns the
+    outcome and a follow-up leased to this worker, to run next."""
     if item.partner_id is not None:
         set_scope(session, Scope(item.partner_id, item.customer_id))
     handler = integrations(app).outbox_handlers.get(item.kind)
@@ -302,29 +338,54 @@ def _run_handler(app: Flask, session: Session, item: OutboxItem, worker_id: str)
             session.rollback()
             outcome = RetryLater(_describe(error))
     if isinstance(outcome, Done):
-        return _finish(session, item, worker_id, outcome)
+        return _finish(session, item, worker_id, outcome, lease_duration(app))
     session.rollback()  # a handler that did not finish keeps none of its writes
     if isinstance(outcome, GiveUp):
-        return _fail(session, item, worker_id, outcome.reason)
+        return _fail(session, item, worker_id, outcome.reason), None
     if isinstance(outcome, Defer):
         params = {"available_at": utcnow() + outcome.delay}
-        return _release(session, item, worker_id, _DEFER, params, "deferred")
-    return _retry_or_fail(session, item, worker_id, outcome)
+        return _release(session, item, worker_id, _DEFER, params, "deferred"), None
+    return _retry_or_fail(session, item, worker_id, outcome), None
 
 
 def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:ERROR_LIMIT]
 
 
-def _finish(session: Session, item: OutboxItem, worker_id: str, outcome: Done) -> str:
-    """Mark done with the handler's writes, in one commit, if the lease is still ours."""
-    params = {"item_id": item.id, "worker_id": worker_id, "now": utcnow(), "result": outcome.result}
+def _finish(
+    session: Session, item: OutboxItem, worker_id: str, outcome: Done, lease: timedelta
+) -> tuple[str, OutboxItem | None]:
+    """Mark done with the handler's writes, in one commit, if the lease is still ours.
+
+    A follow-up enqueued in this transaction is claimed by this worker in the same commit
+    (running, leased, one attempt), so it needs neither a message nor a claim of its own.
+    Should the worker die before running it, its lease expires and the sweep sends it.
+    """
+    now = utcnow()
+    params = {"item_id": item.id, "worker_id": worker_id, "now": now, "result": outcome.result}
     if session.connection().execute(_FINISH, params).rowcount != 1:
         session.rollback()
         log.warning("outbox item %s: lease lost before commit; its writes are undone", item.id)
-        return "lease-lost"
-    session.commit()
-    return "done"
+        return "lease-lost", None
+    follow_up = outcome.follow_up
+    pending: list[OutboxItem] = session.info.get(_PENDING, [])
+    if follow_up is not None and follow_up in pending:
+        pending.remove(follow_up)  # not for the broker: this worker runs it
+        follow_up.state = OutboxState.RUNNING
+        follow_up.lease_owner = worker_id
+        follow_up.lease_expires_at = now + lease
+        follow_up.attempts = (follow_up.attempts or 0) + 1
+    else:
+        follow_up = None  # not one of this transaction's due items: the broker has it
+    # the follow-up is handed on as it is: nothing needs loading again after the commit
+    session.expire_on_commit = False
+    try:
+        session.commit()
+    finally:
+        session.expire_on_commit = True
+    if follow_up is not None:
+        session.expunge(follow_up)
+    return "done", follow_up
 
 
 def _fail(session: Session, item: OutboxItem, worker_id: str, reason: str) -> str:

@@ -32,6 +32,8 @@ from portal.tasks.celery_app import PURGE_SESSIONS_TASK, RUN_TASK, SWEEP_TASK, c
 from portal.tasks.outbox import (
     BACKOFF_BASE,
     BACKOFF_CAP,
+    FOLLOW_UP_LIMIT,
+    _run_handler,
     backoff,
     claim,
     enqueue,
@@ -278,6 +280,53 @@ def test_done_commits_with_the_handlers_writes(outbox_app: Flask) -> None:
     assert [e["item_id"] for e in effects(outbox_app)] == [item_id]
     assert run_item(outbox_app, item_id, "w2") == "not-claimable"  # a redelivery repeats nothing
     assert len(effects(outbox_app)) == 1
+
+
+def test_a_follow_up_runs_next_in_the_same_worker_without_the_broker(outbox_app: Flask) -> None:
+    first = add(outbox_app, "testkit.chain", payload={"remaining": 3})
+    sent_ids(outbox_app)  # the first one's own message
+    assert run_item(outbox_app, first, "w") == "done"
+    done = effects(outbox_app)
+    assert len(done) == 4, "the three follow-ups ran in the same call"
+    assert all(load(outbox_app, e["item_id"]).state == OutboxState.DONE for e in done)
+    assert sent_ids(outbox_app) == [], "a follow-up run here is not also sent to the broker"
+    # a redelivered follow-up message repeats nothing
+    assert run_item(outbox_app, done[-1]["item_id"], "w2") == "not-claimable"
+
+
+def test_a_long_chain_of_follow_ups_hands_the_rest_to_the_broker(outbox_app: Flask) -> None:
+    first = add(outbox_app, "testkit.chain", payload={"remaining": FOLLOW_UP_LIMIT + 5})
+    sent_ids(outbox_app)
+    assert run_item(outbox_app, first, "w") == "done"
+    assert len(effects(outbox_app)) == FOLLOW_UP_LIMIT + 1
+    [handed_on] = sent_ids(outbox_app)
+    assert load(outbox_app, handed_on).state == OutboxState.PENDING
+    assert run_item(outbox_app, handed_on, "w") == "done"
+    assert len(effects(outbox_app)) == FOLLOW_UP_LIMIT + 6
+
+
+def test_a_follow_up_left_behind_by_a_dead_worker_is_swept(outbox_app: Flask) -> None:
+    """The worker commits a link (its follow-up leased to itself) and dies before running the
+    follow-up: no message was sent for it, so the sweep sends it once the lease has expired."""
+    first = add(outbox_app, "testkit.chain", payload={"remaining": 1})
+    sent_ids(outbox_app)
+    database = get_database(outbox_app)
+    with database.sessions() as session:
+        item = claim(session, first, "doomed", LEASE)
+        session.commit()
+    assert item is not None
+    with database.sessions() as session:
+        outcome, follow_up = _run_handler(outbox_app, session, item, "doomed")
+    assert outcome == "done" and follow_up is not None  # ... and here the worker dies
+    left = load(outbox_app, follow_up.id)
+    assert (left.state, left.lease_owner, left.attempts) == (OutboxState.RUNNING, "doomed", 1)
+    assert sent_ids(outbox_app) == []
+    assert sweep(outbox_app) == 0, "within its lease the worker may still be about to run it"
+    assert sweep(outbox_app, now=utcnow() + LEASE + timedelta(seconds=1)) == 1
+    assert sent_ids(outbox_app) == [follow_up.id]
+    set_columns(outbox_app, follow_up.id, lease_expires_at=utcnow() - timedelta(seconds=1))
+    assert run_item(outbox_app, follow_up.id, "w") == "done"
+    assert len(effects(outbox_app)) == 2
 
 
 def test_a_lost_lease_undoes_the_handlers_writes(outbox_app: Flask) -> None:

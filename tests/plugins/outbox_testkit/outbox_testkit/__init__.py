@@ -31,7 +31,7 @@ from portal import hookimpl
 from portal.models import OutboxItem
 from portal.scoping import get_scope
 from portal.tasks.handlers import Done, GiveUp, Outcome, RetryLater
-from portal.tasks.outbox import claim
+from portal.tasks.outbox import claim, enqueue
 
 metadata = MetaData()
 effect_table = Table(
@@ -131,6 +131,16 @@ def steal(item: OutboxItem, session: Session) -> Outcome:
     return Done()
 
 
+def chain(item: OutboxItem, session: Session) -> Outcome:
+    """Writes, then enqueues the next link (``remaining`` more) for this worker to run next."""
+    _write_effect(item, session, "chain")
+    remaining = int(item.payload.get("remaining", 0))
+    if remaining <= 0:
+        return Done()
+    follow_up = enqueue(session, "testkit.chain", {"remaining": remaining - 1})
+    return Done({"remaining": remaining}, follow_up=follow_up)
+
+
 def scope(item: OutboxItem, session: Session) -> Outcome:
     current = get_scope(session)
     seen = None if current is None else [current.partner_id, current.customer_id]
@@ -146,4 +156,5 @@ def portal_outbox_handlers() -> dict[str, Any]:
         "testkit.boom": boom,
         "testkit.steal": steal,
         "testkit.scope": scope,
+        "testkit.chain": chain,
     }
