@@ -107,6 +107,9 @@ class LicenceChange(PartnerScoped, CustomerScoped, Base):
     provider_code: Mapped[str | None] = mapped_column(String(64))
     effective_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # provider applied it
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # the requester (success) or the service team (failure, rejection) was told; a change
+    # followed at once by the next one of its subscription is told about with that one
+    notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     resolved_by: Mapped[str | None] = mapped_column(String(300))
     resolution_note: Mapped[str | None] = mapped_column(Text)
 

@@ -49,6 +49,7 @@ from portal.models import (
     SubscriptionStatus,
     User,
 )
+from portal.models.outbox import OutboxItem
 from portal.services import ServiceError, _, audit
 from portal.services.agreements import require_agreement
 from portal.tasks.outbox import enqueue
@@ -421,10 +422,10 @@ def _has_holding_change(db_session: Session, subscription_id: int) -> bool:
     )
 
 
-def _queue(db_session: Session, change: LicenceChange) -> None:
+def _queue(db_session: Session, change: LicenceChange) -> OutboxItem:
     change.state = ChangeState.QUEUED
     change.hold_reason = None
-    enqueue(
+    return enqueue(
         db_session,
         PROVISION_KIND,
         {"change_id": change.id},
@@ -559,9 +560,15 @@ def _new_subscription(
 # -- releasing held changes ---------------------------------------------------------------------
 
 
-def release_next(
-    db_session: Session, customer: Customer, subscription_id: int
-) -> LicenceChange | None:
+@dataclass(frozen=True)
+class Released:
+    """A change sent on its way, and the outbox item that carries it."""
+
+    change: LicenceChange
+    item: OutboxItem
+
+
+def release_next(db_session: Session, customer: Customer, subscription_id: int) -> Released | None:
     """Queue the subscription's earliest awaiting change, if nothing before it holds it back.
 
     Called when a change reaches a final state (or staff resolve it) and when a credit hold is
@@ -569,21 +576,19 @@ def release_next(
     """
     if customer.credit_hold:
         return None
-    changes = list(
-        db_session.scalars(
-            select(LicenceChange)
-            .where(
-                LicenceChange.subscription_id == subscription_id,
-                LicenceChange.state.in_(HOLDING_STATES),
-            )
-            .order_by(LicenceChange.sequence)
-            .with_for_update()
+    earliest = db_session.scalars(
+        select(LicenceChange)
+        .where(
+            LicenceChange.subscription_id == subscription_id,
+            LicenceChange.state.in_(HOLDING_STATES),
         )
-    )
-    if not changes or changes[0].state is not ChangeState.AWAITING:
+        .order_by(LicenceChange.sequence)
+        .limit(1)
+        .with_for_update()
+    ).first()
+    if earliest is None or earliest.state is not ChangeState.AWAITING:
         return None  # nothing waiting, or the earliest one is still on its way (or failed)
-    _queue(db_session, changes[0])
-    return changes[0]
+    return Released(earliest, _queue(db_session, earliest))
 
 
 def release_held(db_session: Session, customer: Customer) -> list[LicenceChange]:
@@ -597,4 +602,4 @@ def release_held(db_session: Session, customer: Customer) -> list[LicenceChange]
         .distinct()
     ).all()
     released = [release_next(db_session, customer, sid) for sid in sorted(subscription_ids)]
-    return [change for change in released if change is not None]
+    return [one.change for one in released if one is not None]

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from flask import current_app
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from portal.db import utcnow
 from portal.domain.licences import ChangeKind, ChangeState
@@ -64,12 +65,12 @@ class _Target:
 
 def provision(item: OutboxItem, session: Session) -> Outcome:
     """Outbox handler for ``licences.provision``: bring one change to the provider."""
-    change = session.get(LicenceChange, int(str(item.payload["change_id"])))
-    if change is None or change.state not in _IN_PROGRESS:
-        return Done({"skipped": change.state.value if change else "missing"})
-    subscription = change.subscription
-    customer = session.get(Customer, change.customer_id)
-    assert customer is not None
+    loaded = _load(session, int(str(item.payload["change_id"])))
+    if loaded is None:
+        return Done({"skipped": "missing"})
+    change, subscription, customer = loaded
+    if change.state not in _IN_PROGRESS:
+        return Done({"skipped": change.state.value})
     tenant = customer.ms_tenant_id or f"customer-{customer.id}"
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     wait = pacing(app).wait_before_call(subscription.provider_key, tenant)
@@ -85,29 +86,65 @@ def provision(item: OutboxItem, session: Session) -> Outcome:
         if item.attempts < item.max_attempts:
             _mark_retrying(session, change, result.message)
             return RetryLater(result.message, result.retry_after)
-        _finish(session, change, ChangeState.FAILED, answer=result.message)
+        _finish(session, customer, change, ChangeState.FAILED, answer=result.message)
         return Done({"state": "failed"})
     if isinstance(result, BusinessRejection):
-        _finish(session, change, ChangeState.REJECTED, answer=result.reason, code=result.code)
         if change.kind is ChangeKind.PURCHASE:
             subscription.status = SubscriptionStatus.FAILED
-        return Done({"state": "rejected", "code": result.code})
+        released = _finish(
+            session,
+            customer,
+            change,
+            ChangeState.REJECTED,
+            answer=result.reason,
+            code=result.code,
+        )
+        return Done({"state": "rejected", "code": result.code}, follow_up=released)
     _record_provisioned(subscription, change, result.value)
-    _finish(session, change, ChangeState.PROVISIONED, answer=_describe(result.value))
-    return Done({"state": "provisioned", "quantity": result.value.quantity})
+    released = _finish(
+        session, customer, change, ChangeState.PROVISIONED, answer=_describe(result.value)
+    )
+    return Done({"state": "provisioned", "quantity": result.value.quantity}, follow_up=released)
+
+
+def _load(session: Session, change_id: int) -> tuple[LicenceChange, Subscription, Customer] | None:
+    """The change with its subscription (product, bundle parts) and customer, in one statement."""
+    row = (
+        session.execute(
+            select(LicenceChange, Subscription, Customer)
+            .join(Subscription, Subscription.id == LicenceChange.subscription_id)
+            .join(Customer, Customer.id == LicenceChange.customer_id)
+            .where(LicenceChange.id == change_id)
+            .options(joinedload(Subscription.children))
+        )
+        .unique()
+        .first()
+    )
+    return None if row is None else (row[0], row[1], row[2])
 
 
 def _mark_provisioning(session: Session, change: LicenceChange) -> bool:
     """Show "provisioning" now (its own commit), unless the change finished meanwhile."""
-    result = session.execute(
+    attempts = session.execute(
         update(LicenceChange)
         .where(LicenceChange.id == change.id, LicenceChange.state.in_(_IN_PROGRESS))
         .values(state=ChangeState.PROVISIONING, attempts=LicenceChange.attempts + 1)
+        .returning(LicenceChange.attempts)
         .execution_options(synchronize_session=False)
-    )
-    session.commit()
-    session.refresh(change)
-    return getattr(result, "rowcount", 0) == 1
+    ).scalar()
+    if attempts is None:
+        session.rollback()
+        return False
+    set_committed_value(change, "state", ChangeState.PROVISIONING)
+    set_committed_value(change, "attempts", attempts)
+    # nothing else wrote these rows meanwhile (a subscription's changes run one at a time):
+    # what is loaded stays valid, and reading it all again after the commit would be waste
+    session.expire_on_commit = False
+    try:
+        session.commit()
+    finally:
+        session.expire_on_commit = True
+    return True
 
 
 def _mark_retrying(session: Session, change: LicenceChange, message: str) -> None:
@@ -117,6 +154,9 @@ def _mark_retrying(session: Session, change: LicenceChange, message: str) -> Non
         .values(state=ChangeState.RETRYING, provider_answer=message[:ANSWER_LIMIT])
         .execution_options(synchronize_session=False)
     )
+    if _untold_before(session, change):
+        # the changes before this one are done: their requesters need not wait for this one
+        _notify_later(session, change)
     session.commit()
 
 
@@ -191,19 +231,33 @@ def _describe(answer: ProviderSubscription) -> str:
 
 def _finish(
     session: Session,
+    customer: Customer,
     change: LicenceChange,
     state: ChangeState,
     *,
     answer: str,
     code: str | None = None,
-) -> None:
-    """Record a final state (or failed), tell people, and let the next change go."""
+) -> OutboxItem | None:
+    """Record a final state (or failed), let the next change go and see that people are told.
+
+    Returns the outbox item of the next change, when one was released: this worker runs it
+    next. A provisioned change followed at once by the next one is told about with that one
+    (one mail for a run of changes rather than one each).
+    """
     change.state = state
     change.provider_answer = answer[:ANSWER_LIMIT]
     change.provider_code = code
     change.finished_at = utcnow()
-    customer = session.get(Customer, change.customer_id)
-    assert customer is not None
+    released = None
+    if state is not ChangeState.FAILED:  # a failed change holds the later ones back
+        session.flush()
+        released = release_next(session, customer, change.subscription_id)
+    if state is not ChangeState.PROVISIONED or released is None:
+        _notify_later(session, change)
+    return released.item if released is not None else None
+
+
+def _notify_later(session: Session, change: LicenceChange) -> None:
     enqueue(
         session,
         NOTIFY_KIND,
@@ -211,9 +265,22 @@ def _finish(
         partner_id=change.partner_id,
         customer_id=change.customer_id,
     )
-    if state is not ChangeState.FAILED:  # a failed change holds the later ones back
-        session.flush()
-        release_next(session, customer, change.subscription_id)
+
+
+def _untold_before(session: Session, change: LicenceChange) -> bool:
+    return (
+        session.scalar(
+            select(LicenceChange.id)
+            .where(
+                LicenceChange.subscription_id == change.subscription_id,
+                LicenceChange.sequence < change.sequence,
+                LicenceChange.state == ChangeState.PROVISIONED,
+                LicenceChange.notified_at.is_(None),
+            )
+            .limit(1)
+        )
+        is not None
+    )
 
 
 # -- notifications --------------------------------------------------------------------------------
@@ -221,29 +288,63 @@ def _finish(
 
 def notify(item: OutboxItem, session: Session) -> Outcome:
     """Outbox handler for ``licences.notify``: the customer hears of success, the service team
-    of failures and rejections; plugins get ``portal_on_licence_change_finished``."""
+    of failures and rejections; plugins get ``portal_on_licence_change_finished``.
+
+    It covers the item's change and every provisioned change of the subscription before it that
+    nobody was told about yet (they ran one after the other): each requester gets one mail for
+    their run of changes, from its first quantity to its last.
+    """
     change = session.get(LicenceChange, int(str(item.payload["change_id"])))
     if change is None:
         return Done({"skipped": "missing"})
     partner = session.get(Partner, change.partner_id)
     assert partner is not None
     subscription = change.subscription
-    if change.state is ChangeState.PROVISIONED:
-        recipient = (
-            session.get(User, change.requested_by_user_id) if change.requested_by_user_id else None
+    done = list(
+        session.scalars(
+            select(LicenceChange)
+            .where(
+                LicenceChange.subscription_id == change.subscription_id,
+                LicenceChange.sequence <= change.sequence,
+                LicenceChange.state == ChangeState.PROVISIONED,
+                LicenceChange.notified_at.is_(None),
+            )
+            .order_by(LicenceChange.sequence)
         )
+    )
+    for user_id, run in _by_requester(done).items():
+        recipient = session.get(User, user_id) if user_id is not None else None
         if recipient is not None and recipient.active:
             _send(
                 partner,
                 "licence_provisioned",
                 recipient.email,
                 recipient.locale,
-                change,
                 subscription,
+                change=run[-1],
+                kind=run[0].kind,
+                quantity_from=run[0].quantity_from,
             )
-    elif change.state in (ChangeState.FAILED, ChangeState.REJECTED):
+    problems = []
+    if change.state in (ChangeState.FAILED, ChangeState.REJECTED) and change.notified_at is None:
+        problems.append(change)
         for address in service_team(session, partner):
-            _send(partner, "licence_problem", address, "en", change, subscription)
+            _send(partner, "licence_problem", address, "en", subscription, change=change)
+    now = utcnow()
+    for told in (*done, *problems):
+        told.notified_at = now
+        _announce(told, subscription)
+    return Done({"told": len(done) + len(problems)})
+
+
+def _by_requester(changes: list[LicenceChange]) -> dict[int | None, list[LicenceChange]]:
+    runs: dict[int | None, list[LicenceChange]] = {}
+    for change in changes:
+        runs.setdefault(change.requested_by_user_id, []).append(change)
+    return runs
+
+
+def _announce(change: LicenceChange, subscription: Subscription) -> None:
     integrations().fire(
         "portal_on_licence_change_finished",
         event=LicenceChangeFinished(
@@ -256,7 +357,6 @@ def notify(item: OutboxItem, session: Session) -> Outcome:
             reason=change.provider_answer if change.state is not ChangeState.PROVISIONED else None,
         ),
     )
-    return Done()
 
 
 def _send(
@@ -264,8 +364,8 @@ def _send(
     template: str,
     to: str,
     locale: str | None,
-    change: LicenceChange,
     subscription: Subscription,
+    **context: object,
 ) -> None:
     mail.send(
         mail.render_mail(
@@ -273,9 +373,9 @@ def _send(
             partner,
             locale,
             to=to,
-            change=change,
             subscription=subscription,
             product=subscription.product,
+            **context,
         ),
         partner,
     )
@@ -344,7 +444,7 @@ def resolve(
         )
     change.resolved_by = staff.email
     change.resolution_note = note
-    change.finished_at = utcnow()
+    change.finished_at = change.notified_at = utcnow()  # staff settle it with the people
     if applied:
         change.state = ChangeState.PROVISIONED
         change.effective_at = utcnow()

@@ -317,6 +317,84 @@ def test_changes_apply_in_order_and_an_earlier_one_holds_back_the_next(
     assert subscription(app, sub_id).quantity == 14
 
 
+def _licence_mails(mailbox: Mailbox, address: str) -> list[str]:
+    return [
+        f"{m['Subject']}\n{Mailbox.body(m)}"
+        for m in mailbox.messages
+        if m["To"] == address and "seats" in str(m["Subject"])
+    ]
+
+
+def test_a_run_of_changes_is_told_once_to_each_requester(
+    client: Any, app: Flask, licensed: Tenant, mailbox: Mailbox
+) -> None:
+    sub_id = licensed.subscriptions["a"]
+    sign_in(client, "administrator@a.alpha.example")
+    manager = app.test_client()
+    sign_in(manager, "subscription_manager@a.alpha.example")
+    assert confirm(client, sub_id, 11, version=0).status_code == 302
+    assert confirm(manager, sub_id, 13, version=1).status_code == 302
+    assert confirm(manager, sub_id, 15, version=2).status_code == 302
+    drain(app)
+    changes = changes_of(app, sub_id)[1:]
+    assert [c.state for c in changes] == [ChangeState.PROVISIONED] * 3
+    assert all(c.notified_at is not None for c in changes)
+    [admin_mail] = _licence_mails(mailbox, "administrator@a.alpha.example")
+    assert "from 10 to 11 seats is complete" in admin_mail
+    [manager_mail] = _licence_mails(mailbox, "subscription_manager@a.alpha.example")
+    assert "now has 15 seats" in manager_mail
+    assert "from 11 to 15 seats is complete" in manager_mail
+
+
+def _request_id_for(demo_fails: bool, rate: float) -> str:
+    """A request id the demo provider fails (or not) on its first attempt, at ``rate``."""
+    from demo_provider.adapter import fails_technically
+
+    while True:
+        candidate = str(uuid.uuid4())
+        if fails_technically(candidate, 1, rate) is demo_fails:
+            return candidate
+
+
+def test_changes_done_before_one_that_retries_are_told_at_once(
+    app_factory: Any, tenant: Tenant, mailbox: Mailbox
+) -> None:
+    app = licence_app(app_factory, FAILURE_RATE="0.5", RETRY_AFTER_SECONDS="0")
+    licensed = seed_licences(app, tenant)
+    client = app.test_client()
+    sub_id = licensed.subscriptions["a"]
+    sign_in(client, "administrator@a.alpha.example")
+    confirm(client, sub_id, 12, version=0)
+    confirm(client, sub_id, 14, version=1)
+    first, second = changes_of(app, sub_id)[1:]
+    with app.app_context(), get_database(app).sessions() as s:
+        # the demo's dice are fixed by the request id: the first goes through, the second fails
+        for change, fails in ((first, False), (second, True)):
+            s.execute(
+                sa.update(LicenceChange)
+                .where(LicenceChange.id == change.id)
+                .values(request_id=_request_id_for(fails, 0.5))
+            )
+        s.commit()
+        [item] = s.scalars(sa.select(OutboxItem.id)).all()
+    with app.app_context():
+        assert run_item(app, item) == "done"  # the first, then the second as its follow-up
+    first, second = changes_of(app, sub_id)[1:]
+    assert (first.state, second.state) == (ChangeState.PROVISIONED, ChangeState.RETRYING)
+    assert _licence_mails(mailbox, "administrator@a.alpha.example") == []
+    with app.app_context(), get_database(app).sessions() as s:
+        [notice] = s.scalars(
+            sa.select(OutboxItem.id).where(
+                OutboxItem.kind == "licences.notify", OutboxItem.state == OutboxState.PENDING
+            )
+        ).all()
+    with app.app_context():
+        assert run_item(app, notice) == "done"
+    [mail] = _licence_mails(mailbox, "administrator@a.alpha.example")
+    assert "from 10 to 12 seats is complete" in mail
+    assert changes_of(app, sub_id)[1].notified_at is not None
+
+
 def test_credit_hold_records_changes_as_awaiting_until_staff_lift_it(
     client: Any, app: Flask, licensed: Tenant
 ) -> None:
