@@ -41,10 +41,10 @@ def send(mail: Mail, partner: Partner) -> None:
     if config["PORTAL_MAIL_BACKEND"] == "smtp":
         _send_smtp(message)
     else:
-        # development: the message (with its link) is printed where `make run` shows it
-        print(
-            f"\n----- mail to {mail.to} -----\n{message}\n----- end of mail -----", file=sys.stderr
-        )
+        # development: the message (with its link) is printed where `make run` shows it, as
+        # sent (8-bit UTF-8): str() would re-encode a non-ASCII body to unreadable base64
+        text = message.as_bytes().decode("utf-8", errors="replace")
+        print(f"\n----- mail to {mail.to} -----\n{text}\n----- end of mail -----", file=sys.stderr)
 
 
 def _send_smtp(message: EmailMessage) -> None:
