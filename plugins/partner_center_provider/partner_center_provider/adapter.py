@@ -31,7 +31,7 @@ from urllib.parse import quote
 
 import httpx
 
-from partner_center_provider.auth import MsalTokenProvider, TokenProvider
+from partner_center_provider.auth import MsalTokenProvider, StaticTokenProvider, TokenProvider
 from partner_center_provider.client import PartnerCenterClient
 from partner_center_provider.errors import (
     ETAG_STALE,
@@ -127,8 +127,13 @@ class PartnerCenterProvider:
     def from_settings(
         cls, settings: PartnerCenterSettings, token_provider: TokenProvider | None = None
     ) -> PartnerCenterProvider:
-        """The adapter for ``settings``; msal App+User tokens unless ``token_provider``."""
-        tokens = token_provider or MsalTokenProvider.from_settings(settings)
+        """The adapter for ``settings``: ``token_provider``, else the fixed token of a local
+        fake (``STATIC_TOKEN``), else msal App+User tokens."""
+        tokens = token_provider or (
+            StaticTokenProvider(settings.static_token)
+            if settings.static_token
+            else MsalTokenProvider.from_settings(settings)
+        )
         client = PartnerCenterClient(
             settings.base_url,
             tokens,

@@ -39,6 +39,8 @@ class PartnerCenterSettings:
     poll_interval_seconds: float = 2.0
     poll_limit_seconds: float = 30.0
     application_name: str = DEFAULT_APPLICATION_NAME
+    # a fixed bearer token instead of Entra ID: only for a fake Partner Center on this machine
+    static_token: str | None = field(default=None, repr=False)
 
     @property
     def authority(self) -> str:
@@ -49,6 +51,9 @@ class PartnerCenterSettings:
     def from_settings(cls, raw: Mapping[str, str]) -> PartnerCenterSettings:
         """Check ``raw`` (``plugin_settings(app, "partner_center")``); raise PluginError."""
         values = {k.upper(): str(v).strip() for k, v in raw.items()}
+        static_token = values.get("STATIC_TOKEN") or None
+        if static_token is not None:
+            return cls._local(values, static_token)
         missing = [name for name in REQUIRED if not values.get(name)]
         if missing:
             names = ", ".join(PREFIX + name for name in missing)
@@ -69,6 +74,29 @@ class PartnerCenterSettings:
             poll_interval_seconds=_seconds(values, "POLL_INTERVAL_SECONDS", 2.0),
             poll_limit_seconds=_seconds(values, "POLL_LIMIT_SECONDS", 30.0, zero_ok=True),
             application_name=values.get("APPLICATION_NAME") or DEFAULT_APPLICATION_NAME,
+        )
+
+    @classmethod
+    def _local(cls, values: Mapping[str, str], static_token: str) -> PartnerCenterSettings:
+        """Settings for a local fake Partner Center (benchmarks, worker tests): no credentials,
+        and a base URL on the loopback interface, so the fixed token never leaves the machine."""
+        base_url = _url(values, "BASE_URL", DEFAULT_BASE_URL)
+        if urlsplit(base_url).hostname not in LOOPBACK_HOSTS:
+            raise PluginError(
+                f"{PREFIX}STATIC_TOKEN is for a fake Partner Center on 127.0.0.1 only; "
+                f"{PREFIX}BASE_URL is {base_url!r}. Use the App+User credentials instead."
+            )
+        return cls(
+            tenant_id=values.get("TENANT_ID") or "local-fake",
+            client_id=values.get("CLIENT_ID") or "local-fake",
+            client_secret="",
+            refresh_token="",
+            base_url=base_url,
+            timeout_seconds=_seconds(values, "TIMEOUT_SECONDS", 10.0),
+            poll_interval_seconds=_seconds(values, "POLL_INTERVAL_SECONDS", 2.0),
+            poll_limit_seconds=_seconds(values, "POLL_LIMIT_SECONDS", 30.0, zero_ok=True),
+            application_name=values.get("APPLICATION_NAME") or DEFAULT_APPLICATION_NAME,
+            static_token=static_token,
         )
 
 

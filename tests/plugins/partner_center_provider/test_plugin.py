@@ -115,6 +115,29 @@ def test_a_malformed_setting_stops_the_start_naming_it(
         build(tmp_path, {**GOOD, name: value})
 
 
+def test_a_static_token_serves_a_local_fake_without_credentials(tmp_path: Path) -> None:
+    from partner_center_provider.fake import FakePartnerCenter
+
+    with FakePartnerCenter() as fake:
+        tenant = fake.add_customer()
+        ref = fake.add_subscription(tenant, "CFQ7TTC0LH18:0001", 3)
+        app = build(tmp_path, {"BASE_URL": fake.url, "STATIC_TOKEN": "local-token-1"})
+        adapter = integrations(app).providers.get("partner_center")
+        assert isinstance(adapter, PartnerCenterProvider)
+        assert "local-token-1" not in repr(adapter.client)
+        read = adapter.get_subscription(tenant, ref)
+        assert read.value.quantity == 3  # type: ignore[union-attr]
+        [call] = fake.requests
+        assert call.headers["Authorization"] == "Bearer local-token-1"
+
+
+def test_a_static_token_is_refused_for_the_real_partner_center(tmp_path: Path) -> None:
+    with pytest.raises(PluginError, match="STATIC_TOKEN is for a fake Partner Center"):
+        build(tmp_path, {"STATIC_TOKEN": "local-token-1"})
+    with pytest.raises(PluginError, match="STATIC_TOKEN is for a fake Partner Center"):
+        build(tmp_path, {**GOOD, "STATIC_TOKEN": "x", "BASE_URL": "https://pc.example.com"})
+
+
 def test_the_defaults(tmp_path: Path) -> None:
     settings = PartnerCenterSettings.from_settings(GOOD)
     assert settings.base_url == "https://api.partnercenter.microsoft.com"
