@@ -18,6 +18,9 @@ from flask_babel import Babel, force_locale, get_locale, get_translations
 from flask_limiter import Limiter
 from flask_login import LoginManager
 from flask_wtf import CSRFProtect
+from jinja2 import pass_eval_context
+from jinja2.nodes import EvalContext
+from markupsafe import Markup
 
 SUPPORTED_LOCALES = ("en", "es")
 RATE_LIMITS_ATTR = "portal_rate_limits"
@@ -121,12 +124,32 @@ def rendering_in(locale: str) -> Iterator[None]:
             g._portal_translations = saved
 
 
-def _template_gettext(message: str) -> str:
-    return str(_request_translations().ugettext(message))
+# Templates call these directly as ``_``, ``gettext`` and ``ngettext``. Jinja's own newstyle
+# callables reach the catalogue through three ``Context.call``s and a ``resolve`` per string
+# (``_`` -> "gettext" -> wrapper -> function), about 60 Python calls; these do in one call what
+# the wrappers do: look the string up, mark it safe under autoescape, then format it with the
+# keyword arguments (always, as newstyle gettext does, so "%%" reads "%" with or without them).
 
 
-def _template_ngettext(singular: str, plural: str, number: int) -> str:
-    return str(_request_translations().ungettext(singular, plural, number))
+@pass_eval_context
+def _template_gettext(eval_ctx: EvalContext, message: str, /, **variables: Any) -> str:
+    translated: str = _request_translations().ugettext(message)
+    if eval_ctx.autoescape:
+        translated = Markup(translated)  # noqa: S704  (our catalogue, as Jinja's i18n does)
+    if not variables and "%" not in translated:
+        return translated  # what "% {}" would give, without the formatting machinery
+    return translated % variables  # a Markup escapes the values
+
+
+@pass_eval_context
+def _template_ngettext(
+    eval_ctx: EvalContext, singular: str, plural: str, number: int, /, **variables: Any
+) -> str:
+    variables.setdefault("num", number)
+    translated: str = _request_translations().ungettext(singular, plural, number)
+    if eval_ctx.autoescape:
+        translated = Markup(translated)  # noqa: S704  (our catalogue, as Jinja's i18n does)
+    return translated % variables  # a Markup escapes the values
 
 
 def select_timezone() -> str:
@@ -143,8 +166,10 @@ def init_app(app: Flask) -> None:
     babel.init_app(app, locale_selector=select_locale, timezone_selector=select_timezone)
     # Flask-Babel's template gettext resolves context, domain and locale on every string; a
     # page has dozens, so templates look the catalogue up once per request and locale instead
-    app.jinja_env.install_gettext_callables(  # type: ignore[attr-defined]
-        _template_gettext, _template_ngettext, newstyle=True
+    # (theme overlays share these globals). pgettext and npgettext stay Flask-Babel's.
+    app.jinja_env.newstyle_gettext = True  # type: ignore[attr-defined]
+    app.jinja_env.globals.update(
+        _=_template_gettext, gettext=_template_gettext, ngettext=_template_ngettext
     )
 
     @app.context_processor
