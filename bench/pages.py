@@ -50,7 +50,8 @@ WARMUP = "2s"
 DURATION = "10s"
 TARGET_RATIO = 0.35
 TARGET_P99_MS = 50.0
-START_TIMEOUT_S = 30.0
+START_TIMEOUT_S = 30.0  # from starting gunicorn to a first 200
+FIRST_ANSWER_TIMEOUT_S = 10.0  # per try: a cold worker's first request may take a while
 
 
 class BenchError(Exception):
@@ -198,8 +199,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: str, env: dict[str, str], logs: Path) -> Iterator[str]:
-    """Run ``app`` under gunicorn (2 sync workers) until the block ends; yield its base URL."""
+def serve(app: str, env: dict[str, str], logs: Path, probe: str) -> Iterator[str]:
+    """Run ``app`` under gunicorn (2 sync workers) until the block ends; yield its base URL.
+
+    The block starts once ``GET probe`` has answered 200 (see :func:`wait_until_up`).
+    """
     port = free_port()
     base = f"http://{HOST}:{port}"
     log_path = logs / f"gunicorn-{port}.log"
@@ -210,26 +214,38 @@ def serve(app: str, env: dict[str, str], logs: Path) -> Iterator[str]:
             command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT
         )
     try:
-        wait_until_up(process, base, log_path)
+        wait_until_up(process, f"{base}{probe}", log_path)
         yield base
     finally:
         stop(process)
 
 
-def wait_until_up(process: subprocess.Popen[bytes], base: str, log_path: Path) -> None:
+def wait_until_up(process: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
+    """Wait for a first 200 from ``url``, at most START_TIMEOUT_S in all.
+
+    Until then, a refused connection, a request that times out (a worker still booting or
+    busy with its first request) or an error status only mean "not yet": the next try follows.
+    """
     deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
+    last = "no answer yet"
+    while True:
         if process.poll() is not None:
             raise BenchError(f"gunicorn exited ({process.returncode}):\n{tail(log_path)}")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise BenchError(
+                f"gunicorn did not answer GET {url} with 200 within {START_TIMEOUT_S:.0f}s "
+                f"(last try: {last}):\n{tail(log_path)}"
+            )
         try:
-            requests.get(base, timeout=2, allow_redirects=False)
-        except requests.ConnectionError:
-            time.sleep(0.2)
+            answer = requests.get(url, timeout=min(FIRST_ANSWER_TIMEOUT_S, remaining))
+        except requests.RequestException as error:  # refused, reset, timed out ...
+            last = f"{type(error).__name__}: {error}"
         else:
-            return
-    raise BenchError(
-        f"gunicorn did not answer on {base} in {START_TIMEOUT_S:.0f}s:\n{tail(log_path)}"
-    )
+            if answer.status_code == 200:
+                return
+            last = f"status {answer.status_code}"
+        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -345,7 +361,7 @@ def measure(binary: str, url: str, body_size: int, cookie: str | None = None) ->
 
 
 def measure_portal(binary: str, env: dict[str, str], logs: Path) -> dict[str, Load]:
-    with serve("app:app", env, logs) as base:
+    with serve("app:app", env, logs, probe="/login") as base:
         cookie = sign_in(base)
         sizes = {page.name: check_page(base, page, cookie) for page in PAGES}
         loads = {
@@ -358,7 +374,7 @@ def measure_portal(binary: str, env: dict[str, str], logs: Path) -> dict[str, Lo
 
 
 def measure_baseline(binary: str, env: dict[str, str], logs: Path) -> Load:
-    with serve("bench.baseline_app:create_app()", env, logs) as base:
+    with serve("bench.baseline_app:create_app()", env, logs, probe=BASELINE_PATH) as base:
         url = f"{base}{BASELINE_PATH}"
         answer = requests.get(url, timeout=10)
         if answer.status_code != 200 or answer.text.count("<tr>") != 51:
