@@ -1,0 +1,78 @@
+"""The dashboard's counts: members, and invitations still waiting for an answer (not accepted,
+not revoked, not expired), of the account being worked on only. The dashboard runs its own
+prebuilt query; it must count exactly as :func:`portal.services.people.headcount` does."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from flask import Flask
+
+from portal import db
+from portal.db import get_database, utcnow
+from portal.domain.roles import CustomerRole
+from portal.models import Invitation
+from portal.scoping import Scope, set_scope
+from portal.services import people
+from portal.web.pages import headcount
+from tests.support import HttpsClient, Tenant, sign_in
+
+
+def _invite(app: Flask, tenant: Tenant, key: str, state: str, number: int) -> None:
+    now = utcnow()
+    expires_in = timedelta(days=-1 if state == "expired" else 1)
+    with app.app_context(), get_database(app).sessions() as s:
+        s.add(
+            Invitation(
+                customer_id=tenant.customers[key].id,
+                email=f"{state}{number}@{key}.example",
+                role=CustomerRole.FINANCE_MANAGER,
+                token_hash=f"{key}-{state}-{number}".ljust(64, "0"),
+                invited_by="test",
+                created_at=now - timedelta(days=8),
+                expires_at=now + expires_in,
+                accepted_at=now if state == "accepted" else None,
+                revoked_at=now if state == "revoked" else None,
+            )
+        )
+        s.commit()
+
+
+def _seed(app: Flask, tenant: Tenant) -> None:
+    for number, state in enumerate(["live", "live", "accepted", "revoked", "expired"]):
+        _invite(app, tenant, "a", state, number)
+    _invite(app, tenant, "b", "live", 9)  # another account's
+
+
+def test_the_prebuilt_counts_agree_with_the_service(app: Flask, tenant: Tenant) -> None:
+    _seed(app, tenant)
+    for key in ("a", "b"):
+        customer_id = tenant.customers[key].id
+        with app.test_request_context("/", headers={"Host": tenant.host}):
+            set_scope(db.session, Scope(tenant.partner.id, customer_id))
+            assert headcount(customer_id) == people.headcount(db.session, customer_id)
+    with app.test_request_context("/", headers={"Host": tenant.host}):
+        set_scope(db.session, Scope(tenant.partner.id, tenant.customers["a"].id))
+        assert headcount(tenant.customers["a"].id) == (3, 2)
+        # the tenant scope still applies: another account's rows are never counted
+        assert headcount(tenant.customers["b"].id) == (0, 0)
+
+
+def test_the_dashboard_shows_members_and_waiting_invitations(
+    app: Flask, client: HttpsClient, tenant: Tenant
+) -> None:
+    _seed(app, tenant)
+    sign_in(client, "administrator@a.alpha.example")
+    html = client.get("/").get_data(as_text=True)
+    assert "3 people can sign in to this account." in html
+    assert "2 invitations waiting for an answer." in html
+
+
+def test_only_administrators_see_the_invitations(
+    app: Flask, client: HttpsClient, tenant: Tenant
+) -> None:
+    _seed(app, tenant)
+    sign_in(client, "subscription_manager@a.alpha.example")
+    html = client.get("/").get_data(as_text=True)
+    assert "3 people can sign in to this account." in html
+    assert "waiting for an answer" not in html
