@@ -3,10 +3,9 @@
 No Celery worker runs here: the tests drive :func:`portal.tasks.outbox.run_item` themselves (in
 the test process, in threads, or in forked children that are SIGKILLed), which is what a worker
 does with a message. The portal is a real app on the reliability database with the
-``partner_center_provider`` plugin pointed at a :class:`FakePartnerCenter`; its msal token
-provider is swapped for a static token while the app is built (the fake only wants *a* bearer
-token). The broker is ``memory://``: dispatches go nowhere and the tests find due work in the
-outbox table, as the sweep does.
+``partner_center_provider`` plugin pointed at a :class:`FakePartnerCenter` with the plugin's
+``STATIC_TOKEN`` (the fake only wants *a* bearer token). The broker is ``memory://``:
+dispatches go nowhere and the tests find due work in the outbox table, as the sweep does.
 
 Everything here reads behaviour, not the provider adapter's or the handler's internals: change
 states, outbox item states, effects counted at the fake per ``MS-RequestId``, quantities on
@@ -27,7 +26,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from flask import Flask
-from partner_center_provider import auth
 from partner_center_provider.client import ms_request_id
 from partner_center_provider.fake import FakePartnerCenter
 from sqlalchemy.orm import Session
@@ -83,12 +81,9 @@ def make_app(
     timeout_seconds: float = 1.0,
     lease_seconds: int = 60,
 ) -> Flask:
-    """The portal with the Partner Center plugin on ``fake`` and a static bearer token."""
+    """The portal with the Partner Center plugin on ``fake`` (a static bearer token)."""
     plugin = {
-        "TENANT_ID": "reliability-partner-tenant",
-        "CLIENT_ID": "reliability-client",
-        "CLIENT_SECRET": "not-used",
-        "REFRESH_TOKEN": "not-used",
+        "STATIC_TOKEN": STATIC_TOKEN,  # the fake wants a bearer token, not Entra ID's
         "BASE_URL": fake.url,
         "TIMEOUT_SECONDS": str(timeout_seconds),
         "POLL_INTERVAL_SECONDS": "0.05",
@@ -109,13 +104,7 @@ def make_app(
         "PORTAL_OUTBOX_LEASE_SECONDS": lease_seconds,
         "PORTAL_MAIL_BACKEND": "console",
     }
-
-    def static(cls: type, /, settings: object, **options: object) -> auth.StaticTokenProvider:
-        return auth.StaticTokenProvider(STATIC_TOKEN)
-
-    with pytest.MonkeyPatch.context() as patch:  # msal would call Entra ID
-        patch.setattr(auth.MsalTokenProvider, "from_settings", classmethod(static))
-        return create_app(config)
+    return create_app(config)
 
 
 # -- seeding -----------------------------------------------------------------------------------
@@ -188,72 +177,92 @@ def seed_customer(
 ) -> list[Sub]:
     """A customer tenant (MCA accepted and confirmed) with ``subscriptions`` subscriptions of
     ``quantity`` seats, bought a day ago (inside the fake's refund window: reductions pass)."""
+    return seed_customers(app, fake, seeded, [subscriptions], quantity)[0]
+
+
+def seed_customers(
+    app: Flask,
+    fake: FakePartnerCenter,
+    seeded: Seeded,
+    sizes: Sequence[int],
+    quantity: int = 10,
+) -> list[list[Sub]]:
+    """One customer tenant per entry of ``sizes``, with that many subscriptions, in one
+    transaction (see :func:`seed_customer`)."""
     bought = utcnow() - timedelta(days=1)
-    tenant = fake.add_customer(mca_accepted=True)
-    number = seeded.customers
-    seeded.customers += 1
-    added: list[Sub] = []
+    made: list[list[Sub]] = []
     with app.app_context(), get_database(app).sessions() as s:
-        customer = Customer(
-            partner_id=seeded.partner_id,
-            name=f"Customer {number}",
-            ms_tenant_id=tenant,
-            default_currency="USD",
-            provider_key="partner_center",
-        )
-        s.add(customer)
-        s.flush()
-        user = User(
-            partner_id=seeded.partner_id,
-            email=f"admin@c{number}.{seeded.slug}.example",
-            name=f"Admin {number}",
-            password_hash="!",
-        )
-        s.add(user)
-        s.flush()
-        s.add(Membership(customer_id=customer.id, user_id=user.id, role=CustomerRole.ADMINISTRATOR))
-        s.add(
-            AgreementAcceptance(
+        pending: list[tuple[Customer, list[tuple[Subscription, str]]]] = []
+        for size in sizes:
+            number = seeded.customers
+            seeded.customers += 1
+            tenant = fake.add_customer(mca_accepted=True)
+            customer = Customer(
                 partner_id=seeded.partner_id,
-                customer_id=customer.id,
+                name=f"Customer {number}",
+                ms_tenant_id=tenant,
+                default_currency="USD",
                 provider_key="partner_center",
-                template_id="seed-template",
-                agreement_link="https://www.microsoft.com/licensing/docs/customeragreement",
-                first_name="Signer",
-                last_name=customer.name,
-                email="signer@example.com",
-                accepted_at=bought,
-                request_id=str(uuid.uuid4()),
-                state=AttestationState.CONFIRMED,
-                confirmed_at=bought,
             )
-        )
-        rows: list[tuple[Subscription, str]] = []
-        for _ in range(subscriptions):
-            ref = fake.add_subscription(tenant, OFFER_ID, quantity, purchased_at=bought)
-            subscription = Subscription(
+            user = User(
                 partner_id=seeded.partner_id,
-                customer_id=customer.id,
-                product_id=seeded.product_id,
-                provider_key="partner_center",
-                provider_ref=ref,
-                status=SubscriptionStatus.ACTIVE,
-                quantity=quantity,
-                term=Term.P1M,
-                billing_frequency=BillingFrequency.MONTHLY,
-                currency="USD",
-                term_started_at=bought,
-                term_ends_on=(bought + timedelta(days=30)).date(),
-                version=0,
-                created_at=bought,
+                email=f"admin@c{number}.{seeded.slug}.example",
+                name=f"Admin {number}",
+                password_hash="!",
             )
-            s.add(subscription)
-            rows.append((subscription, ref))
+            s.add_all([customer, user])
+            s.flush()
+            s.add(
+                Membership(
+                    customer_id=customer.id, user_id=user.id, role=CustomerRole.ADMINISTRATOR
+                )
+            )
+            s.add(
+                AgreementAcceptance(
+                    partner_id=seeded.partner_id,
+                    customer_id=customer.id,
+                    provider_key="partner_center",
+                    template_id="seed-template",
+                    agreement_link="https://www.microsoft.com/licensing/docs/customeragreement",
+                    first_name="Signer",
+                    last_name=customer.name,
+                    email="signer@example.com",
+                    accepted_at=bought,
+                    request_id=str(uuid.uuid4()),
+                    state=AttestationState.CONFIRMED,
+                    confirmed_at=bought,
+                )
+            )
+            rows: list[tuple[Subscription, str]] = []
+            for _ in range(size):
+                ref = fake.add_subscription(tenant, OFFER_ID, quantity, purchased_at=bought)
+                subscription = Subscription(
+                    partner_id=seeded.partner_id,
+                    customer_id=customer.id,
+                    product_id=seeded.product_id,
+                    provider_key="partner_center",
+                    provider_ref=ref,
+                    status=SubscriptionStatus.ACTIVE,
+                    quantity=quantity,
+                    term=Term.P1M,
+                    billing_frequency=BillingFrequency.MONTHLY,
+                    currency="USD",
+                    term_started_at=bought,
+                    term_ends_on=(bought + timedelta(days=30)).date(),
+                    version=0,
+                    created_at=bought,
+                )
+                s.add(subscription)
+                rows.append((subscription, ref))
+            pending.append((customer, rows))
         s.flush()
-        added = [Sub(sub.id, customer.id, tenant, ref) for sub, ref in rows]
+        for customer, rows in pending:
+            tenant = customer.ms_tenant_id or ""
+            made.append([Sub(sub.id, customer.id, tenant, ref) for sub, ref in rows])
         s.commit()
-    seeded.subscriptions.extend(added)
-    return added
+    for subs in made:
+        seeded.subscriptions.extend(subs)
+    return made
 
 
 # -- changes -----------------------------------------------------------------------------------
@@ -405,10 +414,12 @@ class Seen:
     """One request as the fake answered it."""
 
     at: float  # time.monotonic() when the answer was ready
+    wall: datetime  # utcnow() then (time-machine's, when a test travels)
     method: str
     path: str
     status: int  # 0: dropped without an answer
     request_id: str
+    delayed: bool  # answered late (a timeout at the client)
 
 
 Hook = Callable[[RecordedRequest], FakeResponse | None]
@@ -446,18 +457,24 @@ class FakeTap:
             response = replace(response, headers={**response.headers, "Connection": "close"})
         seen = Seen(
             time.monotonic(),
+            utcnow(),
             request.method,
             request.path,
             0 if response.drop else response.status,
             (request.headers.get("MS-RequestId") or "").strip(),
+            response.delay > 0,
         )
         with self._lock:
             self.seen.append(seen)
         return response
 
-    def answers(self) -> list[Seen]:
+    def answers(self, since: int = 0) -> list[Seen]:
         with self._lock:
-            return list(self.seen)
+            return self.seen[since:]
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.seen)
 
     def clear(self) -> None:
         with self._lock:
