@@ -66,6 +66,7 @@ from tests.reliability.licence_support import (
     Requested,
     Seeded,
     Sub,
+    analyze,
     changes,
     claimable_ids,
     drain,
@@ -199,6 +200,7 @@ def rig(reliability_db: str) -> Iterator[Rig]:
     warm_up(app, fake, seeded)
     for _ in range(3):
         seed_customer(app, fake, seeded, subscriptions=4, quantity=10)
+    analyze(app)
     try:
         yield Rig(app, fake, tap, seeded)
     finally:

@@ -80,6 +80,7 @@ from tests.reliability.licence_support import (
     Requested,
     Seeded,
     Sub,
+    analyze,
     fake_quantity,
     make_app,
     quantities,
@@ -195,6 +196,7 @@ class Rig:
         """Three subscriptions nobody used: two of one tenant, one of another."""
         if not self.pool:
             made = seed_customers(self.app, self.fake, self.seeded, [2, 1] * 25)
+            analyze(self.app)
             self.pool = [made[i : i + 2] for i in range(0, len(made), 2)]
         first, second = self.pool.pop()
         return [*first, *second]

@@ -60,6 +60,7 @@ from tests.reliability.licence_support import (
     Requested,
     Seen,
     Sub,
+    analyze,
     changes,
     claimable_ids,
     fake_quantity,
@@ -194,15 +195,6 @@ def burst(reliability_db: str) -> Iterator[Burst]:
         fake.stop()
         get_database(app).dispose()
     assert not fake.errors, "the fake Partner Center failed:\n" + "\n".join(fake.errors)
-
-
-def analyze(app: Flask) -> None:
-    """Table statistics, as autovacuum keeps them in production: the reliability database is
-    new in every session, and without statistics PostgreSQL plans the relay's lookups of 500
-    fresh rows as scans (seconds per change on a busy machine)."""
-    with get_database(app).engine.connect() as connection:
-        connection.execution_options(isolation_level="AUTOCOMMIT")
-        connection.execute(sa.text("ANALYZE"))
 
 
 def open_items(app: Flask, partner_id: int) -> int:
