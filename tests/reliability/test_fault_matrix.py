@@ -12,8 +12,8 @@ another, so a tenant's pause after a ``429`` meets a neighbour) driven by these 
   fault injected at the fake for that subscription, each kind in turn: ``429`` with
   ``Retry-After`` (2 s on any call, 57 s on the PATCH), ``500``, ``503`` with ``Retry-After``, a
   timeout with and without the effect, a connection dropped before and after the effect,
-  ``401`` once (the client refreshes its token) and twice, and the business refusals
-  ``400``/2002, ``403``/20002 and ``409``/800011.
+  ``401`` once (the client refreshes its token and sends the same call again, in the same
+  run) and twice, and the business refusals ``400``/2002, ``403``/20002 and ``409``/800011.
 
 Time is simulated with time-machine: a run whose item is not due yet moves the clock to the
 item's ``available_at`` (never earlier), so Retry-After pauses and backoffs cost nothing.
@@ -113,6 +113,7 @@ class FaultSpec:
     retry_after: float | None = None  # checked against the item's next available_at
     business: tuple[int, str, str] | None = None  # status, code, description
     effect_unknown: bool = False  # the effect happened, the answer was lost
+    recovered_at_once: bool = False  # the client gets over it within the same run
 
     def faults(self, path: str) -> list[Fault]:
         return self.build(path)
@@ -156,7 +157,7 @@ FAULTS = [
         effect_unknown=True,
     ),
     FaultSpec("dropped, no effect", lambda p: [Fault.drop_before_effect(path=p)]),
-    FaultSpec("401 once", lambda p: [Fault.unauthorized(path=p)]),
+    FaultSpec("401 once", lambda p: [Fault.unauthorized(path=p)], recovered_at_once=True),
     FaultSpec("401 twice", lambda p: [Fault.unauthorized(path=p), Fault.unauthorized(path=p)]),
     _business(400, 2002, "Subscription quantity is not within the allowed range for this offer."),
     _business(403, 20002, "The partner has no commerce relationship with this customer."),
@@ -411,6 +412,14 @@ class FaultMatrix(RuleBasedStateMachine):
             self.refusals[rid] = spec.business
             change = by_rid[rid]
             assert change.state is ChangeState.REJECTED, (spec.name, change.state)
+        if spec is not None and spec.recovered_at_once:
+            refused = [a for a in answers if a.status == 401]
+            again = [a for a in answers if a.at > refused[0].at and a.path == refused[0].path]
+            assert again and again[0].method == refused[0].method, "no retry after the 401"
+            if refused[0].method == "PATCH":  # the same operation: the same MS-RequestId
+                assert again[0].request_id == refused[0].request_id
+            stuck = [c.id for c in mine if c.state is ChangeState.RETRYING]
+            assert not stuck, f"{spec.name}: the client did not get over it at once ({stuck})"
         if spec is not None and spec.effect_unknown:
             lost = [a for a in answers if a.method == "PATCH" and (a.delayed or a.status == 0)]
             assert lost, f"{spec.name} was met, but no PATCH answer was lost"
