@@ -608,7 +608,7 @@ def test_provider_faults_lose_nothing_duplicate_nothing_and_honour_retry_after(r
     assert stats.retry_after_checked and stats.rejections and stats.unknown_resolved
 
 
-RETRY_AFTER_ROUNDS = 30
+RETRY_AFTER_ROUNDS = 40  # half of them after a 500: a pass by chance is below 1e-5
 
 
 @pytest.mark.xfail(
