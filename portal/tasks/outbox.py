@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 BACKOFF_BASE: Final = timedelta(seconds=2)
 BACKOFF_CAP: Final = timedelta(hours=1)
+RETRY_AFTER_JITTER: Final = 0.05  # share of a Retry-After added at most, to spread retries
 SWEEP_BATCH: Final = 500
 ERROR_LIMIT: Final = 2000  # characters of an error kept on the item (shown to staff)
 DEFAULT_LEASE_SECONDS: Final = 300
@@ -424,18 +425,21 @@ def _release(
 
 
 def backoff(attempt: int, retry_after: timedelta | None, rng: random.Random) -> timedelta:
-    """Delay before the next attempt: exponential with full jitter, never before retry_after.
+    """Delay before the next attempt: the provider's ``Retry-After`` when it gave one, else
+    exponential with full jitter.
 
-    Full jitter (uniform between 0 and the exponential ceiling) spreads the retries of many
-    items failing together; the ceiling doubles from 2 s per attempt up to one hour. A
-    provider's ``Retry-After`` is a floor: retrying earlier only earns another refusal.
+    ``Retry-After`` is what the provider asked for: retrying earlier only earns another refusal,
+    and waiting out a longer exponential ceiling instead only delays the work (reliability
+    notes B2: no earlier, at most 10 % later). A little jitter, up to 5 % of it, keeps the
+    items refused together from coming back in the same instant. Without it, full jitter
+    (uniform between 0 and the exponential ceiling) spreads the retries of many items failing
+    together; the ceiling doubles from 2 s per attempt up to one hour.
     """
+    if retry_after is not None and retry_after > timedelta(0):
+        return retry_after + retry_after * (RETRY_AFTER_JITTER * rng.random())
     exponent = min(max(attempt - 1, 0), 20)  # 2 s * 2**20 is far above the cap already
     ceiling = min(BACKOFF_CAP, BACKOFF_BASE * (1 << exponent))
-    delay = ceiling * rng.random()
-    if retry_after is not None and retry_after > delay:
-        return retry_after
-    return delay
+    return ceiling * rng.random()
 
 
 # -- sweep -----------------------------------------------------------------------------------
