@@ -93,6 +93,18 @@ class AgreementConfirmation:
 
 
 @runtime_checkable
+class CallCounting(Protocol):
+    """Optional for a provider adapter: how many requests ``set_quantity(change)`` will send.
+
+    The portal paces calls per customer tenant (``PORTAL_PROVIDER_CALL_LIMIT``) and takes that
+    many slots of the budget before the call. An adapter that reads a resource before writing
+    it, only sometimes, says so here; without it every call counts as one request.
+    """
+
+    def calls_needed(self, change: QuantityChange) -> int: ...
+
+
+@runtime_checkable
 class ProviderAdapter(Protocol):
     key: str
     display_name: str

@@ -32,29 +32,32 @@ class ProviderPacing:
         self.limiter = MovingWindowRateLimiter(self.storage)
         self.item: RateLimitItem = parse(limit)
 
-    def wait_before_call(self, provider_key: str, tenant: str) -> timedelta | None:
-        """Take a slot for one call now; or say how long to wait (paused, or budget spent)."""
+    def wait_before_call(self, provider_key: str, tenant: str, calls: int = 1) -> timedelta | None:
+        """Take a slot for each of ``calls`` requests now (all or none); or say how long to wait
+        (paused, or budget spent)."""
         paused = self._paused_for(provider_key, tenant)
         if paused:
             return paused
-        if self.limiter.hit(self.item, "provider-call", provider_key, tenant):
+        cost = max(1, min(calls, self.item.amount))  # never more than the whole budget
+        if self.limiter.hit(self.item, "provider-call", provider_key, tenant, cost=cost):
             return None
         stats = self.limiter.get_window_stats(self.item, "provider-call", provider_key, tenant)
         return timedelta(seconds=max(stats.reset_time - time.time(), 0.05))
 
     def pause(self, provider_key: str, tenant: str, for_: timedelta) -> None:
         """The provider said to wait (``Retry-After``): nobody calls for this tenant until then."""
-        seconds = max(math.ceil(for_.total_seconds()), 1)
+        until_ms = math.ceil((time.time() + for_.total_seconds()) * 1000)
         key = _pause_key(provider_key, tenant)
-        # a key that expires with the pause: present means paused, its expiry says until when
+        # the pause's end (ms since the epoch) is the key's value: the key's own expiry is
+        # whole seconds on Redis, too coarse to say when exactly the pause ends
         self.storage.clear(key)
-        self.storage.incr(key, seconds)
+        self.storage.incr(key, max(math.ceil(for_.total_seconds()) + 1, 1), amount=until_ms)
 
     def _paused_for(self, provider_key: str, tenant: str) -> timedelta | None:
-        key = _pause_key(provider_key, tenant)
-        if not self.storage.get(key):
+        until_ms = self.storage.get(_pause_key(provider_key, tenant))
+        if not until_ms:
             return None
-        remaining = self.storage.get_expiry(key) - time.time()
+        remaining = until_ms / 1000 - time.time()
         return timedelta(seconds=remaining) if remaining > 0 else None
 
 

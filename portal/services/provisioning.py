@@ -25,6 +25,7 @@ from portal.domain.licences import ChangeKind, ChangeState
 from portal.domain.roles import StaffRole
 from portal.integrations.events import LicenceChangeFinished
 from portal.integrations.providers import (
+    CallCounting,
     NewSubscription,
     ProviderAdapter,
     ProviderSubscription,
@@ -73,12 +74,13 @@ def provision(item: OutboxItem, session: Session) -> Outcome:
         return Done({"skipped": change.state.value})
     tenant = customer.ms_tenant_id or f"customer-{customer.id}"
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    wait = pacing(app).wait_before_call(subscription.provider_key, tenant)
+    adapter = integrations(app).providers.get(subscription.provider_key)
+    calls = _calls_needed(adapter, change, subscription, tenant)
+    wait = pacing(app).wait_before_call(subscription.provider_key, tenant, calls)
     if wait is not None:
         return Defer(wait)
     if not _mark_provisioning(session, change):
         return Done({"skipped": "finished meanwhile"})
-    adapter = integrations(app).providers.get(subscription.provider_key)
     result = _apply(adapter, change, subscription, tenant)
     if isinstance(result, TechnicalFailure):
         if result.retry_after:
@@ -105,6 +107,28 @@ def provision(item: OutboxItem, session: Session) -> Outcome:
         session, customer, change, ChangeState.PROVISIONED, answer=_describe(result.value)
     )
     return Done({"state": "provisioned", "quantity": result.value.quantity}, follow_up=released)
+
+
+def _calls_needed(
+    adapter: ProviderAdapter, change: LicenceChange, subscription: Subscription, tenant: str
+) -> int:
+    """Requests this attempt sends: one per part of a bundle, a read-back first on a retry,
+    and whatever reads the adapter says it needs (Partner Center counts every request)."""
+    parts = [subscription, *subscription.children]
+    if change.kind is ChangeKind.PURCHASE:
+        return len(parts)
+    calls = 0
+    for part in parts:
+        if change.attempts >= 1:  # this attempt reads the subscription back first
+            calls += 1
+        if isinstance(adapter, CallCounting) and part.provider_ref is not None:
+            ref, target = part.provider_ref, change.quantity_to
+            calls += max(
+                1, adapter.calls_needed(QuantityChange(change.request_id, tenant, ref, target))
+            )
+        else:
+            calls += 1
+    return calls
 
 
 def _load(session: Session, change_id: int) -> tuple[LicenceChange, Subscription, Customer] | None:

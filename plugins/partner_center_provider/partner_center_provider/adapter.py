@@ -92,6 +92,10 @@ class KnownResources:
             while len(self._resources) > self.capacity:
                 self._resources.popitem(last=False)
 
+    def has(self, tenant: str, ref: str) -> bool:
+        with self._lock:
+            return (tenant, ref) in self._resources
+
     def forget(self, tenant: str, ref: str) -> None:
         with self._lock:
             self._resources.pop((tenant, ref), None)
@@ -159,6 +163,11 @@ class PartnerCenterProvider:
         if change.target_quantity < 1:
             return _below_minimum()
         return self._guarded("changing the quantity", lambda: self._set_quantity(change))
+
+    def calls_needed(self, change: QuantityChange) -> int:
+        """A ``PATCH``, and a read before it when we hold no copy of the subscription."""
+        known = self.known.has(change.customer_tenant_id, change.subscription_ref)
+        return 1 if known else 2
 
     def create_subscription(self, purchase: NewSubscription) -> Result[ProviderSubscription]:
         if purchase.quantity < 1:
