@@ -293,7 +293,7 @@ def request_quantity(
 ) -> LicenceChange:
     """Record a quantity change and queue it (or hold it); the caller's commit sends it."""
     now = now or utcnow()
-    _check_changeable(db_session, customer, subscription)
+    ensure_changeable(db_session, customer, subscription)
     preview = preview_quantity(db_session, partner, subscription, requested, now)
     if not preview.allowed:
         raise ServiceError(refusal_message(preview.decision, subscription), "quantity")
@@ -324,7 +324,9 @@ def request_quantity(
     return change
 
 
-def _check_changeable(db_session: Session, customer: Customer, subscription: Subscription) -> None:
+def ensure_changeable(db_session: Session, customer: Customer, subscription: Subscription) -> None:
+    """Refuse (ServiceError) a change of this subscription: another customer's, a bundle's
+    part, no longer active, or a Microsoft product without the customer's agreement."""
     if subscription.customer_id != customer.id or subscription.parent_id is not None:
         raise ServiceError(_("This subscription cannot be changed here."))
     if subscription.status not in CHANGEABLE:

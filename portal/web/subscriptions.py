@@ -124,6 +124,10 @@ def preview(subscription_id: int) -> Page:
     form = QuantityForm()
     if not form.validate_on_submit():
         return _detail_page(subscription, form, status=422)
+    try:  # the same gate as the confirmation: no price for a change that would be refused
+        licences.ensure_changeable(db.session, g.customer, subscription)
+    except ServiceError as refused:
+        return _detail_page(subscription, form, error=refused.message, status=422)
     result = licences.preview_quantity(db.session, _partner(), subscription, form.quantity.data)
     if not result.allowed:
         message = licences.refusal_message(result.decision, subscription)

@@ -12,7 +12,7 @@ B2      The provider fault matrix (Hypothesis stateful, 20 % faults): nothing lo
         rejections final with their reason, unknown outcomes read back, Retry-After honoured.
         ``tests/reliability/test_fault_matrix.py``
         ::test_provider_faults_lose_nothing_duplicate_nothing_and_honour_retry_after and
-        ::test_a_429_is_retried_within_ten_percent_of_its_retry_after (xfail: product bug);
+        ::test_a_429_is_retried_within_ten_percent_of_its_retry_after;
         the reason on the customer's page:
         :func:`test_a_reduction_the_provider_refuses_anyway_is_rejected_once_with_its_reason`
         here; B2-lite with real workers: ``tests/reliability/test_provisioning.py``
@@ -24,7 +24,7 @@ B3      Two browsers changing one subscription at once: one wins, the other gets
         :func:`test_two_browsers_confirming_at_once_one_wins_and_nothing_is_lost` here (at the
         same moment, several rounds, then provisioned).
 B4      A burst of 500 changes for one tenant within its budget, no retry storm after a 429.
-        ``tests/reliability/test_throttle_budget.py`` (two product bugs marked xfail there).
+        ``tests/reliability/test_throttle_budget.py`` (requests of every kind count).
 B5      Four relays with SKIP LOCKED over 1,000 outbox rows: ``tests/reliability/``
         ``test_exactly_once.py``::test_a_thousand_items_on_four_workers_take_effect_exactly_once.
 B6      A reduction after the cancellation window is refused in the page and by the server
@@ -43,7 +43,7 @@ B7      Every purchase or quantity route without an accepted MCA is refused; the
         ::test_accepting_the_mca_records_the_signer_and_attests_it;
         :func:`test_every_purchase_and_quantity_route_is_refused_without_a_confirmed_mca`
         (every such route of the URL map, for no, pending and rejected acceptances), and
-        ::test_the_quantity_preview_is_refused_without_a_confirmed_mca (xfail: product gap),
+        ::test_the_quantity_preview_is_refused_without_a_confirmed_mca,
         :func:`test_the_use_cases_refuse_without_a_confirmed_mca` (the server, whatever the
         route) and :func:`test_the_acceptance_records_user_time_ip_and_agreement_version` here.
 ======  ======================================================================================
@@ -346,7 +346,7 @@ def test_every_purchase_and_quantity_route_is_refused_without_a_confirmed_mca(
     # the purchase's first step says why it will not go through
     first_step = post_form(client, buy, {"quantity": "3"})
     assert "Microsoft Customer Agreement is accepted" in text(first_step)
-    # subscriptions.preview records nothing (whether it should refuse: the xfail test below)
+    # the quantity preview is refused too (test below) and records nothing
     post_form(client, f"{page}/preview", {"quantity": "12", "version": "0"}, page=page)
 
     assert _footprint(app) == before, "a refused purchase or change left something behind"
@@ -355,14 +355,6 @@ def test_every_purchase_and_quantity_route_is_refused_without_a_confirmed_mca(
         assert "Microsoft Customer Agreement is accepted" in text(client.get(url)), url
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "product gap: without a confirmed MCA, POST /subscriptions/<id>/preview answers 200 "
-        "with the price and a 'Confirm the change' button and no word of the agreement (the "
-        "confirmation is then refused); the purchase's first step shows the agreement banner"
-    ),
-)
 def test_the_quantity_preview_is_refused_without_a_confirmed_mca(
     client: Any, app: Flask, licensed: Tenant
 ) -> None:
