@@ -21,9 +21,9 @@ dropped connections after the effect and business 400/2002 injected at the fake:
 nothing applied twice, rejections final after one call with the provider's reason, every
 technical failure provisioned in the end.
 
-The workers get a static bearer token (the plugin has no setting for one and its msal provider
-would call Entra ID): they start through :data:`WORKER_BOOT`, which replaces
-``MsalTokenProvider.from_settings`` before the portal loads.
+The workers get a fixed bearer token through ``PORTAL_PARTNER_CENTER_STATIC_TOKEN`` (the
+plugin accepts it for a fake on 127.0.0.1 only); they start through :data:`WORKER_BOOT` for
+the kill hook.
 """
 
 from __future__ import annotations
@@ -87,15 +87,11 @@ OFFER_ID = "CFQ7TTC0LH18:0001"
 START_QUANTITY = 10
 PYTHON = ROOT / ".venv" / "bin" / "python"
 
-# ``celery`` with a static bearer token, and (TEST_KILL_AFTER_COMMIT) a hook that SIGKILLs the
-# worker after a provisioning task committed, before Celery acknowledges its message
+# ``celery`` with (TEST_KILL_AFTER_COMMIT) a hook that SIGKILLs the worker after a
+# provisioning task committed, before Celery acknowledges its message
 WORKER_BOOT = """
 import os, signal, sys
 from pathlib import Path
-from partner_center_provider import auth
-auth.MsalTokenProvider.from_settings = classmethod(
-    lambda cls, settings, **options: auth.StaticTokenProvider("reliability-static-token")
-)
 markers = os.environ.get("TEST_KILL_AFTER_COMMIT")
 if markers:
     from celery.signals import task_postrun
@@ -192,10 +188,7 @@ def pc(reliability_db: str, queue: str, tmp_path: Path) -> Iterator[Setup]:
         "PORTAL_PROVIDER_CALL_LIMIT": "100000 per minute",
         "PORTAL_MAIL_BACKEND": "console",
         "PORTAL_PARTNER_CENTER_BASE_URL": fake.url,
-        "PORTAL_PARTNER_CENTER_TENANT_ID": "reliability-partner-tenant",
-        "PORTAL_PARTNER_CENTER_CLIENT_ID": "reliability-client",
-        "PORTAL_PARTNER_CENTER_CLIENT_SECRET": "not-used",
-        "PORTAL_PARTNER_CENTER_REFRESH_TOKEN": "not-used",
+        "PORTAL_PARTNER_CENTER_STATIC_TOKEN": "reliability-static-token",
         "PORTAL_PARTNER_CENTER_TIMEOUT_SECONDS": "1",
         "PORTAL_PARTNER_CENTER_POLL_INTERVAL_SECONDS": "0.2",
     }
