@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from flask import current_app, url_for
 from flask_babel import get_locale
 from flask_babel import gettext as _
-from sqlalchemy import ColumnElement, and_, func, select, update
+from sqlalchemy import ColumnElement, Integer, Select, and_, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
-from portal.db import utcnow
+from portal.db import UTCDateTime, utcnow
 from portal.domain.roles import CustomerRole
 from portal.models import Customer, Invitation, Membership, Partner, User
 from portal.services import ServiceError, audit, mail
@@ -243,8 +244,10 @@ def revoke_invitation(
         db_session.commit()
 
 
-def headcount(db_session: Session, customer_id: int) -> tuple[int, int]:
-    """Members and live invitations of an account, in one round trip."""
+def _headcount_query() -> Select[Any]:
+    """The account's members and live invitations, counted in one round trip; built once with
+    bound parameters (building it per dashboard view cost about a tenth of the page)."""
+    customer_id = bindparam("customer_id", type_=Integer)
     members = (
         select(func.count())
         .select_from(Membership)
@@ -254,20 +257,29 @@ def headcount(db_session: Session, customer_id: int) -> tuple[int, int]:
     invited = (
         select(func.count())
         .select_from(Invitation)
-        .where(_live_invitation(customer_id))
+        .where(_live_invitation(customer_id, bindparam("now", type_=UTCDateTime())))
         .scalar_subquery()
     )
-    row = db_session.execute(select(members, invited)).one()
+    return select(members, invited)
+
+
+def headcount(db_session: Session, customer_id: int) -> tuple[int, int]:
+    """Members and live invitations of an account, in one round trip."""
+    row = db_session.execute(_HEADCOUNT, {"customer_id": customer_id, "now": utcnow()}).one()
     return int(row[0]), int(row[1])
 
 
-def _live_invitation(customer_id: int) -> ColumnElement[bool]:
+def _live_invitation(customer_id: Any, now: Any = None) -> ColumnElement[bool]:
+    """Not accepted, not revoked, not expired (values or bound parameters)."""
     return and_(
         Invitation.customer_id == customer_id,
         Invitation.accepted_at.is_(None),
         Invitation.revoked_at.is_(None),
-        Invitation.expires_at > utcnow(),
+        Invitation.expires_at > (utcnow() if now is None else now),
     )
+
+
+_HEADCOUNT = _headcount_query()
 
 
 def pending_invitations(db_session: Session, customer_id: int) -> list[Invitation]:
