@@ -1,6 +1,7 @@
 """The typed ORM models, one module per aggregate. Importing this package registers them all."""
 
 from portal.models.agreements import AgreementAcceptance, AttestationState
+from portal.models.billing import BillingContract, Invoice  # the billing tables (import from there)
 from portal.models.catalog import Product, ProductPrice
 from portal.models.identity import PasswordResetToken, WebSession
 from portal.models.outbox import OutboxItem, OutboxState
@@ -21,9 +22,11 @@ __all__ = [
     "AgreementAcceptance",
     "AttestationState",
     "AuditEvent",
+    "BillingContract",
     "Customer",
     "CustomerScoped",
     "Invitation",
+    "Invoice",
     "LicenceChange",
     "Membership",
     "OutboxItem",

@@ -63,6 +63,10 @@ class Subscription(PartnerScoped, CustomerScoped, Base):
     term_started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     term_ends_on: Mapped[date] = mapped_column(Date)  # the last day of the term
     auto_renew: Mapped[bool] = mapped_column(default=True)
+    # the billing contract whose invoices carry it (None: not invoiced by the portal)
+    billing_contract_id: Mapped[int | None] = mapped_column(
+        ForeignKey("billing_contract.id", ondelete="RESTRICT"), index=True
+    )
     version: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
