@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal, localcontext
 
 from dateutil.relativedelta import relativedelta
+
+from portal.domain.money import MONEY_CONTEXT, round_minor
 
 
 @dataclass(frozen=True)
@@ -48,14 +50,31 @@ def billing_period(anchor: date, months: int, on: date) -> Period:
         index += 1
 
 
-def prorated_minor(unit_price_minor: int, seats: int, period: Period, change_day: date) -> int:
+def remaining_days(period: Period, change_day: date) -> int:
+    """The days from ``change_day`` (which counts) to the period's end, within the period:
+    the whole period for a day before it, 0 for a day on or after its end."""
+    return min(max((period.end - change_day).days, 0), period.days)
+
+
+def prorated_minor(
+    unit_price_minor: int | Decimal, seats: int, period: Period, change_day: date
+) -> int:
     """The prorated amount, in minor units, for ``seats`` seats from ``change_day`` to the
     period's end: unit price * seats * (e - c) / (e - s), rounded half up once.
 
-    A change before the period counts as the whole period; on or after its end, nothing.
+    ``unit_price_minor`` may be a Decimal with a fraction of a minor unit (a price after an
+    upfront discount); it is not rounded before the line is. A change before the period counts
+    as the whole period; on or after its end, nothing.
     """
     if seats < 0 or unit_price_minor < 0:
         raise ValueError("prorate a non-negative price for a non-negative number of seats")
-    remaining = min(max((period.end - change_day).days, 0), period.days)
-    amount = Decimal(unit_price_minor) * seats * Decimal(remaining) / Decimal(period.days)
-    return int(amount.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    if period.days <= 0:
+        raise ValueError("a billing period is at least one day")
+    with localcontext(MONEY_CONTEXT):
+        amount = (
+            Decimal(unit_price_minor)
+            * seats
+            * Decimal(remaining_days(period, change_day))
+            / Decimal(period.days)
+        )
+    return round_minor(amount)
