@@ -125,6 +125,7 @@ def upgrade() -> None:
         sa.Column("anchor_on", sa.Date(), nullable=False),
         sa.Column("payment_terms_days", sa.Integer(), nullable=False),
         sa.Column("discount_ppm", sa.Integer(), nullable=False),
+        sa.Column("prepaid_discount_ppm", sa.Integer(), nullable=False),
         sa.Column("tax_rate_ppm", sa.Integer(), nullable=False),
         sa.Column("tax_plugin_key", sa.String(length=63), nullable=True),
         sa.Column("autocharge", sa.Boolean(), nullable=False),
@@ -137,6 +138,10 @@ def upgrade() -> None:
             name=op.f("ck_billing_contract_discount_range"),
         ),
         sa.CheckConstraint("length(currency) = 3", name=op.f("ck_billing_contract_currency_code")),
+        sa.CheckConstraint(
+            "prepaid_discount_ppm >= 0 AND prepaid_discount_ppm <= 1000000",
+            name=op.f("ck_billing_contract_prepaid_discount_range"),
+        ),
         sa.CheckConstraint(
             "payment_terms_days >= 0", name=op.f("ck_billing_contract_payment_terms_non_negative")
         ),

@@ -48,6 +48,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 from portal.db import Base, UTCDateTime, utcnow
+from portal.domain.invoicing import ContractFrequency, LineKind
 from portal.models.scoped import CustomerScoped, PartnerScoped
 from portal.models.tenancy import Customer, _enum
 
@@ -91,18 +92,6 @@ class DecimalText(TypeDecorator[Decimal]):
 # -- states ---------------------------------------------------------------------------------------
 
 
-class ContractFrequency(StrEnum):
-    """How often a contract invoices; the same values as the domain's ``ContractFrequency``."""
-
-    MONTHLY = "monthly"
-    QUARTERLY = "quarterly"
-    ANNUAL = "annual"
-
-    @property
-    def months(self) -> int:
-        return {"monthly": 1, "quarterly": 3, "annual": 12}[self.value]
-
-
 class InvoiceState(StrEnum):
     """The stored life of an invoice. Payment is not a state: see :class:`InvoiceStatus`."""
 
@@ -115,8 +104,8 @@ class InvoiceStatus(StrEnum):
     """What the customer is shown; derived when read, never stored.
 
     ``paid`` when nothing is left to pay (balance <= 0), else ``overdue`` once the due date has
-    passed (whether or not part of it was paid), else ``partially_paid`` when something was
-    paid or credited, else ``open``.
+    passed (whether or not part of it was paid), else ``partially_paid`` when some of it was
+    paid (a credit note applied lowers the balance but is not a payment), else ``open``.
     """
 
     DRAFT = "draft"
@@ -125,16 +114,6 @@ class InvoiceStatus(StrEnum):
     PAID = "paid"
     OVERDUE = "overdue"
     VOID = "void"
-
-
-class LineKind(StrEnum):
-    """What an invoice or credit-note line is; the same values as the domain's ``LineKind``."""
-
-    ADVANCE = "advance"  # licences and services for the new period, in advance
-    ADDITION = "addition"  # seats added during the last period, prorated
-    REDUCTION_CREDIT = "reduction_credit"  # seats removed inside their window, prorated credit
-    USAGE = "usage"  # usage of the last period, in arrears
-    DISCOUNT = "discount"  # the contract's discount (a negative line)
 
 
 class CreditNoteKind(StrEnum):
@@ -204,6 +183,9 @@ class BillingContract(PartnerScoped, CustomerScoped, Base):
     anchor_on: Mapped[date] = mapped_column(Date)  # the start of the first period
     payment_terms_days: Mapped[int] = mapped_column(Integer, default=30)
     discount_ppm: Mapped[int] = mapped_column(Integer, default=0)
+    # the upfront discount of subscriptions billed a year (or three) in advance; never applied
+    # to seats added during the term (DESIGN §4)
+    prepaid_discount_ppm: Mapped[int] = mapped_column(Integer, default=0)
     tax_rate_ppm: Mapped[int] = mapped_column(Integer, default=0)
     # a tax plugin's key: when set, the plugin computes the tax (none is loaded yet)
     tax_plugin_key: Mapped[str | None] = mapped_column(String(63))
@@ -220,6 +202,10 @@ class BillingContract(PartnerScoped, CustomerScoped, Base):
         CheckConstraint("payment_terms_days >= 0", name="payment_terms_non_negative"),
         CheckConstraint("discount_ppm >= 0 AND discount_ppm <= 1000000", name="discount_range"),
         CheckConstraint("tax_rate_ppm >= 0 AND tax_rate_ppm <= 1000000", name="tax_rate_range"),
+        CheckConstraint(
+            "prepaid_discount_ppm >= 0 AND prepaid_discount_ppm <= 1000000",
+            name="prepaid_discount_range",
+        ),
     )
 
     @property
@@ -229,6 +215,10 @@ class BillingContract(PartnerScoped, CustomerScoped, Base):
     @property
     def tax_rate(self) -> Decimal:
         return ppm_to_rate(self.tax_rate_ppm)
+
+    @property
+    def prepaid_discount(self) -> Decimal:
+        return ppm_to_rate(self.prepaid_discount_ppm)
 
 
 class BillingRun(PartnerScoped, Base):
