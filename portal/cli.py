@@ -118,5 +118,61 @@ def plugins_command() -> None:
             click.echo(f"  PORTAL_{info.name.upper()}_{key}={value}")
 
 
+billing_cli = AppGroup("billing", help="Billing runs and invoices.")
+portal_cli.add_command(billing_cli)
+
+
+@billing_cli.command("run")
+@click.option(
+    "--date",
+    "on",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help="Bill the contracts whose period starts on this day, YYYY-MM-DD (each partner's "
+    "time zone). Default: today.",
+)
+@click.option("--partner", "partner_slug", default=None, help="Only this partner (its slug).")
+def billing_run_command(on: Any, partner_slug: str | None) -> None:
+    """Make the invoices of every contract whose billing period starts on a day.
+
+    Running a day again creates nothing new: what was invoiced is counted as already invoiced.
+    """
+    from sqlalchemy import select
+
+    from portal.db import get_database, utcnow
+    from portal.models import Partner
+    from portal.services.billing import run_billing_for_partner
+    from portal.services.licences import local_today
+
+    with get_database().sessions() as session:
+        statement = select(Partner).order_by(Partner.id)
+        if partner_slug:
+            statement = statement.where(Partner.slug == partner_slug)
+        partners = list(session.scalars(statement))
+    if not partners:
+        raise click.ClickException(
+            f"no partner with the slug {partner_slug!r}" if partner_slug else "no partners yet"
+        )
+    failed = False
+    for partner in partners:
+        day = on.date() if on is not None else local_today(partner, utcnow())
+        try:
+            run = run_billing_for_partner(partner.id, day, "cli")
+        except Exception as error:  # recorded on the run too; say it and go on with the next
+            click.echo(f"{partner.name}, {day.isoformat()}: the run failed: {error}", err=True)
+            failed = True
+            continue
+        click.echo(
+            f"{partner.name}, {day.isoformat()}: {run.invoices_created} invoices created, "
+            f"{run.lines_created} lines, {run.credit_notes_created} credit notes; "
+            f"{run.contracts_skipped} contracts already invoiced"
+        )
+        if run.error:
+            click.echo(run.error, err=True)
+            failed = True
+    if failed:
+        raise click.ClickException("some contracts could not be invoiced (see above)")
+
+
 def init_app(app: Flask) -> None:
     app.cli.add_command(portal_cli)

@@ -48,7 +48,8 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 from portal.db import Base, UTCDateTime, utcnow
-from portal.domain.invoicing import ContractFrequency, LineKind
+from portal.domain.invoicing import ContractFrequency as ContractFrequency  # re-exported
+from portal.domain.invoicing import LineKind as LineKind  # re-exported
 from portal.models.scoped import CustomerScoped, PartnerScoped
 from portal.models.tenancy import Customer, _enum
 

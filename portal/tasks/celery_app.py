@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 RUN_TASK: Final = "portal.outbox.run"
 SWEEP_TASK: Final = "portal.outbox.sweep"
 PURGE_SESSIONS_TASK: Final = "portal.sessions.purge"
+BILLING_SCHEDULE_TASK: Final = "portal.billing.schedule"
 DEFAULT_QUEUE: Final = "portal"
 _EXTENSION: Final = "portal_celery"
 
@@ -119,11 +120,17 @@ def _register_tasks(celery: Celery, app: Flask) -> None:
                 timedelta(hours=app.config["PORTAL_SESSION_ABSOLUTE_HOURS"]),
             )
 
+    def billing_schedule() -> int:
+        from portal.services.billing import schedule_due_runs
+
+        return len(schedule_due_runs(app))  # queues outbox items: the runs are workers' work
+
     # shared=False: a shared task would be added to every Celery app made later in the process,
     # still closing over *this* Flask app
     celery.task(name=RUN_TASK, shared=False)(run)
     celery.task(name=SWEEP_TASK, shared=False)(sweep)
     celery.task(name=PURGE_SESSIONS_TASK, shared=False)(purge_sessions)
+    celery.task(name=BILLING_SCHEDULE_TASK, shared=False)(billing_schedule)
 
 
 @contextmanager

@@ -1,9 +1,9 @@
 """Core default hook implementations, registered in every app (``CORE_PLUGINS``).
 
 They give every deployment the periodic jobs it needs whatever plugins are loaded: the outbox
-sweep (which re-sends work the broker lost or a dead worker abandoned) and the daily purge of
-expired sign-in sessions; and the ``core.noop`` outbox kind, a heartbeat that proves the whole
-path (enqueue, broker, worker, database) works.
+sweep (which re-sends work the broker lost or a dead worker abandoned), the daily purge of
+expired sign-in sessions and each partner's daily billing run; the core's outbox kinds; and
+``core.noop``, a heartbeat that proves the whole path (enqueue, broker, worker, database) works.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from flask import current_app, has_app_context
 
 from portal import config
 from portal.hookspecs import hookimpl
-from portal.tasks.celery_app import PURGE_SESSIONS_TASK, SWEEP_TASK
+from portal.tasks.celery_app import BILLING_SCHEDULE_TASK, PURGE_SESSIONS_TASK, SWEEP_TASK
 from portal.tasks.handlers import Done, Outcome
 
 if TYPE_CHECKING:
@@ -49,15 +49,22 @@ def portal_beat_schedule() -> dict[str, dict[str, Any]]:
             "task": PURGE_SESSIONS_TASK,
             "schedule": crontab(hour=3, minute=17),  # daily, at a quiet hour (UTC)
         },
+        # hourly: each partner's day starts at its own midnight; a day already run is skipped
+        "portal.billing.schedule": {
+            "task": BILLING_SCHEDULE_TASK,
+            "schedule": crontab(minute=7),
+        },
     }
 
 
 @hookimpl
 def portal_outbox_handlers() -> dict[str, OutboxHandler]:
-    from portal.services import agreements, licences, provisioning
+    from portal.services import agreements, billing, licences, provisioning
 
     return {
         "core.noop": noop,
+        billing.RUN_KIND: billing.run_queued,
+        billing.ISSUED_KIND: billing.notify_issued,
         licences.PROVISION_KIND: provisioning.provision,
         provisioning.NOTIFY_KIND: provisioning.notify,
         agreements.ATTEST_KIND: agreements.attest,
