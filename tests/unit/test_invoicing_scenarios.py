@@ -24,6 +24,7 @@ from portal.domain.invoicing import (
     credit_for_void,
 )
 from portal.domain.proration import Period
+from portal.domain.revenue import deferred_revenue
 
 ADVANCE = LineKind.ADVANCE
 ADDITION = LineKind.ADDITION
@@ -393,3 +394,46 @@ def test_bad_input_is_refused_with_a_clear_message(build: object, message: str) 
     assert callable(build)
     with pytest.raises(ValueError, match=message):
         build()
+
+
+# deferred revenue: a line billed for a year is recognised month by month, by days
+
+
+def test_a_year_is_recognised_over_12_months_by_days() -> None:
+    # 1000.00 over 2025 (365 days): 100000 x days/365 is 8493.15 for a 31-day month, 7671.23
+    # for February, 8219.18 for a 30-day month. The whole parts add up to 99998; the 2 left go
+    # to the largest remainders: February (.23), then the first 30-day month, April (.18).
+    months = deferred_revenue(100000, Period(date(2025, 1, 1), date(2026, 1, 1)))
+    assert [month.month for month in months] == [date(2025, number, 1) for number in range(1, 13)]
+    assert [month.amount_minor for month in months] == [
+        8493, 7672, 8493, 8220, 8493, 8219, 8493, 8493, 8219, 8493, 8219, 8493
+    ]  # fmt: skip
+    assert sum(month.amount_minor for month in months) == 100000
+
+
+def test_an_even_amount_per_day_is_recognised_exactly() -> None:
+    # 10.00 a day for the 365 days of 2025: each month is its days x 1000
+    months = deferred_revenue(365000, Period(date(2025, 1, 1), date(2026, 1, 1)))
+    assert [month.amount_minor for month in months] == [month.days * 1000 for month in months]
+
+
+def test_a_year_from_mid_month_spans_13_calendar_months() -> None:
+    # 15 Jan 2024 - 15 Jan 2025, 366 days (29 Feb inside): 17 days of January 2024 (15..31),
+    # then whole months, then 14 days of January 2025
+    months = deferred_revenue(366 * 7, Period(date(2024, 1, 15), date(2025, 1, 15)))
+    assert [month.days for month in months] == [17, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31, 14]
+    assert [month.amount_minor for month in months] == [month.days * 7 for month in months]
+    assert (months[0].month, months[-1].month) == (date(2024, 1, 1), date(2025, 1, 1))
+
+
+def test_a_credit_is_recognised_negative() -> None:
+    # -100.00 over a quarter of 90 days (Jan 31, Feb 28, Mar 31): -10000 x 31/90 = -3444.44,
+    # x 28/90 = -3111.11; whole parts -9999, the last unit to the largest remainder (.44,
+    # January first)
+    months = deferred_revenue(-10000, Period(date(2025, 1, 1), date(2025, 4, 1)))
+    assert [month.amount_minor for month in months] == [-3445, -3111, -3444]
+
+
+def test_revenue_needs_a_period() -> None:
+    with pytest.raises(ValueError, match="at least one day"):
+        deferred_revenue(100, Period(date(2025, 1, 1), date(2025, 1, 1)))
