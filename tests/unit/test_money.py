@@ -156,3 +156,14 @@ def test_allocate_never_loses_or_invents_a_unit(total: int, weights: list[int]) 
         # every part has the total's sign (or is 0)
         assert part * total >= 0
     assert allocate(total, weights) == parts
+
+
+@pytest.mark.parametrize("currency", sorted(SUPPORTED_CURRENCIES))
+def test_each_supported_currency_round_trips(currency: str) -> None:
+    places = exponent(currency)
+    for amount in (0, 1, -1, 5, 99, 100, 12345, 10**15 + 7):
+        major = to_major(amount, currency)
+        assert major.as_tuple().exponent == -places
+        assert to_minor(major, currency) == amount
+    # one whole unit of the currency is 10^exponent minor units: 1 JPY is 1, 1 KWD is 1000
+    assert to_minor(Decimal(1), currency) == 10**places
