@@ -149,6 +149,7 @@ def issue_drafts(
     settings: BillingSettings,
     base_url: str | None = None,
     app: Flask | None = None,
+    notify: bool = True,
 ) -> dict[int, str]:
     """Number and issue ``drafts`` (and their draft credit notes) in the caller's transaction;
     returns the invoice numbers by invoice id.
@@ -157,6 +158,7 @@ def issue_drafts(
     after ``today`` and gets an outbox item that mails its Finance Managers after the commit.
     Every draft must still be a draft: one issued meanwhile by someone else raises
     :class:`ConcurrentChange` (the caller rolls back, and with it the numbers it took).
+    ``notify`` False issues without mail (history loaded afterwards, such as the demo's).
     """
     if not drafts:
         return {}
@@ -193,7 +195,7 @@ def issue_drafts(
     _issue_credit_notes(
         connection, partner_id, [draft.invoice_id for draft in ordered], today, settings
     )
-    for draft in ordered:
+    for draft in ordered if notify else ():
         payload: dict[str, Any] = {"invoice_id": draft.invoice_id}
         if base_url:
             payload["base_url"] = base_url
@@ -245,10 +247,12 @@ def issue_invoices(
     invoice_ids: Sequence[int],
     by: str,
     today: date | None = None,
+    *,
+    notify: bool = True,
 ) -> list[Invoice]:
     """Issue the partner's drafts among ``invoice_ids`` (staff after review); the others (issued
     or discarded meanwhile) are left as they are. Returns the invoices issued, audited one by
-    one; the caller commits, which sends the emails."""
+    one; the caller commits, which sends the emails (unless ``notify`` is False)."""
     today = today or local_today(partner, utcnow())
     found = db_session.execute(
         select(Invoice.id, Invoice.customer_id, BillingContract.payment_terms_days)
@@ -270,6 +274,7 @@ def issue_invoices(
         by=by,
         settings=billing_settings(db_session, partner.id),
         base_url=_request_base_url(db_session, partner),
+        notify=notify,
     )
     for draft in drafts:
         audit.record(

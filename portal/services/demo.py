@@ -39,6 +39,7 @@ from portal.models import (
     SubscriptionStatus,
     User,
 )
+from portal.services.demo_billing import create_demo_billing
 from portal.services.passwords import hash_password
 
 DEMO_PASSWORD = "demo-portal-2026"  # noqa: S105  (published in the README on purpose)
@@ -92,7 +93,7 @@ def create_demo_data() -> bool:
             select(Partner).where(Partner.slug == DEMO_PARTNER_SLUG)
         ).first()
         if partner is not None:
-            return create_demo_licences(db_session, partner)
+            return create_demo_licences(db_session, partner) | create_demo_billing(partner.id)
         password_hash = hash_password(DEMO_PASSWORD)
         partner = Partner(
             slug=DEMO_PARTNER_SLUG,
@@ -143,6 +144,7 @@ def create_demo_data() -> bool:
         db_session.flush()
         create_demo_licences(db_session, partner)
         db_session.commit()
+    create_demo_billing(partner.id)
     return True
 
 
