@@ -14,11 +14,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import cast
 from zoneinfo import ZoneInfo
 
 from flask import current_app
 from flask_babel import format_date, format_datetime
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from portal.db import utcnow
@@ -427,12 +428,18 @@ def _has_holding_change(db_session: Session, subscription_id: int) -> bool:
 def _queue(db_session: Session, change: LicenceChange) -> OutboxItem:
     change.state = ChangeState.QUEUED
     change.hold_reason = None
+    return _enqueue_provision(db_session, change.id, change.partner_id, change.customer_id)
+
+
+def _enqueue_provision(
+    db_session: Session, change_id: int, partner_id: int, customer_id: int
+) -> OutboxItem:
     return enqueue(
         db_session,
         PROVISION_KIND,
-        {"change_id": change.id},
-        partner_id=change.partner_id,
-        customer_id=change.customer_id,
+        {"change_id": change_id},
+        partner_id=partner_id,
+        customer_id=customer_id,
         max_attempts=int(current_app.config["PORTAL_PROVISIONING_MAX_ATTEMPTS"]),
     )
 
@@ -570,27 +577,54 @@ class Released:
     item: OutboxItem
 
 
+_change = cast(Table, LicenceChange.__table__)
+# the earliest change that holds the subscription back, queued if it is only awaiting its turn
+# (one statement: the row lock, the check and the write; SQLite serialises writers anyway)
+_RELEASE_NEXT = (
+    update(_change)
+    .where(
+        _change.c.id
+        == select(_change.c.id)
+        .where(
+            _change.c.subscription_id == bindparam("of_subscription"),
+            _change.c.state.in_(HOLDING_STATES),
+        )
+        .order_by(_change.c.sequence)
+        .limit(1)
+        .with_for_update()
+        .scalar_subquery(),
+        _change.c.state == ChangeState.AWAITING,
+    )
+    .values(state=ChangeState.QUEUED, hold_reason=None)
+    .returning(_change.c.id, _change.c.partner_id, _change.c.customer_id)
+)
+
+
 def release_next(db_session: Session, customer: Customer, subscription_id: int) -> Released | None:
     """Queue the subscription's earliest awaiting change, if nothing before it holds it back.
 
-    Called when a change reaches a final state (or staff resolve it) and when a credit hold is
-    lifted; the caller commits.
+    Called when staff resolve a change and when a credit hold is lifted; the caller commits.
     """
     if customer.credit_hold:
         return None
-    earliest = db_session.scalars(
-        select(LicenceChange)
-        .where(
-            LicenceChange.subscription_id == subscription_id,
-            LicenceChange.state.in_(HOLDING_STATES),
-        )
-        .order_by(LicenceChange.sequence)
-        .limit(1)
-        .with_for_update()
-    ).first()
-    if earliest is None or earliest.state is not ChangeState.AWAITING:
+    item = release_next_of(db_session, subscription_id)
+    if item is None:
+        return None
+    change = db_session.get_one(
+        LicenceChange, int(str(item.payload["change_id"])), populate_existing=True
+    )
+    return Released(change, item)
+
+
+def release_next_of(db_session: Session, subscription_id: int) -> OutboxItem | None:
+    """:func:`release_next` for a caller that has checked the credit hold and needs only the
+    outbox item (the provisioning of every change ends here: no ORM object is loaded)."""
+    row = (
+        db_session.connection().execute(_RELEASE_NEXT, {"of_subscription": subscription_id}).first()
+    )
+    if row is None:
         return None  # nothing waiting, or the earliest one is still on its way (or failed)
-    return Released(earliest, _queue(db_session, earliest))
+    return _enqueue_provision(db_session, row.id, row.partner_id, row.customer_id)
 
 
 def release_held(db_session: Session, customer: Customer) -> list[LicenceChange]:

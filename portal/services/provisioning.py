@@ -14,11 +14,12 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
+from typing import cast
 
 from flask import current_app
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session, joinedload
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy.orm import Session
 
 from portal.db import utcnow
 from portal.domain.licences import ChangeKind, ChangeState
@@ -37,6 +38,7 @@ from portal.models import (
     Customer,
     LicenceChange,
     Partner,
+    Product,
     StaffUser,
     Subscription,
     SubscriptionStatus,
@@ -44,7 +46,7 @@ from portal.models import (
 )
 from portal.models.outbox import OutboxItem
 from portal.services import ServiceError, _, audit, mail
-from portal.services.licences import _queue, release_next
+from portal.services.licences import _queue, release_next, release_next_of
 from portal.services.pacing import pacing
 from portal.tasks.handlers import Defer, Done, Outcome, RetryLater
 from portal.tasks.outbox import enqueue
@@ -57,196 +59,274 @@ _IN_PROGRESS = (ChangeState.QUEUED, ChangeState.RETRYING, ChangeState.PROVISIONI
 
 
 @dataclass(frozen=True)
-class _Target:
+class _Part:
     """One subscription a change sets: the bundle's parent, or one of its children."""
 
-    subscription: Subscription
+    subscription_id: int
+    provider_ref: str | None
     request_id: str
+
+
+@dataclass(frozen=True)
+class _Work:
+    """What one attempt at a change needs, read in one statement (no ORM objects: this runs
+    for every change, and loading three entities cost more than the provider call)."""
+
+    change_id: int
+    request_id: str
+    kind: ChangeKind
+    state: ChangeState
+    sequence: int
+    quantity_to: int
+    attempts: int  # before this attempt
+    partner_id: int
+    customer_id: int
+    subscription_id: int
+    provider_key: str
+    offer_id: str
+    term: str
+    billing_frequency: str
+    tenant: str
+    credit_hold: bool
+    parts: tuple[_Part, ...]  # the subscription first, then its bundle's children
+
+
+_change = cast(Table, LicenceChange.__table__)
+_subscription = cast(Table, Subscription.__table__)
+_child = _subscription.alias("child")
+_product = cast(Table, Product.__table__)
+_customer = cast(Table, Customer.__table__)
+
+# the item's own tenant is part of every statement here: a handler reads and writes rows of
+# the tenant its item names, and nothing else (the scoped ORM layer is not used on this path)
+_LOAD = (
+    select(
+        _change.c.request_id,
+        _change.c.kind,
+        _change.c.state,
+        _change.c.sequence,
+        _change.c.quantity_to,
+        _change.c.attempts,
+        _change.c.subscription_id,
+        _subscription.c.provider_key,
+        _subscription.c.provider_ref,
+        _subscription.c.term,
+        _subscription.c.billing_frequency,
+        _product.c.provider_offer_id,
+        _customer.c.ms_tenant_id,
+        _customer.c.credit_hold,
+        _child.c.id.label("child_id"),
+        _child.c.provider_ref.label("child_ref"),
+    )
+    .select_from(
+        _change.join(_subscription, _subscription.c.id == _change.c.subscription_id)
+        .join(_product, _product.c.id == _subscription.c.product_id)
+        .join(_customer, _customer.c.id == _change.c.customer_id)
+        .outerjoin(_child, _child.c.parent_id == _subscription.c.id)
+    )
+    .where(
+        _change.c.id == bindparam("change_id"),
+        _change.c.partner_id == bindparam("partner_id"),
+        _change.c.customer_id == bindparam("customer_id"),
+    )
+    .order_by(_child.c.id)
+)
+_MARK_PROVISIONING = (
+    update(_change)
+    .where(_change.c.id == bindparam("change_id"), _change.c.state.in_(_IN_PROGRESS))
+    .values(state=ChangeState.PROVISIONING, attempts=_change.c.attempts + 1)
+    .returning(_change.c.attempts)
+)
+_MARK_RETRYING = (
+    update(_change)
+    .where(_change.c.id == bindparam("change_id"), _change.c.state == ChangeState.PROVISIONING)
+    .values(state=ChangeState.RETRYING, provider_answer=bindparam("answer"))
+)
+_SET_SUBSCRIPTION = update(_subscription).where(_subscription.c.id == bindparam("part_id"))
+_SET_CHANGE = update(_change).where(_change.c.id == bindparam("change_id"))
 
 
 def provision(item: OutboxItem, session: Session) -> Outcome:
     """Outbox handler for ``licences.provision``: bring one change to the provider."""
-    loaded = _load(session, int(str(item.payload["change_id"])))
-    if loaded is None:
+    work = _load(session, item)
+    if work is None:
         return Done({"skipped": "missing"})
-    change, subscription, customer = loaded
-    if change.state not in _IN_PROGRESS:
-        return Done({"skipped": change.state.value})
-    tenant = customer.ms_tenant_id or f"customer-{customer.id}"
+    if work.state not in _IN_PROGRESS:
+        return Done({"skipped": work.state.value})
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    adapter = integrations(app).providers.get(subscription.provider_key)
-    calls = _calls_needed(adapter, change, subscription, tenant)
-    wait = pacing(app).wait_before_call(subscription.provider_key, tenant, calls)
+    adapter = integrations(app).providers.get(work.provider_key)
+    calls = _calls_needed(adapter, work)
+    wait = pacing(app).wait_before_call(work.provider_key, work.tenant, calls)
     if wait is not None:
         return Defer(wait)
-    if not _mark_provisioning(session, change):
+    if not _mark_provisioning(session, work):
         return Done({"skipped": "finished meanwhile"})
-    result = _apply(adapter, change, subscription, tenant)
+    result = _apply(session, adapter, work)
     if isinstance(result, TechnicalFailure):
         if result.retry_after:
-            pacing(app).pause(subscription.provider_key, tenant, result.retry_after)
+            pacing(app).pause(work.provider_key, work.tenant, result.retry_after)
         if item.attempts < item.max_attempts:
-            _mark_retrying(session, change, result.message)
+            _mark_retrying(session, work, result.message)
             return RetryLater(result.message, result.retry_after)
-        _finish(session, customer, change, ChangeState.FAILED, answer=result.message)
+        _finish(session, work, ChangeState.FAILED, answer=result.message)
         return Done({"state": "failed"})
     if isinstance(result, BusinessRejection):
-        if change.kind is ChangeKind.PURCHASE:
-            subscription.status = SubscriptionStatus.FAILED
+        if work.kind is ChangeKind.PURCHASE:
+            _set_subscription(session, work.subscription_id, status=SubscriptionStatus.FAILED)
         released = _finish(
-            session,
-            customer,
-            change,
-            ChangeState.REJECTED,
-            answer=result.reason,
-            code=result.code,
+            session, work, ChangeState.REJECTED, answer=result.reason, code=result.code
         )
         return Done({"state": "rejected", "code": result.code}, follow_up=released)
-    _record_provisioned(subscription, change, result.value)
     released = _finish(
-        session, customer, change, ChangeState.PROVISIONED, answer=_describe(result.value)
+        session,
+        work,
+        ChangeState.PROVISIONED,
+        answer=_describe(result.value),
+        effective_at=utcnow(),
     )
     return Done({"state": "provisioned", "quantity": result.value.quantity}, follow_up=released)
 
 
-def _calls_needed(
-    adapter: ProviderAdapter, change: LicenceChange, subscription: Subscription, tenant: str
-) -> int:
+def _calls_needed(adapter: ProviderAdapter, work: _Work) -> int:
     """Requests this attempt sends: one per part of a bundle, a read-back first on a retry,
     and whatever reads the adapter says it needs (Partner Center counts every request)."""
-    parts = [subscription, *subscription.children]
-    if change.kind is ChangeKind.PURCHASE:
-        return len(parts)
+    if work.kind is ChangeKind.PURCHASE:
+        return len(work.parts)
     calls = 0
-    for part in parts:
-        if change.attempts >= 1:  # this attempt reads the subscription back first
+    for part in work.parts:
+        if work.attempts >= 1:  # this attempt reads the subscription back first
             calls += 1
         if isinstance(adapter, CallCounting) and part.provider_ref is not None:
-            ref, target = part.provider_ref, change.quantity_to
-            calls += max(
-                1, adapter.calls_needed(QuantityChange(change.request_id, tenant, ref, target))
-            )
+            ref, target = part.provider_ref, work.quantity_to
+            asked = QuantityChange(work.request_id, work.tenant, ref, target)
+            calls += max(1, adapter.calls_needed(asked))
         else:
             calls += 1
     return calls
 
 
-def _load(session: Session, change_id: int) -> tuple[LicenceChange, Subscription, Customer] | None:
-    """The change with its subscription (product, bundle parts) and customer, in one statement."""
-    row = (
-        session.execute(
-            select(LicenceChange, Subscription, Customer)
-            .join(Subscription, Subscription.id == LicenceChange.subscription_id)
-            .join(Customer, Customer.id == LicenceChange.customer_id)
-            .where(LicenceChange.id == change_id)
-            .options(joinedload(Subscription.children))
-        )
-        .unique()
-        .first()
+def _load(session: Session, item: OutboxItem) -> _Work | None:
+    """The change with what its attempt needs from its subscription, product and customer."""
+    change_id = int(str(item.payload["change_id"]))
+    params = {
+        "change_id": change_id,
+        "partner_id": item.partner_id,
+        "customer_id": item.customer_id,
+    }
+    rows = session.connection().execute(_LOAD, params).all()
+    if not rows:
+        return None
+    first = rows[0]
+    request_id = str(first.request_id)
+    parts = [_Part(first.subscription_id, first.provider_ref, request_id)] + [
+        _Part(row.child_id, row.child_ref, _child_request_id(request_id, row.child_id))
+        for row in rows
+        if row.child_id is not None
+    ]
+    return _Work(
+        change_id=change_id,
+        request_id=request_id,
+        kind=first.kind,
+        state=first.state,
+        sequence=first.sequence,
+        quantity_to=first.quantity_to,
+        attempts=first.attempts,
+        partner_id=int(item.partner_id or 0),
+        customer_id=int(item.customer_id or 0),
+        subscription_id=first.subscription_id,
+        provider_key=first.provider_key,
+        offer_id=first.provider_offer_id,
+        term=first.term.value,
+        billing_frequency=first.billing_frequency.value,
+        tenant=first.ms_tenant_id or f"customer-{item.customer_id}",
+        credit_hold=first.credit_hold,
+        parts=tuple(parts),
     )
-    return None if row is None else (row[0], row[1], row[2])
 
 
-def _mark_provisioning(session: Session, change: LicenceChange) -> bool:
+def _child_request_id(request_id: str, child_id: int) -> str:
+    """A bundle child's own stable request id, derived from the change's."""
+    return str(uuid.uuid5(uuid.UUID(request_id), f"child-{child_id}"))
+
+
+def _mark_provisioning(session: Session, work: _Work) -> bool:
     """Show "provisioning" now (its own commit), unless the change finished meanwhile."""
-    attempts = session.execute(
-        update(LicenceChange)
-        .where(LicenceChange.id == change.id, LicenceChange.state.in_(_IN_PROGRESS))
-        .values(state=ChangeState.PROVISIONING, attempts=LicenceChange.attempts + 1)
-        .returning(LicenceChange.attempts)
-        .execution_options(synchronize_session=False)
-    ).scalar()
+    attempts = (
+        session.connection().execute(_MARK_PROVISIONING, {"change_id": work.change_id}).scalar()
+    )
     if attempts is None:
         session.rollback()
         return False
-    set_committed_value(change, "state", ChangeState.PROVISIONING)
-    set_committed_value(change, "attempts", attempts)
-    # nothing else wrote these rows meanwhile (a subscription's changes run one at a time):
-    # what is loaded stays valid, and reading it all again after the commit would be waste
-    session.expire_on_commit = False
-    try:
-        session.commit()
-    finally:
-        session.expire_on_commit = True
+    session.commit()
     return True
 
 
-def _mark_retrying(session: Session, change: LicenceChange, message: str) -> None:
-    session.execute(
-        update(LicenceChange)
-        .where(LicenceChange.id == change.id, LicenceChange.state == ChangeState.PROVISIONING)
-        .values(state=ChangeState.RETRYING, provider_answer=message[:ANSWER_LIMIT])
-        .execution_options(synchronize_session=False)
-    )
-    if _untold_before(session, change):
+def _mark_retrying(session: Session, work: _Work, message: str) -> None:
+    params = {"change_id": work.change_id, "answer": message[:ANSWER_LIMIT]}
+    session.connection().execute(_MARK_RETRYING, params)
+    if _untold_before(session, work):
         # the changes before this one are done: their requesters need not wait for this one
-        _notify_later(session, change)
+        _notify_later(session, work.change_id, work.partner_id, work.customer_id)
     session.commit()
 
 
-def _apply(
-    adapter: ProviderAdapter, change: LicenceChange, subscription: Subscription, tenant: str
-) -> Result[ProviderSubscription]:
+def _apply(session: Session, adapter: ProviderAdapter, work: _Work) -> Result[ProviderSubscription]:
     """Send the change for the subscription and each child of a bundle; the parent's answer.
 
     Any technical failure makes the whole change retry (the parts already applied replay
-    without a second effect); a rejection of any part rejects the change.
+    without a second effect); a rejection of any part rejects the change. What the provider
+    confirmed is written to the subscriptions here; the caller commits it with the change.
     """
-    targets = [_Target(subscription, change.request_id)] + [
-        _Target(child, str(uuid.uuid5(uuid.UUID(change.request_id), f"child-{child.id}")))
-        for child in subscription.children
-    ]
-    answers: list[Result[ProviderSubscription]] = []
-    for target in targets:
-        answer = _apply_one(adapter, change, target, tenant)
+    answers: list[ProviderSubscription] = []
+    for part in work.parts:
+        answer = _apply_one(adapter, work, part)
         if not isinstance(answer, Succeeded):
             return answer
-        if change.kind is ChangeKind.PURCHASE:
-            target.subscription.provider_ref = answer.value.subscription_ref
-        answers.append(answer)
-    for target, answer in zip(targets[1:], answers[1:], strict=True):
-        assert isinstance(answer, Succeeded)
-        _record_provisioned(target.subscription, change, answer.value)
-    return answers[0]
+        answers.append(answer.value)
+    for part, value in zip(work.parts, answers, strict=True):
+        _record_provisioned(session, work, part, value)
+    return Succeeded(answers[0])
 
 
-def _apply_one(
-    adapter: ProviderAdapter, change: LicenceChange, target: _Target, tenant: str
-) -> Result[ProviderSubscription]:
-    subscription = target.subscription
-    if change.kind is ChangeKind.PURCHASE:
+def _apply_one(adapter: ProviderAdapter, work: _Work, part: _Part) -> Result[ProviderSubscription]:
+    if work.kind is ChangeKind.PURCHASE:
         # the same request id: a purchase that did go through is answered, not bought again
         return adapter.create_subscription(
             NewSubscription(
-                request_id=target.request_id,
-                customer_tenant_id=tenant,
-                offer_id=subscription.product.provider_offer_id,
-                quantity=change.quantity_to,
-                term=subscription.term.value,
-                billing_frequency=subscription.billing_frequency.value,
+                request_id=part.request_id,
+                customer_tenant_id=work.tenant,
+                offer_id=work.offer_id,
+                quantity=work.quantity_to,
+                term=work.term,
+                billing_frequency=work.billing_frequency,
             )
         )
-    assert subscription.provider_ref is not None, "a bought subscription has a provider ref"
-    if change.attempts > 1:
+    assert part.provider_ref is not None, "a bought subscription has a provider ref"
+    if work.attempts >= 1:
         # an earlier attempt may have taken effect without us hearing the answer
-        read = adapter.get_subscription(tenant, subscription.provider_ref)
-        if isinstance(read, Succeeded) and read.value.quantity == change.quantity_to:
+        read = adapter.get_subscription(work.tenant, part.provider_ref)
+        if isinstance(read, Succeeded) and read.value.quantity == work.quantity_to:
             return read
         if isinstance(read, TechnicalFailure):
             return read
     return adapter.set_quantity(
-        QuantityChange(target.request_id, tenant, subscription.provider_ref, change.quantity_to)
+        QuantityChange(part.request_id, work.tenant, part.provider_ref, work.quantity_to)
     )
 
 
 def _record_provisioned(
-    subscription: Subscription, change: LicenceChange, answer: ProviderSubscription
+    session: Session, work: _Work, part: _Part, answer: ProviderSubscription
 ) -> None:
-    subscription.quantity = answer.quantity
-    subscription.status = SubscriptionStatus.ACTIVE
+    values: dict[str, object] = {"quantity": answer.quantity, "status": SubscriptionStatus.ACTIVE}
     if answer.term_ends_on is not None:
-        subscription.term_ends_on = answer.term_ends_on
-    change.effective_at = utcnow()
+        values["term_ends_on"] = answer.term_ends_on
+    if work.kind is ChangeKind.PURCHASE:
+        values["provider_ref"] = answer.subscription_ref
+    _set_subscription(session, part.subscription_id, **values)
+
+
+def _set_subscription(session: Session, subscription_id: int, **values: object) -> None:
+    session.connection().execute(_SET_SUBSCRIPTION, {"part_id": subscription_id, **values})
 
 
 def _describe(answer: ProviderSubscription) -> str:
@@ -255,12 +335,12 @@ def _describe(answer: ProviderSubscription) -> str:
 
 def _finish(
     session: Session,
-    customer: Customer,
-    change: LicenceChange,
+    work: _Work,
     state: ChangeState,
     *,
     answer: str,
     code: str | None = None,
+    effective_at: datetime | None = None,
 ) -> OutboxItem | None:
     """Record a final state (or failed), let the next change go and see that people are told.
 
@@ -268,36 +348,41 @@ def _finish(
     next. A provisioned change followed at once by the next one is told about with that one
     (one mail for a run of changes rather than one each).
     """
-    change.state = state
-    change.provider_answer = answer[:ANSWER_LIMIT]
-    change.provider_code = code
-    change.finished_at = utcnow()
+    values: dict[str, object] = {
+        "state": state,
+        "provider_answer": answer[:ANSWER_LIMIT],
+        "provider_code": code,
+        "finished_at": utcnow(),
+    }
+    if effective_at is not None:
+        values["effective_at"] = effective_at
+    session.connection().execute(_SET_CHANGE, {"change_id": work.change_id, **values})
     released = None
-    if state is not ChangeState.FAILED:  # a failed change holds the later ones back
-        session.flush()
-        released = release_next(session, customer, change.subscription_id)
+    if state is not ChangeState.FAILED and not work.credit_hold:
+        # a failed change holds the later ones back
+        released = release_next_of(session, work.subscription_id)
     if state is not ChangeState.PROVISIONED or released is None:
-        _notify_later(session, change)
-    return released.item if released is not None else None
+        _notify_later(session, work.change_id, work.partner_id, work.customer_id)
+    return released
 
 
-def _notify_later(session: Session, change: LicenceChange) -> None:
+def _notify_later(session: Session, change_id: int, partner_id: int, customer_id: int) -> None:
     enqueue(
         session,
         NOTIFY_KIND,
-        {"change_id": change.id},
-        partner_id=change.partner_id,
-        customer_id=change.customer_id,
+        {"change_id": change_id},
+        partner_id=partner_id,
+        customer_id=customer_id,
     )
 
 
-def _untold_before(session: Session, change: LicenceChange) -> bool:
+def _untold_before(session: Session, work: _Work) -> bool:
     return (
         session.scalar(
             select(LicenceChange.id)
             .where(
-                LicenceChange.subscription_id == change.subscription_id,
-                LicenceChange.sequence < change.sequence,
+                LicenceChange.subscription_id == work.subscription_id,
+                LicenceChange.sequence < work.sequence,
                 LicenceChange.state == ChangeState.PROVISIONED,
                 LicenceChange.notified_at.is_(None),
             )
