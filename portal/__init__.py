@@ -82,8 +82,10 @@ def _register_blueprints(app: Flask) -> None:
     from portal.branding.views import bp as branding_bp
     from portal.web.account import bp as account_bp
     from portal.web.auth import bp as auth_bp
+    from portal.web.invoices import bp as invoices_bp
     from portal.web.pages import bp as pages_bp
     from portal.web.staff import bp as staff_bp
+    from portal.web.staff_billing import bp as staff_billing_bp
     from portal.web.staff_licences import bp as staff_licences_bp
     from portal.web.subscriptions import bp as subscriptions_bp
 
@@ -93,7 +95,9 @@ def _register_blueprints(app: Flask) -> None:
         pages_bp,
         account_bp,
         subscriptions_bp,
+        invoices_bp,
         staff_bp,
         staff_licences_bp,
+        staff_billing_bp,
     ):
         app.register_blueprint(blueprint)

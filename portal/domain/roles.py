@@ -36,6 +36,8 @@ class Permission(StrEnum):
     MANAGE_CATALOGUE = "manage_catalogue"
     VIEW_LICENCE_QUEUE = "view_licence_queue"
     MANAGE_LICENCE_QUEUE = "manage_licence_queue"  # retry a failed change, mark it resolved
+    VIEW_BILLING = "view_billing"  # billing runs, every customer's invoices, revenue reports
+    MANAGE_BILLING = "manage_billing"  # run billing, issue drafts, void invoices
 
 
 CUSTOMER_PERMISSIONS: dict[CustomerRole, frozenset[Permission]] = {
@@ -73,6 +75,8 @@ STAFF_PERMISSIONS: dict[StaffRole, frozenset[Permission]] = {
             Permission.MANAGE_CATALOGUE,
             Permission.VIEW_LICENCE_QUEUE,
             Permission.MANAGE_LICENCE_QUEUE,
+            Permission.VIEW_BILLING,
+            Permission.MANAGE_BILLING,
         }
     ),
     StaffRole.SERVICE: frozenset(
@@ -91,6 +95,8 @@ STAFF_PERMISSIONS: dict[StaffRole, frozenset[Permission]] = {
             Permission.SET_CREDIT_HOLD,
             Permission.VIEW_CATALOGUE,
             Permission.VIEW_LICENCE_QUEUE,
+            Permission.VIEW_BILLING,
+            Permission.MANAGE_BILLING,
         }
     ),
     StaffRole.SALES: frozenset(

@@ -8,11 +8,12 @@ from werkzeug.wrappers import Response
 
 from portal import db
 from portal.branding import render_page
-from portal.domain.roles import CustomerRole, Permission
+from portal.domain.roles import CustomerRole, Permission, customer_may
 from portal.integrations.registry import integrations
-from portal.services import people
+from portal.services import billing_queries, people
 from portal.web.access import customer_required
 from portal.web.forms import ConfirmForm, role_label
+from portal.web.invoices import partner_today
 
 bp = Blueprint("pages", __name__)
 
@@ -29,8 +30,12 @@ def dashboard() -> str:
     user_count, invitations = people.headcount(db.session, g.customer.id)
     if g.membership.role != CustomerRole.ADMINISTRATOR:
         invitations = 0
+    billing = None
+    if customer_may(g.membership.role, Permission.VIEW_INVOICES):
+        billing = billing_queries.account_summary(db.session, g.customer.id, partner_today(g.brand))
     return render_page(
         "portal/dashboard.html",
+        billing=billing,
         panels=integrations().dashboard_panels(g.customer.id),
         user_count=user_count,
         pending_invitations=invitations,
@@ -43,12 +48,6 @@ def dashboard() -> str:
 @customer_required(Permission.VIEW_USAGE)
 def usage() -> str:
     return render_page("portal/usage.html")
-
-
-@bp.route("/invoices")
-@customer_required(Permission.VIEW_INVOICES)
-def invoices() -> str:
-    return render_page("portal/invoices.html")
 
 
 @bp.route("/accounts/<int:customer_id>/switch", methods=["POST"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date
 
 from flask import Flask
 
@@ -50,6 +51,10 @@ def _change(tenant: Tenant, key: str) -> dict[str, object]:
     return {"change_id": tenant.changes[key]}
 
 
+def _invoice(tenant: Tenant, key: str) -> dict[str, object]:
+    return {"invoice_id": tenant.invoices[key]}  # type: ignore[attr-defined]
+
+
 # endpoint -> how to name the objects it acts on
 OBJECT_ROUTES: dict[str, ObjectRoute] = {
     "account.change_role": ObjectRoute(_membership),
@@ -65,6 +70,13 @@ OBJECT_ROUTES: dict[str, ObjectRoute] = {
     "staff_licences.remove_price": ObjectRoute(_product),
     "staff_licences.retry": ObjectRoute(_change),
     "staff_licences.resolve": ObjectRoute(_change),
+    "invoices.detail": ObjectRoute(_invoice),
+    "invoices.pdf": ObjectRoute(_invoice),
+    "staff_billing.invoice": ObjectRoute(_invoice),
+    "staff_billing.invoice_pdf": ObjectRoute(_invoice),
+    "staff_billing.issue": ObjectRoute(_invoice),
+    "staff_billing.void": ObjectRoute(_invoice),
+    "staff_billing.discard": ObjectRoute(_invoice),
     "staff.customer": ObjectRoute(_customer),
     "staff.credit_hold": ObjectRoute(_customer),
     "staff.invite": ObjectRoute(_customer),
@@ -100,6 +112,26 @@ def add_invitations(app: Flask, tenant: Tenant) -> None:
             ids[key] = invitation.id
         s.commit()
     tenant.invitations = ids  # type: ignore[attr-defined]
+
+
+def add_invoices(app: Flask, tenant: Tenant) -> None:
+    """Give each customer of the tenant a contract and one issued invoice (ids in
+    tenant.invoices)."""
+    from tests.integration.invoice_pages_support import Line, contract, invoice
+
+    ids: dict[str, int] = {}
+    for key in tenant.customers:
+        ids[key] = invoice(
+            app,
+            tenant,
+            contract(app, tenant, key),
+            number=f"INV-{tenant.partner.slug}-{key}",
+            period=(date(2026, 5, 1), date(2026, 6, 1)),
+            lines=[Line("Seats", "1", "10.00", 1_000)],
+            issued_on=date(2026, 5, 1),
+            due_on=date(2026, 5, 31),
+        )
+    tenant.invoices = ids  # type: ignore[attr-defined]
 
 
 def object_argument_names(app: Flask, endpoint: str) -> set[str]:

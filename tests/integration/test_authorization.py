@@ -12,6 +12,7 @@ from tests.integration.routes import (
     NOT_OBJECT_ARGUMENTS,
     OBJECT_ROUTES,
     add_invitations,
+    add_invoices,
     object_argument_names,
 )
 from tests.support import HttpsClient, Tenant, csrf_token, seed_licences, sign_in
@@ -92,6 +93,7 @@ def test_customer_a_never_reaches_customer_b_objects(
     app: Flask, client: HttpsClient, tenant: Tenant
 ) -> None:
     add_invitations(app, tenant)
+    add_invoices(app, tenant)
     seed_licences(app, tenant)
     sign_in(client, "administrator@a.alpha.example")
     token = csrf_token(client.get("/account/").data)
@@ -117,6 +119,7 @@ def test_staff_of_one_partner_never_reach_another_partners_customers(
     app: Flask, tenant: Tenant, other_tenant: Tenant
 ) -> None:
     add_invitations(app, other_tenant)
+    add_invoices(app, other_tenant)
     seed_licences(app, other_tenant)
     client: HttpsClient = app.test_client()  # type: ignore[assignment]
     sign_in(client, "admin@staff.alpha.example", staff=True)

@@ -6,7 +6,7 @@ from flask import Flask
 
 from portal.extensions import csrf
 from portal.web.access import access_of
-from tests.integration.routes import OBJECT_ROUTES, add_invitations
+from tests.integration.routes import OBJECT_ROUTES, add_invitations, add_invoices
 from tests.support import HttpsClient, Tenant, seed_licences, sign_in
 
 TOKEN_ARGUMENTS = {"token": "not-a-real-token", "filename": "missing.css"}
@@ -46,6 +46,7 @@ def test_every_page_carries_the_security_headers(app: Flask, tenant: Tenant) -> 
     app.config["PORTAL_RATELIMIT_LOGIN_ACCOUNT"] = "1000 per minute"
     app.config["PORTAL_RATELIMIT_LOGIN_IP"] = "1000 per minute"
     add_invitations(app, tenant)
+    add_invoices(app, tenant)
     seed_licences(app, tenant)
     urls = _urls(app, tenant, "GET")
     assert len(urls) >= 15
@@ -78,6 +79,7 @@ def test_every_post_route_refuses_a_request_without_csrf_token(app: Flask, tenan
     app.config["PORTAL_RATELIMIT_LOGIN_ACCOUNT"] = "1000 per minute"
     app.config["PORTAL_RATELIMIT_LOGIN_IP"] = "1000 per minute"
     add_invitations(app, tenant)
+    add_invoices(app, tenant)
     seed_licences(app, tenant)
     urls = _urls(app, tenant, "POST")
     assert len(urls) >= 14
