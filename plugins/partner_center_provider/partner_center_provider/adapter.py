@@ -18,7 +18,7 @@ repeat has one effect. Every method returns a result and never raises.
 
 from __future__ import annotations
 
-import copy
+import json
 import logging
 import threading
 import time
@@ -71,7 +71,9 @@ class KnownResources:
 
     def __init__(self, capacity: int = 4096) -> None:
         self.capacity = capacity
-        self._resources: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        # kept as JSON text: each caller gets its own copy to change, and parsing one is
+        # cheaper than a deep copy
+        self._resources: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, tenant: str, ref: str) -> dict[str, Any] | None:
@@ -80,14 +82,16 @@ class KnownResources:
             if found is None:
                 return None
             self._resources.move_to_end((tenant, ref))
-            return copy.deepcopy(found)
+        resource: dict[str, Any] = json.loads(found)
+        return resource
 
     def keep(self, tenant: str, resource: dict[str, Any]) -> None:
         ref = resource.get("id")
         if not isinstance(ref, str) or not ref:
             return
+        text = json.dumps(resource)
         with self._lock:
-            self._resources[(tenant, ref)] = resource
+            self._resources[(tenant, ref)] = text
             self._resources.move_to_end((tenant, ref))
             while len(self._resources) > self.capacity:
                 self._resources.popitem(last=False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -39,6 +40,14 @@ def ms_request_id(request_id: str | None = None) -> str:
         return str(uuid.UUID(request_id))
     except ValueError:
         return str(uuid.uuid5(REQUEST_ID_NAMESPACE, request_id))
+
+
+@lru_cache(maxsize=4096)
+def _absolute_url(base_url: str, path: str) -> httpx.URL:
+    """The parsed URL of a path under the base: the same few subscription paths are called
+    over and over, and parsing one (httpx validates every character) cost more than a third of
+    building a request."""
+    return httpx.URL(f"{base_url}/{path.lstrip('/')}")
 
 
 class PartnerCenterClient:
@@ -117,7 +126,7 @@ class PartnerCenterClient:
         try:
             response = self._http.request(
                 method,
-                path,
+                _absolute_url(self.base_url, path),
                 json=body if method in WRITE_METHODS else None,
                 params=params,
                 headers=call_headers,
