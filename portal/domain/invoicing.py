@@ -413,7 +413,8 @@ def _usage_line(charge: UsageCharge, currency: str) -> DraftLine:
 def _discounted(lines: list[DraftLine], terms: ContractTerms) -> list[DraftLine]:
     """``lines`` and, with a contract discount, the negative line that takes it off them."""
     base = sum(line.amount_minor for line in lines)
-    if terms.discount == 0 or base == 0:
+    amount = apply_rate(base, terms.discount)
+    if amount == 0:  # no discount, or one that rounds to nothing: no line
         return lines
     discount = DraftLine(
         kind=LineKind.DISCOUNT,
@@ -427,6 +428,6 @@ def _discounted(lines: list[DraftLine], terms: ContractTerms) -> list[DraftLine]
         unit_price=-Decimal(base).scaleb(-exponent(terms.currency)),
         days=None,
         total_days=None,
-        amount_minor=-apply_rate(base, terms.discount),
+        amount_minor=-amount,
     )
     return [*lines, discount]

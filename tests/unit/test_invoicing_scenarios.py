@@ -17,14 +17,16 @@ from portal.domain.invoicing import (
     BilledSubscription,
     ContractTerms,
     DraftDocument,
+    DraftLine,
     LineKind,
     QuantityChange,
     UsageCharge,
     assemble,
     credit_for_void,
+    price_document,
 )
 from portal.domain.proration import Period
-from portal.domain.revenue import deferred_revenue
+from portal.domain.revenue import MonthRevenue, deferred_revenue
 
 ADVANCE = LineKind.ADVANCE
 ADDITION = LineKind.ADDITION
@@ -326,6 +328,9 @@ def test_scenario(scenario: Scenario) -> None:
     assembled = assemble(scenario.terms, scenario.subscriptions, scenario.usage)
     assert totals(assembled.invoice) == scenario.invoice
     assert (None if assembled.credit is None else totals(assembled.credit)) == scenario.credit
+    currency = scenario.terms.currency
+    assert assembled.invoice.currency == currency
+    assert assembled.credit is None or assembled.credit.currency == currency
 
 
 def test_the_table_covers_what_the_issue_asks() -> None:
@@ -336,6 +341,19 @@ def test_bundle_children_are_named_on_the_parent_line() -> None:
     (line,) = assemble(usd(), SCENARIOS["bundle: the parent only"].subscriptions, ()).invoice.lines
     assert line.description == "Microsoft 365 E5 bundle (Teams Phone, Audio Conferencing)"
     assert line.children == ("Teams Phone", "Audio Conferencing")
+    # and on its prorated lines
+    bundle = seats(
+        5700,
+        3,
+        month(2025, 6),
+        month(2025, 5),
+        (date(2025, 5, 20), 2, 3, False),
+        description="Microsoft 365 E5 bundle",
+        children=("Teams Phone",),
+    )
+    lines = assemble(usd(), [bundle], ()).invoice.lines
+    assert [line.description for line in lines] == ["Microsoft 365 E5 bundle (Teams Phone)"] * 2
+    assert [line.children for line in lines] == [("Teams Phone",)] * 2
 
 
 def test_prorated_lines_show_their_period_and_list_price() -> None:
@@ -355,6 +373,7 @@ def test_a_void_credit_note_cancels_the_invoice_exactly() -> None:
     invoice = assemble(scenario.terms, scenario.subscriptions, ()).invoice
     credit = credit_for_void(invoice)
     assert (credit.subtotal_minor, credit.tax_minor, credit.total_minor) == (5400, 1134, 6534)
+    assert credit.currency == "EUR"
     assert credit.lines == invoice.lines
 
 
@@ -434,6 +453,208 @@ def test_a_credit_is_recognised_negative() -> None:
     assert [month.amount_minor for month in months] == [-3445, -3111, -3444]
 
 
+def test_a_one_day_line_is_one_month() -> None:
+    (only,) = deferred_revenue(-250, Period(date(2025, 2, 28), date(2025, 3, 1)))
+    assert only == MonthRevenue(date(2025, 2, 1), 1, -250)
+
+
 def test_revenue_needs_a_period() -> None:
     with pytest.raises(ValueError, match="at least one day"):
         deferred_revenue(100, Period(date(2025, 1, 1), date(2025, 1, 1)))
+
+
+# the lines in full, and the edges
+
+
+APRIL = month(2025, 4)  # 30 days
+
+
+def test_credits_take_the_seats_added_in_the_period_first() -> None:
+    # 30.00 a seat, 40 % upfront (18.00 paid). April (30 days):
+    #   1 Apr  10 -> 12: +2 x 3000 x 30/30 = 6000
+    #   11 Apr 12 -> 14: +2 x 3000 x 20/30 = 4000 (4 seats added so far)
+    #   16 Apr 14 -> 11: 3 of the added seats, at list: 3 x 3000 x 15/30 = 4500 (1 left)
+    #   21 Apr 11 -> 8: the last added seat at list, 1 x 3000 x 10/30 = 1000, and 2 paid
+    #          upfront, 2 x 1800 x 10/30 = 1200
+    # advance May: 8 x 1800 = 14400
+    subscription = seats(
+        3000,
+        8,
+        month(2025, 5),
+        APRIL,
+        (date(2025, 4, 1), 10, 12, False),
+        (date(2025, 4, 11), 12, 14, False),
+        (date(2025, 4, 16), 14, 11, True),
+        (date(2025, 4, 21), 11, 8, True),
+        upfront="0.4",
+        subscription_id=5,
+        description="Office",
+    )
+    assembled = assemble(usd(), [subscription], [])
+    assert assembled.credit is not None
+
+    def line(
+        kind: LineKind, start: int, quantity: int, price: str, days: int | None, amount: int
+    ) -> DraftLine:
+        upfront = Decimal("0.4") if price == "18" else Decimal(0)
+        return DraftLine(
+            kind=kind,
+            subscription_id=5,
+            description="Office",
+            period=month(2025, 5) if days is None else Period(date(2025, 4, start), APRIL.end),
+            quantity=Decimal(quantity),
+            unit_price_minor=3000,
+            unit_price=Decimal(price),
+            days=days,
+            total_days=None if days is None else 30,
+            amount_minor=amount,
+            upfront_discount=upfront,
+        )
+
+    assert assembled.invoice.lines == (
+        line(ADVANCE, 1, 8, "18", None, 14400),
+        line(ADDITION, 1, 2, "30", 30, 6000),
+        line(ADDITION, 11, 2, "30", 20, 4000),
+    )
+    assert assembled.credit.lines == (
+        line(CREDIT, 16, 3, "30", 15, 4500),
+        line(CREDIT, 21, 1, "30", 10, 1000),
+        line(CREDIT, 21, 2, "18", 10, 1200),
+    )
+
+
+def test_without_an_upfront_discount_a_reduction_is_one_line() -> None:
+    # 30.00 a seat, April (30 days). Subscription 1:
+    #   11 Apr 10 -> 12: +2 x 3000 x 20/30 = 4000
+    #   16 Apr 12 -> 9: 3 seats (2 added, 1 from the start, same price): 3 x 3000 x 15/30 = 4500
+    #   21 Apr 9 -> 8: 1 x 3000 x 10/30 = 1000
+    # Subscription 2: 26 Apr 5 -> 4: 1 x 3000 x 5/30 = 500. One credit note for both.
+    first = seats(
+        3000,
+        8,
+        month(2025, 5),
+        APRIL,
+        (date(2025, 4, 11), 10, 12, False),
+        (date(2025, 4, 16), 12, 9, True),
+        (date(2025, 4, 21), 9, 8, True),
+    )
+    second = seats(
+        3000, 4, month(2025, 5), APRIL, (date(2025, 4, 26), 5, 4, True), subscription_id=2
+    )
+    credit = assemble(usd(), [first, second], []).credit
+    assert credit is not None
+    assert [(line.subscription_id, line.quantity, line.amount_minor) for line in credit.lines] == [
+        (1, 3, 4500),
+        (1, 1, 1000),
+        (2, 1, 500),
+    ]
+
+
+def test_nothing_to_bill_gives_no_line() -> None:
+    # no seats at the period start; a change that changes nothing; a change on the period's
+    # end; a contract discount that rounds to nothing (10 % of 0.01)
+    subscription = seats(
+        1,
+        0,
+        month(2025, 5),
+        APRIL,
+        (date(2025, 4, 10), 3, 3, True),
+        (date(2025, 5, 1), 3, 4, False),
+        (date(2025, 5, 1), 4, 3, True),
+    )
+    assembled = assemble(usd(discount="0.1"), [subscription], [])
+    assert assembled.invoice.lines == ()
+    assert assembled.credit is None
+    one_cent = seats(1, 1, month(2025, 5), None)
+    (line,) = assemble(usd(discount="0.1"), [one_cent], []).invoice.lines
+    assert line.amount_minor == 1
+
+
+def test_usage_and_discount_lines_in_full() -> None:
+    # usage 2.5 x 1.234 = 3.085 -> 3.09 (309); advance 1 x 1000 for June.
+    # discount 10 % of 1309 = 130.9 -> 131, one line over both lines' periods.
+    usage = UsageCharge(9, "Azure plan", month(2025, 5), Decimal("2.5"), Decimal("1.234"), "usd")
+    assembled = assemble(usd(discount="0.1"), [seats(1000, 1, month(2025, 6), None)], [usage])
+    *_, usage_line, discount = assembled.invoice.lines
+    assert usage_line == DraftLine(
+        kind=USAGE,
+        subscription_id=9,
+        description="Azure plan",
+        period=month(2025, 5),
+        quantity=Decimal("2.5"),
+        unit_price_minor=None,
+        unit_price=Decimal("1.234"),
+        days=None,
+        total_days=None,
+        amount_minor=309,
+    )
+    assert discount == DraftLine(
+        kind=DISCOUNT,
+        subscription_id=None,
+        description="",
+        period=Period(date(2025, 5, 1), date(2025, 7, 1)),
+        quantity=Decimal("0.1"),
+        unit_price_minor=None,
+        unit_price=Decimal("-13.09"),
+        days=None,
+        total_days=None,
+        amount_minor=-131,
+    )
+
+
+def test_edges_that_are_allowed() -> None:
+    # free seats, no seats, changes to and from 0 seats, one-day periods, usage of nothing
+    one_day = Period(date(2025, 4, 30), date(2025, 5, 1))
+    subscription = seats(
+        0,
+        0,
+        Period(date(2025, 5, 1), date(2025, 5, 2)),
+        one_day,
+        (date(2025, 4, 30), 0, 1, False),
+        (date(2025, 4, 30), 1, 0, True),
+    )
+    assert isinstance(subscription.changes, tuple)
+    bundle = BilledSubscription(1, "Bundle", APRIL, 100, Decimal(0), 1, True, None, [], ["A"])
+    assert bundle.children == ("A",)
+    nothing = UsageCharge(None, "Azure", one_day, Decimal(0), Decimal(0), "USD")
+    assembled = assemble(usd(currency="usd"), [subscription], [nothing])
+    assert assembled.invoice.currency == "USD"
+    assert [line.amount_minor for line in assembled.invoice.lines] == [0, 0]
+    document = DraftDocument("USD", [], 0, 0, 0)  # type: ignore[arg-type]
+    assert document.lines == ()
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (
+            lambda: seats(1, 1, Period(date(2025, 5, 1), date(2025, 5, 1)), None),
+            "billing period must be at least one day",
+        ),
+        (
+            lambda: seats(
+                1,
+                1,
+                month(2025, 5),
+                Period(date(2025, 4, 1), date(2025, 4, 1)),
+            ),
+            "previous period must be at least one day",
+        ),
+        (lambda: QuantityChange(date(2025, 1, 1), 1, -1, False), "0 or more, not 1 to -1"),
+        (
+            lambda: UsageCharge(None, "Azure", APRIL, Decimal(1), Decimal("-0.1"), "USD"),
+            "unit_price must be a Decimal >= 0",
+        ),
+        (
+            lambda: UsageCharge(None, "Azure", APRIL, Decimal("NaN"), Decimal(1), "USD"),
+            "quantity must be a Decimal >= 0",
+        ),
+        (lambda: price_document("USD", [], Decimal(2)), "the tax rate must be a fraction"),
+        (lambda: DraftDocument("USD", (), 0, 1, 2), "total 2 is not subtotal 0 plus tax 1"),
+        (lambda: seats(-5, 1, APRIL, None, subscription_id=42), "subscription 42: the unit"),
+    ],
+)
+def test_more_bad_input(build: object, message: str) -> None:
+    assert callable(build)
+    with pytest.raises(ValueError, match=message):
+        build()

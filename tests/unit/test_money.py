@@ -99,6 +99,11 @@ def test_apply_rate_rounds_the_product_once() -> None:
     assert apply_rate(-10, Decimal("0.25")) == -3
 
 
+@pytest.mark.parametrize("rate", [Decimal(0), Decimal("0.2"), Decimal(1)])
+def test_rates_from_zero_to_one_are_fractions(rate: Decimal) -> None:
+    assert require_fraction(rate, "the discount") == rate
+
+
 @pytest.mark.parametrize("rate", [Decimal("-0.01"), Decimal("1.01"), Decimal("NaN")])
 def test_rates_outside_zero_to_one_are_refused(rate: Decimal) -> None:
     with pytest.raises(ValueError, match="between 0 and 1"):
@@ -167,3 +172,12 @@ def test_each_supported_currency_round_trips(currency: str) -> None:
         assert to_minor(major, currency) == amount
     # one whole unit of the currency is 10^exponent minor units: 1 JPY is 1, 1 KWD is 1000
     assert to_minor(Decimal(1), currency) == 10**places
+
+
+def test_large_amounts_keep_every_digit() -> None:
+    # 31 significant digits: more than Python's default Decimal context (28) keeps
+    assert to_minor(Decimal("123456789012345678901234567890.125"), "USD") == (
+        12345678901234567890123456789013
+    )
+    assert apply_rate(10**30 + 1, Decimal("0.2")) == 2 * 10**29
+    assert apply_rate(10**30 + 3, Decimal("0.5")) == 5 * 10**29 + 2  # ...1.5 -> 2

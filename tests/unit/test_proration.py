@@ -89,3 +89,35 @@ def test_negative_prices_and_seats_are_refused(price: int, seats: int) -> None:
 def test_an_empty_period_is_refused() -> None:
     with pytest.raises(ValueError, match="at least one day"):
         prorated_minor(1, 1, Period(date(2025, 3, 1), date(2025, 3, 1)), date(2025, 3, 1))
+
+
+def test_free_seats_and_one_day_periods_are_fine() -> None:
+    assert prorated_minor(0, 5, MARCH, date(2025, 3, 10)) == 0
+    one_day = Period(date(2025, 3, 1), date(2025, 3, 2))
+    assert prorated_minor(1000, 2, one_day, date(2025, 3, 1)) == 2000
+
+
+def test_large_figures_keep_every_digit() -> None:
+    # (10^25 + 1) x 10^4 x 22/31: 31 digits before the division, more than the default
+    # Decimal context's 28; the exact half-up answer by integers
+    price, seats = 10**25 + 1, 10_000
+    exact = (price * seats * 22 * 2 + 31) // 62
+    assert prorated_minor(price, seats, MARCH, date(2025, 3, 10)) == exact
+
+
+@pytest.mark.parametrize(
+    ("anchor", "months", "on", "expected"),
+    [
+        # the anchor's month later in the year than the day's
+        (date(2024, 11, 15), 1, date(2025, 2, 20), Period(date(2025, 2, 15), date(2025, 3, 15))),
+        # years after the anchor, the end of the month
+        (date(2020, 1, 31), 1, date(2025, 3, 5), Period(date(2025, 2, 28), date(2025, 3, 31))),
+        # found two periods after the first guess
+        (date(2025, 1, 10), 1, date(2025, 3, 20), Period(date(2025, 3, 10), date(2025, 4, 10))),
+        (date(2019, 5, 20), 12, date(2025, 5, 19), Period(date(2024, 5, 20), date(2025, 5, 20))),
+    ],
+)
+def test_billing_period_far_from_the_anchor(
+    anchor: date, months: int, on: date, expected: Period
+) -> None:
+    assert billing_period(anchor, months, on) == expected
