@@ -5,18 +5,22 @@ who may see what (roles, other customers, drafts)."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import re
 from datetime import date, timedelta
 from html import unescape
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from flask import Flask
+from pypdf import PdfReader
 
 from portal.db import get_database, utcnow
+from portal.models import Partner
 from portal.models.billing import CreditNoteKind, InvoiceState, LineKind, PaymentKind
 from tests.integration.invoice_pages_support import (
     Line,
@@ -445,3 +449,31 @@ def test_credit_note_void_kind_is_described(
     page = text(finance.get(f"/invoices/{voided}").get_data(as_text=True))
     assert "Credit note CN-0100" in page and "cancels this invoice" in page
     assert "Void" in page and "Balance due $0.00" in page
+
+
+PNG_1PX = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+)
+
+
+def test_pdf_carries_the_partners_logo_from_its_theme(
+    app_factory: Any, tmp_path: Path, tenant: Tenant
+) -> None:
+    static = tmp_path / tenant.partner.slug / "static" / "img"
+    static.mkdir(parents=True)
+    (static / "logo.png").write_bytes(PNG_1PX)
+    app = app_factory(PORTAL_THEMES_DIR=str(tmp_path))
+    with app.app_context(), get_database(app).sessions() as s:
+        s.get_one(Partner, tenant.partner.id).logo_filename = "img/logo.png"
+        s.commit()
+    a = contract(app, tenant, "a")
+    invoice_id = invoice(
+        app, tenant, a, number="INV-0009", period=MAY, lines=[Line("Seats", "1", "10.00", 1_000)],
+        issued_on=TODAY, due_on=TODAY + timedelta(days=30),
+    )  # fmt: skip
+    client: HttpsClient = app.test_client()  # type: ignore[assignment]
+    sign_in(client, FINANCE)
+    page = client.get(f"/invoices/{invoice_id}").get_data(as_text=True)
+    assert 'src="/theme/img/logo.png"' in page
+    reader = PdfReader(io.BytesIO(client.get(f"/invoices/{invoice_id}/pdf").get_data()))
+    assert len(reader.pages[0].images) == 1
