@@ -19,7 +19,8 @@ def portal_register_payment_gateways(app: Flask) -> list[PaymentGateway] | None:
 
     :param app: the Flask app being built (for the plugin's settings).
     :returns: objects implementing :class:`portal.integrations.payments.PaymentGateway`, each
-        with a unique ``key``.
+        with a unique ``key``; those that also implement
+        :class:`portal.integrations.payments.SavedCardGateway` offer saved cards and autopay.
     Calling rule: all results are collected; a duplicate key fails at start-up.
     """
 

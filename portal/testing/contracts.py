@@ -22,9 +22,10 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import pytest
 
@@ -36,10 +37,18 @@ from portal.integrations.accounting import (
 )
 from portal.integrations.notifications import Notification, Notifier
 from portal.integrations.payments import (
+    AUTHENTICATION_REQUIRED,
+    CardSetupRequest,
+    CustomerProfile,
+    EventKind,
     PaymentGateway,
+    PaymentOutcome,
     PaymentRequest,
     PaymentSession,
     PaymentStatus,
+    SavedCard,
+    SavedCardCharge,
+    SavedCardGateway,
     SignatureError,
     WebhookEvent,
 )
@@ -455,12 +464,45 @@ class PaymentGatewayContract:
         for request in odd_requests:
             classified(partial(adapter.start_payment, request), f"start_payment({request})")
 
+    def test_contract_list_payments_finds_a_finished_payment_with_its_invoice(
+        self,
+        adapter: PaymentGateway,
+        make_request: Callable[..., PaymentRequest],
+        finish_payment: FinishPayment,
+    ) -> None:
+        before = datetime.now(UTC) - timedelta(minutes=5)
+        request = make_request(7_777, "EUR")
+        started = succeeded(adapter.start_payment(request), "start_payment")
+        finish_payment(started.value, True)
+        read = succeeded(adapter.get_payment(started.value.gateway_ref), "get_payment").value
+        listed = succeeded(adapter.list_payments(before), "list_payments").value
+        assert all(isinstance(outcome, PaymentOutcome) for outcome in listed)
+        mine = [outcome for outcome in listed if outcome.reference == read.reference]
+        assert len(mine) == 1, f"the payment {read.reference} is listed once: {listed!r}"
+        found = mine[0]
+        assert found.status == PaymentStatus.SUCCEEDED
+        assert (found.amount_minor, found.currency) == (7_777, "EUR")
+        assert found.invoice_ref == request.invoice_ref, "reconciliation finds the invoice"
+        assert found.customer_ref == request.customer_ref
+
+    def test_contract_list_payments_leaves_out_older_payments(
+        self, adapter: PaymentGateway, make_request: Callable[..., PaymentRequest]
+    ) -> None:
+        started = succeeded(adapter.start_payment(make_request()), "start_payment")
+        read = succeeded(adapter.get_payment(started.value.gateway_ref), "get_payment").value
+        later = datetime.now(UTC) + timedelta(days=1)
+        listed = succeeded(adapter.list_payments(later), "list_payments").value
+        assert read.reference not in {outcome.reference for outcome in listed}
+
     def test_contract_correctly_signed_webhook_parses(
         self, adapter: PaymentGateway, sign_webhook: SignWebhook, webhook_body: bytes
     ) -> None:
         event = adapter.parse_webhook(webhook_body, dict(sign_webhook(webhook_body)))
         assert isinstance(event, WebhookEvent)
         assert event.event_id.strip() and event.type.strip()
+        assert isinstance(event.kind, EventKind)
+        if event.payment is not None:
+            assert type(event.payment.amount_minor) is int
 
     def test_contract_webhook_with_a_bad_signature_is_refused(
         self, adapter: PaymentGateway, sign_webhook: SignWebhook, webhook_body: bytes
@@ -491,6 +533,159 @@ class PaymentGatewayContract:
         stale = int(time.time()) - 3600
         with pytest.raises(SignatureError):
             adapter.parse_webhook(webhook_body, dict(sign_webhook(webhook_body, stale)))
+
+
+class SaveCard(Protocol):
+    """Finish a card-saving session as the customer would, with a test card that will then
+    ``"succeed"``, ``"require_authentication"`` (off-session) or ``"decline"`` when charged."""
+
+    def __call__(self, session: PaymentSession, behaviour: str) -> None: ...
+
+
+class SavedCardGatewayContract:
+    """The contract of a :class:`~portal.integrations.payments.SavedCardGateway` (saved cards
+    and autopay), on top of :class:`PaymentGatewayContract`.
+
+    Fixtures to provide: ``adapter``; ``save_card(session, behaviour)`` (see :class:`SaveCard`).
+    """
+
+    BEHAVIOURS = ("succeed", "require_authentication", "decline")
+
+    @pytest.fixture
+    def adapter(self) -> SavedCardGateway:
+        raise NotImplementedError(
+            "subclass SavedCardGatewayContract and provide an `adapter` fixture"
+        )
+
+    @pytest.fixture
+    def save_card(self) -> SaveCard:
+        raise NotImplementedError("provide a `save_card(session, behaviour)` fixture")
+
+    @pytest.fixture
+    def customer(self, adapter: SavedCardGateway) -> str:
+        profile = CustomerProfile(unique("customer-key"), unique("customer"), "Contoso Ltd")
+        return str(succeeded(adapter.ensure_customer(profile), "ensure_customer").value)
+
+    @pytest.fixture
+    def saved(
+        self, adapter: SavedCardGateway, customer: str, save_card: SaveCard
+    ) -> Callable[[str], SavedCard]:
+        def save(behaviour: str) -> SavedCard:
+            request = CardSetupRequest(
+                unique("setup"), unique("customer"), customer, "https://portal.test/cards"
+            )
+            session = succeeded(adapter.start_card_setup(request), "start_card_setup").value
+            save_card(session, behaviour)
+            outcome = succeeded(adapter.get_card_setup(session.gateway_ref), "get_card_setup")
+            assert outcome.value.status == PaymentStatus.SUCCEEDED
+            assert outcome.value.card is not None, "a finished setup gives the saved card"
+            return cast(SavedCard, outcome.value.card)
+
+        return save
+
+    def charge(self, customer: str, card: SavedCard, amount: int = 2_500, **fields: Any) -> Any:
+        values: dict[str, Any] = {
+            "idempotency_key": unique("charge"),
+            "invoice_ref": unique("invoice"),
+            "customer_ref": unique("customer"),
+            "gateway_customer_ref": customer,
+            "card_ref": card.card_ref,
+            "amount_minor": amount,
+            "currency": "USD",
+            "description": "Contract test autopay",
+        }
+        values.update(fields)
+        return SavedCardCharge(**values)
+
+    def test_contract_adapter_implements_the_protocol(self, adapter: SavedCardGateway) -> None:
+        _check_identity(adapter, SavedCardGateway)
+
+    def test_contract_ensure_customer_is_idempotent_by_key(self, adapter: SavedCardGateway) -> None:
+        profile = CustomerProfile(unique("key"), unique("customer"), "Fabrikam", "ap@fab.test")
+        first = succeeded(adapter.ensure_customer(profile), "ensure_customer")
+        assert isinstance(first.value, str) and first.value.strip()
+        assert adapter.ensure_customer(profile) == first
+        other = CustomerProfile(unique("key"), unique("customer"), "Northwind")
+        assert succeeded(adapter.ensure_customer(other), "ensure_customer").value != first.value
+
+    def test_contract_an_unfinished_card_setup_has_no_card(
+        self, adapter: SavedCardGateway, customer: str
+    ) -> None:
+        request = CardSetupRequest(unique("setup"), unique("c"), customer, "https://p.test/c")
+        session = succeeded(adapter.start_card_setup(request), "start_card_setup").value
+        assert session.gateway_ref and session.redirect_url
+        assert adapter.start_card_setup(request) == Succeeded(session), "idempotent by key"
+        read = succeeded(adapter.get_card_setup(session.gateway_ref), "get_card_setup").value
+        assert read.status != PaymentStatus.SUCCEEDED and read.card is None
+
+    def test_contract_a_saved_card_is_described_and_listed(
+        self, adapter: SavedCardGateway, customer: str, saved: Callable[[str], SavedCard]
+    ) -> None:
+        card = saved("succeed")
+        assert card.brand.strip() and len(card.last4) == 4 and card.last4.isdigit()
+        assert 1 <= card.exp_month <= 12 and card.exp_year >= 2000
+        listed = succeeded(adapter.list_cards(customer), "list_cards").value
+        assert [c.card_ref for c in listed] == [card.card_ref]
+
+    def test_contract_charging_a_saved_card_is_idempotent_by_key(
+        self, adapter: SavedCardGateway, customer: str, saved: Callable[[str], SavedCard]
+    ) -> None:
+        card = saved("succeed")
+        charge = self.charge(customer, card, 4_200)
+        first = succeeded(adapter.charge_saved_card(charge), "charge_saved_card").value
+        assert first.status == PaymentStatus.SUCCEEDED
+        assert (first.amount_minor, first.currency) == (4_200, "USD")
+        assert first.invoice_ref == charge.invoice_ref
+        again = succeeded(adapter.charge_saved_card(charge), "charge_saved_card").value
+        assert again.reference == first.reference, "one idempotency key, one charge"
+        changed = replace(charge, amount_minor=4_201)
+        refused = classified(partial(adapter.charge_saved_card, changed), "charge (changed)")
+        assert isinstance(refused, BusinessRejection), "a reused key with a new amount is refused"
+        read = succeeded(adapter.get_payment(first.reference), "get_payment").value
+        assert read.status == PaymentStatus.SUCCEEDED and read.amount_minor == 4_200
+
+    def test_contract_authentication_required_is_its_own_result(
+        self, adapter: SavedCardGateway, customer: str, saved: Callable[[str], SavedCard]
+    ) -> None:
+        card = saved("require_authentication")
+        outcome = succeeded(
+            adapter.charge_saved_card(self.charge(customer, card)), "charge_saved_card"
+        ).value
+        assert outcome.status == PaymentStatus.REQUIRES_ACTION
+        assert outcome.failure_code == AUTHENTICATION_REQUIRED
+
+    def test_contract_a_declined_card_is_a_failed_outcome_with_a_reason(
+        self, adapter: SavedCardGateway, customer: str, saved: Callable[[str], SavedCard]
+    ) -> None:
+        card = saved("decline")
+        outcome = succeeded(
+            adapter.charge_saved_card(self.charge(customer, card)), "charge_saved_card"
+        ).value
+        assert outcome.status == PaymentStatus.FAILED
+        assert outcome.failure_code and outcome.failure_code != AUTHENTICATION_REQUIRED
+        assert (outcome.failure_reason or "").strip()
+
+    def test_contract_a_detached_card_is_gone_and_cannot_be_charged(
+        self, adapter: SavedCardGateway, customer: str, saved: Callable[[str], SavedCard]
+    ) -> None:
+        card = saved("succeed")
+        assert isinstance(adapter.detach_card(card.card_ref), Succeeded)
+        assert succeeded(adapter.list_cards(customer), "list_cards").value == []
+        result = classified(
+            partial(adapter.charge_saved_card, self.charge(customer, card)), "charge (detached)"
+        )
+        assert isinstance(result, BusinessRejection), f"charged a removed card: {result!r}"
+
+    def test_contract_non_positive_charges_are_rejected(
+        self, adapter: SavedCardGateway, customer: str, saved: Callable[[str], SavedCard]
+    ) -> None:
+        card = saved("succeed")
+        for amount in (0, -5):
+            result = classified(
+                partial(adapter.charge_saved_card, self.charge(customer, card, amount)),
+                f"charge({amount})",
+            )
+            assert isinstance(result, BusinessRejection), f"{amount} was not rejected"
 
 
 def _corrupt(value: str) -> str:

@@ -17,7 +17,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 
 from portal.integrations.accounting import AccountingInvoice, AccountingPayment
 from portal.integrations.notifications import Notification
@@ -168,7 +169,13 @@ class FakePaymentGateway:
                 ref = f"fake_{next(self._numbers)}"
                 self.by_key[request.idempotency_key] = ref
                 outcome = PaymentOutcome(
-                    ref, PaymentStatus.PROCESSING, request.amount_minor, request.currency
+                    ref,
+                    PaymentStatus.PROCESSING,
+                    request.amount_minor,
+                    request.currency,
+                    invoice_ref=request.invoice_ref,
+                    customer_ref=request.customer_ref,
+                    created_at=datetime.now(UTC),
                 )
                 self.payments[ref] = (request, outcome)
             elif self.payments[ref][0] != request:
@@ -181,19 +188,25 @@ class FakePaymentGateway:
             return BusinessRejection("No such payment")
         return Succeeded(found[1])
 
+    def list_payments(self, since: datetime) -> Result[list[PaymentOutcome]]:
+        failure = self.script.pop()
+        if failure is not None:
+            return failure
+        return Succeeded(
+            [
+                outcome
+                for _, outcome in self.payments.values()
+                if outcome.created_at is None or outcome.created_at >= since
+            ]
+        )
+
     def finish(self, gateway_ref: str, succeed: bool, reason: str = "Card declined") -> None:
         """What the customer does on the gateway's page."""
         request, outcome = self.payments[gateway_ref]
         status = PaymentStatus.SUCCEEDED if succeed else PaymentStatus.FAILED
         self.payments[gateway_ref] = (
             request,
-            PaymentOutcome(
-                gateway_ref,
-                status,
-                outcome.amount_minor,
-                outcome.currency,
-                None if succeed else reason,
-            ),
+            replace(outcome, status=status, failure_reason=None if succeed else reason),
         )
 
     def sign(

@@ -21,8 +21,8 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -194,6 +194,29 @@ class DemoPaymentGateway:
         if view is None:
             return BusinessRejection("The demo gateway has no such payment", code="demo.not_found")
         return Succeeded(_outcome(view))
+
+    def list_payments(self, since: datetime) -> Result[list[PaymentOutcome]]:
+        """Every demo payment created at or after ``since``, oldest first (reconciliation)."""
+        try:
+            with Session(self.engine) as session:
+                payments = session.scalars(
+                    select(DemoPayment)
+                    .where(DemoPayment.created_at >= since)
+                    .order_by(DemoPayment.created_at, DemoPayment.id)
+                ).all()
+                return Succeeded(
+                    [
+                        replace(
+                            _outcome(_view(payment)),
+                            invoice_ref=payment.invoice_ref,
+                            customer_ref=payment.customer_ref,
+                            created_at=payment.created_at,
+                        )
+                        for payment in payments
+                    ]
+                )
+        except SQLAlchemyError as error:
+            return _store_failure(error)
 
     def parse_webhook(self, body: bytes, headers: Mapping[str, str]) -> WebhookEvent:
         """Verify ``Demo-Signature`` (HMAC-SHA256, five minutes' tolerance), then decode."""
