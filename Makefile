@@ -56,6 +56,7 @@ test: setup chromium lint typecheck
 bench: setup
 	$(BIN)/python bench/pages.py
 	$(BIN)/python bench/outbox.py
+	$(BIN)/python bench/billing.py
 
 # Re-extract the catalogue after changing user-visible text, then translate translations/es.
 messages: $(STAMP)

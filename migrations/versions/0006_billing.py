@@ -349,21 +349,9 @@ def upgrade() -> None:
         sa.Column("partner_id", sa.Integer(), nullable=False),
         sa.Column("customer_id", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["customer_id"],
-            ["customer.id"],
-            name=op.f("fk_invoice_line_customer_id_customer"),
-            ondelete="CASCADE",
-        ),
-        sa.ForeignKeyConstraint(
             ["invoice_id"],
             ["invoice.id"],
             name=op.f("fk_invoice_line_invoice_id_invoice"),
-            ondelete="CASCADE",
-        ),
-        sa.ForeignKeyConstraint(
-            ["partner_id"],
-            ["partner.id"],
-            name=op.f("fk_invoice_line_partner_id_partner"),
             ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
@@ -378,12 +366,6 @@ def upgrade() -> None:
         ),
     )
     with op.batch_alter_table("invoice_line", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_invoice_line_customer_id"), ["customer_id"], unique=False
-        )
-        batch_op.create_index(
-            batch_op.f("ix_invoice_line_partner_id"), ["partner_id"], unique=False
-        )
         batch_op.create_index(
             batch_op.f("ix_invoice_line_subscription_id"), ["subscription_id"], unique=False
         )
@@ -481,18 +463,6 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
-            ["customer_id"],
-            ["customer.id"],
-            name=op.f("fk_credit_note_line_customer_id_customer"),
-            ondelete="CASCADE",
-        ),
-        sa.ForeignKeyConstraint(
-            ["partner_id"],
-            ["partner.id"],
-            name=op.f("fk_credit_note_line_partner_id_partner"),
-            ondelete="CASCADE",
-        ),
-        sa.ForeignKeyConstraint(
             ["subscription_id"],
             ["subscription.id"],
             name=op.f("fk_credit_note_line_subscription_id_subscription"),
@@ -503,14 +473,6 @@ def upgrade() -> None:
             "credit_note_id", "position", name=op.f("uq_credit_note_line_credit_note_id_position")
         ),
     )
-    with op.batch_alter_table("credit_note_line", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_credit_note_line_customer_id"), ["customer_id"], unique=False
-        )
-        batch_op.create_index(
-            batch_op.f("ix_credit_note_line_partner_id"), ["partner_id"], unique=False
-        )
-
     with op.batch_alter_table("subscription", schema=None) as batch_op:
         batch_op.add_column(sa.Column("billing_contract_id", sa.Integer(), nullable=True))
         batch_op.create_index(
@@ -533,10 +495,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_subscription_billing_contract_id"))
         batch_op.drop_column("billing_contract_id")
 
-    with op.batch_alter_table("credit_note_line", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_credit_note_line_partner_id"))
-        batch_op.drop_index(batch_op.f("ix_credit_note_line_customer_id"))
-
     op.drop_table("credit_note_line")
     with op.batch_alter_table("invoice_payment", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_invoice_payment_partner_id"))
@@ -546,8 +504,6 @@ def downgrade() -> None:
     op.drop_table("invoice_payment")
     with op.batch_alter_table("invoice_line", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_invoice_line_subscription_id"))
-        batch_op.drop_index(batch_op.f("ix_invoice_line_partner_id"))
-        batch_op.drop_index(batch_op.f("ix_invoice_line_customer_id"))
 
     op.drop_table("invoice_line")
     with op.batch_alter_table("credit_note", schema=None) as batch_op:

@@ -314,6 +314,11 @@ class InvoiceLine(PartnerScoped, CustomerScoped, Base):
 
     __tablename__ = "invoice_line"
 
+    # the line's tenant is its invoice's, repeated for the scoping layer only: no foreign key
+    # or index of its own (lines are read through their document, and the two checks per line
+    # would double the cost of a billing run's writes)
+    partner_id: Mapped[int] = mapped_column(Integer)
+    customer_id: Mapped[int] = mapped_column(Integer)
     id: Mapped[int] = mapped_column(primary_key=True)
     invoice_id: Mapped[int] = mapped_column(ForeignKey("invoice.id", ondelete="CASCADE"))
     position: Mapped[int] = mapped_column(Integer)
@@ -376,6 +381,11 @@ class CreditNoteLine(PartnerScoped, CustomerScoped, Base):
 
     __tablename__ = "credit_note_line"
 
+    # the line's tenant is its credit note's, repeated for the scoping layer only: no foreign key
+    # or index of its own (lines are read through their document, and the two checks per line
+    # would double the cost of a billing run's writes)
+    partner_id: Mapped[int] = mapped_column(Integer)
+    customer_id: Mapped[int] = mapped_column(Integer)
     id: Mapped[int] = mapped_column(primary_key=True)
     credit_note_id: Mapped[int] = mapped_column(ForeignKey("credit_note.id", ondelete="CASCADE"))
     position: Mapped[int] = mapped_column(Integer)
