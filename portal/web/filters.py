@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime, timedelta
 
+from babel.numbers import get_currency_precision
 from flask import Flask
-from flask_babel import format_currency, format_date, format_datetime
+from flask_babel import format_currency, format_date, format_datetime, get_locale
 
-from portal.domain.money import to_major
+from portal.domain.money import exponent, to_major
 from portal.web.forms import role_label
 
 
 def money(amount_minor: int | None, currency: str) -> str:
+    """An amount in the reader's language with exactly the currency's ISO 4217 decimals."""
     if amount_minor is None:
         return "—"
-    return str(format_currency(to_major(amount_minor, currency), currency))
+    amount = to_major(amount_minor, currency)
+    digits = exponent(currency)
+    if digits == get_currency_precision(currency.upper()):
+        return str(format_currency(amount, currency))
+    # CLDR (Babel) disagrees with ISO 4217 on a dozen currencies (IQD, LAK, RSD...): the
+    # locale's own pattern, with the ISO number of decimals, so no minor unit is hidden
+    pattern = _with_decimals(get_locale().currency_formats["standard"].pattern, digits)
+    return str(format_currency(amount, currency, format=pattern, currency_digits=False))
+
+
+def _with_decimals(pattern: str, digits: int) -> str:
+    decimals = "." + "0" * digits if digits else ""
+    return re.sub(r"\.0+|(?<=0)(?=[^0#,.]|$)", decimals, pattern, count=1)
 
 
 def when(value: datetime | None, style: str = "medium") -> str:
