@@ -483,6 +483,10 @@ def test_the_cli_prints_what_it_made_and_refuses_a_bad_date(
         assert "Invalid value for '--date'" in refused.output
         assert "YYYY-MM-DD" in refused.output or "%Y-%m-%d" in refused.output
     assert len(_invoices(app)) == 2
+    future = runner.invoke(args=["portal", "billing", "run", "--date", "2999-01-01"])
+    assert future.exit_code == 1
+    assert "2999-01-01 is after today" in future.output
+    assert len(_invoices(app)) == 2
     unknown = runner.invoke(args=["portal", "billing", "run", "--partner", "nobody"])
     assert unknown.exit_code == 1 and "no partner with the slug 'nobody'" in unknown.output
 
