@@ -1,5 +1,6 @@
-"""The demo payment gateway honours the payment gateway contract every adapter must; payments
-are finished through its own card form, as a customer would."""
+"""The demo payment gateway honours the payment gateway contract every adapter must, and the
+saved-card contract; payments and card setups are finished through its own card forms, as a
+customer would."""
 
 from __future__ import annotations
 
@@ -7,10 +8,21 @@ import json
 from collections.abc import Mapping
 
 import pytest
-from demo_payments.gateway import DECLINED_CARD, SUCCEEDING_CARD, DemoPaymentGateway
+from demo_payments.gateway import (
+    CARD_FOR_BEHAVIOUR,
+    DECLINED_CARD,
+    SUCCEEDING_CARD,
+    DemoPaymentGateway,
+)
 
-from portal.integrations.payments import PaymentGateway, PaymentSession
-from portal.testing.contracts import FinishPayment, PaymentGatewayContract, SignWebhook
+from portal.integrations.payments import PaymentGateway, PaymentSession, SavedCardGateway
+from portal.testing.contracts import (
+    FinishPayment,
+    PaymentGatewayContract,
+    SaveCard,
+    SavedCardGatewayContract,
+    SignWebhook,
+)
 from portal.testing.support import PortalClient
 
 
@@ -49,3 +61,22 @@ class TestDemoPaymentsContract(PaymentGatewayContract):
             assert response.status_code == 302, response.status_code
 
         return finish
+
+
+class TestDemoPaymentsSavedCardContract(SavedCardGatewayContract):
+    @pytest.fixture
+    def adapter(self, gateway: DemoPaymentGateway) -> SavedCardGateway:
+        return gateway
+
+    @pytest.fixture
+    def save_card(self, portal_client: PortalClient, gateway: DemoPaymentGateway) -> SaveCard:
+        def save(session: PaymentSession, behaviour: str) -> None:
+            card = CARD_FOR_BEHAVIOUR[behaviour]
+            response = portal_client.post_form(session.redirect_url, {"card_number": card})
+            assert response.status_code == 302, response.status_code
+            location = response.headers["Location"]
+            if location.endswith("/authenticate"):  # the bank's extra step, approved
+                response = portal_client.post_form(location, {"approve": "Approve"})
+                assert response.status_code == 302, response.status_code
+
+        return save
