@@ -184,5 +184,41 @@ def billing_run_command(on: Any, partner_slug: str | None) -> None:
         raise click.ClickException("not everything could be invoiced (see above)")
 
 
+payments_cli = AppGroup("payments", help="Card payments.")
+portal_cli.add_command(payments_cli)
+
+
+@payments_cli.command("reconcile")
+@click.option(
+    "--days",
+    type=click.IntRange(1, 90),
+    default=None,
+    help="Look at the payments of the last DAYS days (default: 30).",
+)
+@click.option(
+    "--gateway", "gateway_keys", multiple=True, help="Only this gateway (its key); repeatable."
+)
+def payments_reconcile_command(days: int | None, gateway_keys: tuple[str, ...]) -> None:
+    """Record the payments the gateways confirmed that no webhook recorded (the daily job).
+
+    Running it again records nothing new.
+    """
+    from portal.db import utcnow
+    from portal.integrations.registry import PluginError
+    from portal.services.payment_events import reconcile
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    since = utcnow() - timedelta(days=days) if days else None
+    try:
+        report = reconcile(app, gateway_keys=gateway_keys or None, since=since)
+    except PluginError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"payments reconciliation {report.line()}")
+    for note in report.unmatched:
+        click.echo(f"unmatched: {note}", err=True)
+    if report.failed_gateways:
+        raise click.ClickException("a gateway could not be asked (see above)")
+
+
 def init_app(app: Flask) -> None:
     app.cli.add_command(portal_cli)

@@ -28,6 +28,7 @@ RUN_TASK: Final = "portal.outbox.run"
 SWEEP_TASK: Final = "portal.outbox.sweep"
 PURGE_SESSIONS_TASK: Final = "portal.sessions.purge"
 BILLING_SCHEDULE_TASK: Final = "portal.billing.schedule"
+PAYMENTS_RECONCILE_TASK: Final = "portal.payments.reconcile"
 DEFAULT_QUEUE: Final = "portal"
 _EXTENSION: Final = "portal_celery"
 
@@ -125,12 +126,21 @@ def _register_tasks(celery: Celery, app: Flask) -> None:
 
         return len(schedule_due_runs(app))  # queues outbox items: the runs are workers' work
 
+    def payments_reconcile() -> int:
+        from portal.services.payment_events import reconcile
+
+        with app.app_context():
+            report = reconcile(app)
+        log.info("payments reconciliation %s", report.line())
+        return report.recorded
+
     # shared=False: a shared task would be added to every Celery app made later in the process,
     # still closing over *this* Flask app
     celery.task(name=RUN_TASK, shared=False)(run)
     celery.task(name=SWEEP_TASK, shared=False)(sweep)
     celery.task(name=PURGE_SESSIONS_TASK, shared=False)(purge_sessions)
     celery.task(name=BILLING_SCHEDULE_TASK, shared=False)(billing_schedule)
+    celery.task(name=PAYMENTS_RECONCILE_TASK, shared=False)(payments_reconcile)
 
 
 @contextmanager

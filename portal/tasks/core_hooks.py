@@ -16,7 +16,12 @@ from flask import current_app, has_app_context
 
 from portal import config
 from portal.hookspecs import hookimpl
-from portal.tasks.celery_app import BILLING_SCHEDULE_TASK, PURGE_SESSIONS_TASK, SWEEP_TASK
+from portal.tasks.celery_app import (
+    BILLING_SCHEDULE_TASK,
+    PAYMENTS_RECONCILE_TASK,
+    PURGE_SESSIONS_TASK,
+    SWEEP_TASK,
+)
 from portal.tasks.handlers import Done, Outcome
 
 if TYPE_CHECKING:
@@ -54,12 +59,17 @@ def portal_beat_schedule() -> dict[str, dict[str, Any]]:
             "task": BILLING_SCHEDULE_TASK,
             "schedule": crontab(minute=7),
         },
+        # daily: payments that no webhook announced (payment_events.reconcile)
+        "portal.payments.reconcile": {
+            "task": PAYMENTS_RECONCILE_TASK,
+            "schedule": crontab(hour=4, minute=41),
+        },
     }
 
 
 @hookimpl
 def portal_outbox_handlers() -> dict[str, OutboxHandler]:
-    from portal.services import agreements, billing, licences, provisioning
+    from portal.services import agreements, billing, licences, payment_events, provisioning
 
     return {
         "core.noop": noop,
@@ -68,4 +78,6 @@ def portal_outbox_handlers() -> dict[str, OutboxHandler]:
         licences.PROVISION_KIND: provisioning.provision,
         provisioning.NOTIFY_KIND: provisioning.notify,
         agreements.ATTEST_KIND: agreements.attest,
+        payment_events.RECEIPT_KIND: payment_events.send_receipt,
+        payment_events.RECORDED_KIND: payment_events.announce_recorded,
     }
