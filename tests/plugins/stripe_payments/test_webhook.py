@@ -25,7 +25,7 @@ from portal.models.payments import PaymentDispute, PaymentWebhookEvent, WebhookR
 from portal.services import payment_events
 from portal.tasks.outbox import run_item
 from portal.testing.support import PortalClient, SeededPartner
-from tests.plugins.stripe_payments.conftest import ledger, make_invoice, paid
+from tests.plugins.stripe_payments.support import ledger, make_invoice, paid
 
 WEBHOOK = "/p/stripe/webhook"
 
