@@ -84,9 +84,12 @@ def _register_blueprints(app: Flask) -> None:
     from portal.web.auth import bp as auth_bp
     from portal.web.invoices import bp as invoices_bp
     from portal.web.pages import bp as pages_bp
+    from portal.web.payments import bp as payments_bp
+    from portal.web.payments import links as card_links_bp
     from portal.web.staff import bp as staff_bp
     from portal.web.staff_billing import bp as staff_billing_bp
     from portal.web.staff_licences import bp as staff_licences_bp
+    from portal.web.staff_payments import bp as staff_payments_bp
     from portal.web.subscriptions import bp as subscriptions_bp
 
     for blueprint in (
@@ -96,8 +99,11 @@ def _register_blueprints(app: Flask) -> None:
         account_bp,
         subscriptions_bp,
         invoices_bp,
+        payments_bp,
+        card_links_bp,
         staff_bp,
         staff_licences_bp,
         staff_billing_bp,
+        staff_payments_bp,
     ):
         app.register_blueprint(blueprint)

@@ -5,6 +5,7 @@ from portal.models.billing import BillingContract, Invoice  # the billing tables
 from portal.models.catalog import Product, ProductPrice
 from portal.models.identity import PasswordResetToken, WebSession
 from portal.models.outbox import OutboxItem, OutboxState
+from portal.models.payment_profiles import PaymentProfile as PaymentProfile  # saved cards
 from portal.models.payments import PaymentWebhookEvent as PaymentWebhookEvent  # payment tables
 from portal.models.scoped import CustomerScoped, PartnerScoped
 from portal.models.subscriptions import LicenceChange, Subscription, SubscriptionStatus

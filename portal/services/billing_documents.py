@@ -207,6 +207,12 @@ def issue_drafts(
             customer_id=draft.customer_id,
             app=app,
         )
+    if notify:
+        # issue 6, autopay: invoices of autocharge contracts are charged to the saved card by
+        # an outbox item enqueued here, in the issuing transaction (portal.services.payments)
+        from portal.services.payments import enqueue_autopay
+
+        enqueue_autopay(db_session, [draft.invoice_id for draft in ordered], app=app)
     return given
 
 

@@ -69,7 +69,14 @@ def portal_beat_schedule() -> dict[str, dict[str, Any]]:
 
 @hookimpl
 def portal_outbox_handlers() -> dict[str, OutboxHandler]:
-    from portal.services import agreements, billing, licences, payment_events, provisioning
+    from portal.services import (
+        agreements,
+        billing,
+        licences,
+        payment_events,
+        payments,
+        provisioning,
+    )
 
     return {
         "core.noop": noop,
@@ -80,4 +87,6 @@ def portal_outbox_handlers() -> dict[str, OutboxHandler]:
         agreements.ATTEST_KIND: agreements.attest,
         payment_events.RECEIPT_KIND: payment_events.send_receipt,
         payment_events.RECORDED_KIND: payment_events.announce_recorded,
+        payments.AUTOPAY_KIND: payments.autopay,
+        payments.AUTOPAY_FAILED_KIND: payments.notify_autopay_failed,
     }

@@ -55,6 +55,18 @@ def _invoice(tenant: Tenant, key: str) -> dict[str, object]:
     return {"invoice_id": tenant.invoices[key]}  # type: ignore[attr-defined]
 
 
+def _attempt(tenant: Tenant, key: str) -> dict[str, object]:
+    return {"attempt_id": tenant.payment_attempts[key]}  # type: ignore[attr-defined]
+
+
+def _card_setup(tenant: Tenant, key: str) -> dict[str, object]:
+    return {"setup_id": tenant.card_setups[key]}  # type: ignore[attr-defined]
+
+
+def _card(tenant: Tenant, key: str) -> dict[str, object]:
+    return {"profile_id": tenant.cards[key]}  # type: ignore[attr-defined]
+
+
 # endpoint -> how to name the objects it acts on
 OBJECT_ROUTES: dict[str, ObjectRoute] = {
     "account.change_role": ObjectRoute(_membership),
@@ -80,6 +92,13 @@ OBJECT_ROUTES: dict[str, ObjectRoute] = {
     "staff.customer": ObjectRoute(_customer),
     "staff.credit_hold": ObjectRoute(_customer),
     "staff.invite": ObjectRoute(_customer),
+    "payments.pay": ObjectRoute(_invoice),
+    "payments.attempt": ObjectRoute(_attempt),
+    "payments.attempt_status": ObjectRoute(_attempt),
+    "payments.card_added": ObjectRoute(_card_setup),
+    "payments.make_default": ObjectRoute(_card),
+    "payments.remove_card": ObjectRoute(_card),
+    "staff_payments.send_card_link": ObjectRoute(_customer),
 }
 
 # routes whose arguments are not object ids, and why they are safe without a matrix entry
@@ -91,6 +110,8 @@ NOT_OBJECT_ARGUMENTS: dict[str, str] = {
     "auth.accept_invitation": "a secret single-use token, tested in test_invitations",
     "subscriptions.buy": "the partner's catalogue, shared by all its customers; another "
     "partner's product is 404 (test_licences)",
+    "card_links.start": "a secret single-use token, tested in test_payments_card_links",
+    "card_links.finish": "a secret single-use token, tested in test_payments_card_links",
 }
 
 
@@ -116,7 +137,8 @@ def add_invitations(app: Flask, tenant: Tenant) -> None:
 
 def add_invoices(app: Flask, tenant: Tenant) -> None:
     """Give each customer of the tenant a contract and one issued invoice (ids in
-    tenant.invoices)."""
+    tenant.invoices), with a payment attempt, a card setup and a saved card (ids in
+    tenant.payment_attempts, tenant.card_setups, tenant.cards)."""
     from tests.integration.invoice_pages_support import Line, contract, invoice
 
     ids: dict[str, int] = {}
@@ -132,6 +154,65 @@ def add_invoices(app: Flask, tenant: Tenant) -> None:
             due_on=date(2026, 5, 31),
         )
     tenant.invoices = ids  # type: ignore[attr-defined]
+    add_payment_objects(app, tenant)
+
+
+def add_payment_objects(app: Flask, tenant: Tenant) -> None:
+    """An open payment attempt on each customer's invoice, a card setup and a saved card."""
+    from portal.models.payment_profiles import (
+        AttemptKind,
+        AttemptState,
+        CardSetup,
+        CardSetupState,
+        PaymentAttempt,
+        PaymentProfile,
+    )
+
+    attempts: dict[str, int] = {}
+    setups: dict[str, int] = {}
+    cards: dict[str, int] = {}
+    slug = tenant.partner.slug
+    with app.app_context(), get_database(app).sessions() as s:
+        for key, customer in tenant.customers.items():
+            tenancy = {"partner_id": tenant.partner.id, "customer_id": customer.id}
+            attempt = PaymentAttempt(
+                **tenancy,
+                invoice_id=tenant.invoices[key],  # type: ignore[attr-defined]
+                number=1,
+                kind=AttemptKind.ON_SESSION,
+                state=AttemptState.OPEN,
+                amount_minor=1_000,
+                currency="USD",
+                gateway_key="demo",
+                idempotency_key=f"matrix-{slug}-{key}",
+                created_by="test",
+            )
+            setup = CardSetup(
+                **tenancy,
+                gateway_key="demo",
+                idempotency_key=f"matrix-setup-{slug}-{key}",
+                state=CardSetupState.OPEN,
+                created_by="test",
+            )
+            card = PaymentProfile(
+                **tenancy,
+                gateway_key="demo",
+                card_ref=f"dpm_matrix_{slug}_{key}",
+                gateway_customer_ref=f"dcus_matrix_{slug}_{key}",
+                brand="visa",
+                last4="4242",
+                exp_month=12,
+                exp_year=2030,
+                default_for=customer.id,
+                created_by="test",
+            )
+            s.add_all([attempt, setup, card])
+            s.flush()
+            attempts[key], setups[key], cards[key] = attempt.id, setup.id, card.id
+        s.commit()
+    tenant.payment_attempts = attempts  # type: ignore[attr-defined]
+    tenant.card_setups = setups  # type: ignore[attr-defined]
+    tenant.cards = cards  # type: ignore[attr-defined]
 
 
 def object_argument_names(app: Flask, endpoint: str) -> set[str]:

@@ -1,0 +1,190 @@
+"""Helpers for the payment tests: an app with the demo gateway (its own tables migrated), an
+issued invoice to pay, paying it on the demo card form as a browser would, and reading back
+what is stored (attempts, the ledger, the gateway's own payments)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import uuid
+from datetime import date, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+from flask import Flask
+from werkzeug.test import TestResponse
+
+from portal.cli import migrate
+from portal.config import ROOT
+from portal.db import get_database, utcnow
+from portal.integrations.registry import integrations
+from portal.models.billing import InvoicePayment
+from portal.models.payment_profiles import PaymentAttempt, PaymentProfile
+from tests.integration.invoice_pages_support import Line, contract, invoice
+from tests.support import HttpsClient, Tenant, csrf_token
+
+if importlib.util.find_spec("demo_payments") is None:
+    sys.path.insert(0, str(ROOT / "plugins" / "demo_payments"))
+
+from demo_payments.gateway import DemoPaymentGateway
+from demo_payments.models import DemoPayment
+
+FINANCE = "finance_manager@a.alpha.example"
+ADMIN = "administrator@a.alpha.example"
+SUCCEEDS = "4242 4242 4242 4242"
+DECLINED = "4000 0000 0000 0002"
+AUTHENTICATE = "4000 0025 0000 3155"
+ALWAYS_AUTHENTICATE = "4000 0027 6000 3184"
+DECLINED_LATER = "4000 0000 0000 0341"
+TODAY = utcnow().date()
+
+
+def payments_app(app_factory: Any, **overrides: Any) -> Flask:
+    """The portal with the demo gateway chosen, its tables migrated, and an in-memory broker
+    (outbox items are run by the tests themselves)."""
+    app: Flask = app_factory(
+        PORTAL_PLUGINS="demo_payments",
+        PORTAL_PAYMENT_GATEWAY="demo",
+        PORTAL_BROKER_URL="memory://",
+        PORTAL_TASK_QUEUE=f"test-{uuid.uuid4().hex[:10]}",
+        **overrides,
+    )
+    migrate(app.config["PORTAL_DATABASE_URL"], integrations(app).migration_locations)
+    return app
+
+
+def demo_gateway(app: Flask) -> DemoPaymentGateway:
+    found = integrations(app).payment_gateways.get("demo")
+    assert isinstance(found, DemoPaymentGateway)
+    return found
+
+
+def issued_invoice(
+    app: Flask,
+    tenant: Tenant,
+    customer: str = "a",
+    *,
+    amount_minor: int = 10_000,
+    currency: str = "USD",
+    due_in_days: int = 30,
+    number: str | None = None,
+    contract_id: int | None = None,
+) -> int:
+    """An issued invoice of one line for ``amount_minor``, due in ``due_in_days``."""
+    contract_id = contract_id or contract(
+        app, tenant, customer, currency=currency, name=f"Contract {uuid.uuid4().hex[:6]}"
+    )
+    return invoice(
+        app,
+        tenant,
+        contract_id,
+        number=number or f"INV-{uuid.uuid4().hex[:8]}",
+        period=(TODAY.replace(day=1), TODAY.replace(day=1) + timedelta(days=31)),
+        lines=[Line("Microsoft 365 Business Standard", "1", "100.00", amount_minor)],
+        issued_on=TODAY,
+        due_on=TODAY + timedelta(days=due_in_days),
+        currency=currency,
+    )
+
+
+def pay(
+    client: HttpsClient, invoice_id: int, amount: str | None = None, **fields: str
+) -> TestResponse:
+    """Press "Pay now" on the invoice page (``amount`` as typed; None keeps the balance)."""
+    page = client.get(f"/invoices/{invoice_id}").get_data(as_text=True)
+    data = {"csrf_token": csrf_token(page), **fields}
+    if amount is not None:
+        data["amount"] = amount
+    else:
+        data["amount"] = _filled_amount(page)
+    return client.post(f"/invoices/{invoice_id}/pay", data=data)
+
+
+def _filled_amount(page: str) -> str:
+    import re
+
+    match = re.search(r'id="amount" name="amount" value="([^"]*)"', page)
+    assert match, "no amount field on the invoice page"
+    return match.group(1)
+
+
+def card_form(client: HttpsClient, redirect_url: str, card: str) -> TestResponse:
+    """Type a test card on the demo gateway's page (and approve its extra step)."""
+    path = urlsplit(redirect_url).path
+    page = client.get(path).get_data(as_text=True)
+    response = client.post(path, data={"csrf_token": csrf_token(page), "card_number": card})
+    location = response.headers.get("Location", "")
+    if location.endswith("/authenticate"):
+        step = client.get(location).get_data(as_text=True)
+        response = client.post(
+            location, data={"csrf_token": csrf_token(step), "approve": "Approve"}
+        )
+    return response
+
+
+def back_to_portal(client: HttpsClient, response: TestResponse) -> TestResponse:
+    """Follow the gateway's redirect back to the portal's return page."""
+    assert response.status_code == 302, response.status_code
+    parts = urlsplit(response.headers["Location"])
+    return client.get(parts.path + (f"?{parts.query}" if parts.query else ""))
+
+
+def attempts_of(app: Flask, invoice_id: int) -> list[PaymentAttempt]:
+    with app.app_context(), get_database(app).sessions() as s:
+        return list(
+            s.scalars(
+                sa.select(PaymentAttempt)
+                .where(PaymentAttempt.invoice_id == invoice_id)
+                .order_by(PaymentAttempt.number)
+            )
+        )
+
+
+def ledger_of(app: Flask, invoice_id: int) -> list[InvoicePayment]:
+    with app.app_context(), get_database(app).sessions() as s:
+        return list(
+            s.scalars(
+                sa.select(InvoicePayment)
+                .where(InvoicePayment.invoice_id == invoice_id)
+                .order_by(InvoicePayment.id)
+            )
+        )
+
+
+def gateway_payments(app: Flask, invoice_id: int) -> list[DemoPayment]:
+    """What the demo gateway itself holds for the invoice's attempts (its payment sessions and
+    charges), found by the attempts' idempotency keys: its table outlives the portal's tables
+    between tests, and invoice ids start again."""
+    keys = [attempt.idempotency_key for attempt in attempts_of(app, invoice_id)]
+    with get_database(app).engine.connect() as connection, sa.orm.Session(connection) as s:
+        return list(
+            s.scalars(
+                sa.select(DemoPayment)
+                .where(DemoPayment.idempotency_key.in_(keys))
+                .order_by(DemoPayment.id)
+            )
+        )
+
+
+def cards_of(app: Flask, customer_id: int) -> list[PaymentProfile]:
+    with app.app_context(), get_database(app).sessions() as s:
+        return list(
+            s.scalars(
+                sa.select(PaymentProfile)
+                .where(PaymentProfile.customer_id == customer_id)
+                .order_by(PaymentProfile.id)
+            )
+        )
+
+
+def signed_in(app: Flask, email: str = FINANCE) -> HttpsClient:
+    from tests.support import sign_in
+
+    client: HttpsClient = app.test_client()  # type: ignore[assignment]
+    assert sign_in(client, email).status_code == 302
+    return client
+
+
+def today() -> date:
+    return TODAY
