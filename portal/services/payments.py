@@ -104,18 +104,27 @@ def require_paying_role(role: CustomerRole | str | None) -> None:
         raise ServiceError(_("Only Administrators and Finance Managers can pay invoices."))
 
 
-def gateway_for(partner: Partner) -> PaymentGateway:
-    """The partner's payment gateway (its own choice, else ``PORTAL_PAYMENT_GATEWAY``)."""
+def configured_gateway(partner: Partner) -> PaymentGateway | None:
+    """The partner's payment gateway (its own choice, else ``PORTAL_PAYMENT_GATEWAY``), or
+    None when none is configured and loaded."""
     try:
         return integrations().payment_gateway(partner.payment_gateway_key)
     except PluginError:
+        return None
+
+
+def gateway_for(partner: Partner) -> PaymentGateway:
+    """:func:`configured_gateway`, or a ServiceError that says whom to ask."""
+    gateway = configured_gateway(partner)
+    if gateway is None:
         log.warning("payments: no payment gateway is loaded for partner %s", partner.id)
         raise ServiceError(
             _(
                 "Card payments are not available yet. Contact %(email)s to pay this invoice.",
                 email=partner.support_email,
             )
-        ) from None
+        )
+    return gateway
 
 
 def insert_ignoring(connection: Any, table: Table) -> Any:
@@ -337,6 +346,7 @@ def payable_or_none(
 
 
 def _check_amount(amount_minor: int, balance_minor: int, currency: str) -> None:
+    # the one way amounts are written for people (ISO decimals in the reader's language)
     from portal.web.filters import money
 
     if amount_minor <= 0:
@@ -735,6 +745,7 @@ def _autopay_attempt(
     existing = _autopay_row(session, invoice.id)
     if existing is not None:
         return existing
+    # the balance only (today decides "overdue", which does not matter here)
     detail = queries.invoice_detail(session, invoice.id, today=date.max)
     if detail is None or detail.balance_minor <= 0:
         return None

@@ -21,6 +21,7 @@ from portal import db
 from portal.branding import render_page
 from portal.domain.roles import Permission
 from portal.extensions import rate_limited
+from portal.integrations.payments import SavedCardGateway
 from portal.models import Customer, Partner
 from portal.models.payment_profiles import CardLink, CardSetup, CardSetupState, PaymentAttempt
 from portal.services import ServiceError, payment_profiles, payments
@@ -67,10 +68,7 @@ def may_pay() -> bool:
 
 
 def gateway_keeps_cards() -> bool:
-    try:
-        return payment_profiles.card_gateway(_partner()) is not None
-    except ServiceError:
-        return False
+    return isinstance(payments.configured_gateway(_partner()), SavedCardGateway)
 
 
 def failed_autopay_for(invoice_id: int) -> PaymentAttempt | None:

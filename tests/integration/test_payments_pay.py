@@ -427,3 +427,77 @@ def test_without_a_payment_gateway_the_invoice_says_whom_to_ask(
         as_text=True
     )
     assert attempts_of(app, invoice_id) == []
+
+
+def _race(
+    app: Flask,
+    client: HttpsClient,
+    return_path: str,
+    deliveries: list[tuple[bytes, dict[str, str]]],
+    pages: int = 4,
+) -> None:
+    """Load the return page ``pages`` times while ``deliveries`` arrive, all at once."""
+    from portal.services import payment_events
+
+    gateway = demo_gateway(app)
+    barrier = threading.Barrier(pages + len(deliveries))
+    errors: list[BaseException] = []
+
+    def come_back() -> None:
+        try:
+            barrier.wait()
+            page = client.get(return_path).get_data(as_text=True)
+            assert status_text(page) in {"Paid", "Processing"}
+        except BaseException as error:
+            errors.append(error)
+
+    def webhook(delivery: tuple[bytes, dict[str, str]]) -> None:
+        try:
+            barrier.wait()
+            with app.app_context():
+                payment_events.receive_webhook(gateway, *delivery, app=app)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=come_back) for _ in range(pages)]
+    threads += [threading.Thread(target=webhook, args=(d,)) for d in deliveries]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+
+
+def test_the_return_page_racing_the_webhooks_records_one_payment_and_one_receipt(
+    app: Flask, tenant: Tenant, finance: HttpsClient
+) -> None:
+    """A4: the payer's browser comes back (and reloads) while the gateway's webhooks arrive
+    (one delivered twice, and a second event about the same payment), all at once: one ledger
+    row and one receipt, trial after trial."""
+    import sqlalchemy as sa
+
+    from portal.db import get_database
+    from portal.models import OutboxItem
+    from portal.services import payment_events
+
+    gateway = demo_gateway(app)
+    for _trial in range(15):
+        invoice_id = issued_invoice(app, tenant, amount_minor=2_500)
+        started = pay(finance, invoice_id)
+        back = card_form(finance, started.headers["Location"], SUCCEEDS)
+        return_path = urlsplit(back.headers["Location"]).path
+        (attempt,) = attempts_of(app, invoice_id)
+        delivery = gateway.webhook_for(str(attempt.gateway_ref))
+        other_event = gateway.webhook_for(str(attempt.gateway_ref))
+        _race(app, finance, return_path, [delivery, delivery, other_event])
+        (row,) = ledger_of(app, invoice_id)
+        with app.app_context(), get_database(app).sessions() as s:
+            receipts = [
+                item
+                for item in s.scalars(
+                    sa.select(OutboxItem).where(OutboxItem.kind == payment_events.RECEIPT_KIND)
+                )
+                if item.payload.get("payment_id") == row.id
+            ]
+        assert len(receipts) == 1
+        assert status_text(finance.get(return_path).get_data(as_text=True)) == "Paid"
