@@ -57,6 +57,7 @@ bench: setup
 	$(BIN)/python bench/pages.py
 	$(BIN)/python bench/outbox.py
 	$(BIN)/python bench/billing.py
+	$(BIN)/python bench/webhooks.py
 
 # Re-extract the catalogue after changing user-visible text, then translate translations/es.
 messages: $(STAMP)

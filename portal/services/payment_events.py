@@ -16,8 +16,9 @@ Each effect is keyed by the gateway's own id under a unique constraint: a paymen
 PaymentIntent (``invoice_payment (gateway_key, gateway_reference)``), a refund by its refund id,
 a dispute by its dispute id. Whichever path comes first records it; the others find it there
 and do nothing, so exactly one ledger row, one receipt and one ``portal_on_payment_recorded``
-follow. Both the receipt and the event are outbox items added in the recording transaction:
-sent after the commit, never for a rolled-back one.
+follow. The receipt is an outbox item added in the recording transaction (sent after the
+commit, never for a rolled-back one); once it is mailed, its handler queues the event for the
+plugins.
 
 The ledger only grows and an invoice's status is derived from it, so events arriving out of
 order cannot move an invoice backwards: a ``payment_failed`` after the ``succeeded`` has nothing
@@ -34,7 +35,7 @@ from datetime import date, datetime, timedelta
 from typing import Any, cast
 
 from flask import Flask, current_app
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
 from portal.db import get_database, utcnow
@@ -55,8 +56,8 @@ from portal.models import Customer, Partner
 from portal.models.billing import Invoice, InvoicePayment, InvoiceState, PaymentKind
 from portal.models.outbox import OutboxItem
 from portal.models.payments import PaymentDispute, PaymentWebhookEvent, WebhookResult
-from portal.services import ServiceError, mail
-from portal.services.billing_documents import insert_ignoring, record_payment
+from portal.services import audit, mail
+from portal.services.billing_documents import insert_ignoring
 from portal.services.billing_queries import invoice_detail
 from portal.services.licences import local_today
 from portal.tasks.handlers import Done, Outcome
@@ -70,6 +71,8 @@ RECONCILE_DAYS = 30  # the gateways keep events for about this long (Stripe: 30 
 NOTE_LIMIT = 500
 
 _EVENT = cast(Table, PaymentWebhookEvent.__table__)
+_INVOICE = cast(Table, Invoice.__table__)
+_PAYMENT = cast(Table, InvoicePayment.__table__)
 _DISPUTE = cast(Table, PaymentDispute.__table__)
 
 
@@ -121,9 +124,40 @@ def record_payment_outcome(
     return _record(db_session, gateway_key, invoice, outcome, source)
 
 
+@dataclass(frozen=True)
+class _InvoiceRow:
+    """What recording needs of an invoice (one light Core row, not the ORM object)."""
+
+    id: int
+    partner_id: int
+    customer_id: int
+    state: InvoiceState
+    currency: str
+    number: str | None
+
+
+_INVOICE_COLUMNS = (
+    _INVOICE.c.id,
+    _INVOICE.c.partner_id,
+    _INVOICE.c.customer_id,
+    _INVOICE.c.state,
+    _INVOICE.c.currency,
+    _INVOICE.c.number,
+)
+
+
+def _invoice_row(db_session: Session, invoice_id: int) -> _InvoiceRow | None:
+    row = (
+        db_session.connection()
+        .execute(select(*_INVOICE_COLUMNS).where(_INVOICE.c.id == invoice_id))
+        .first()
+    )
+    return None if row is None else _InvoiceRow(*row)
+
+
 def _invoice_for(
     db_session: Session, outcome: PaymentOutcome, invoice_id: int | None
-) -> Invoice | str:
+) -> _InvoiceRow | str:
     """The invoice the payment is for, or why there is none (a note for staff)."""
     ref = (outcome.invoice_ref or "").strip()
     if ref and not ref.isdigit():
@@ -133,9 +167,7 @@ def _invoice_for(
     wanted = invoice_id if invoice_id is not None else (int(ref) if ref else None)
     if wanted is None:
         return "the payment names no invoice"
-    invoice = db_session.scalars(
-        select(Invoice).where(Invoice.id == wanted).execution_options(unscoped=True)
-    ).first()
+    invoice = _invoice_row(db_session, wanted)
     if invoice is None:
         return f"invoice {wanted} does not exist"
     customer_ref = (outcome.customer_ref or "").strip()
@@ -145,37 +177,100 @@ def _invoice_for(
 
 
 def _record(
-    db_session: Session, gateway_key: str, invoice: Invoice, outcome: PaymentOutcome, source: str
+    db_session: Session,
+    gateway_key: str,
+    invoice: _InvoiceRow,
+    outcome: PaymentOutcome,
+    source: str,
 ) -> Recording:
     if invoice.state is not InvoiceState.ISSUED:
         return Recording(
             False, invoice_id=invoice.id, unmatched=f"invoice {invoice.id} is {invoice.state}"
         )
-    try:
-        row = record_payment(
-            db_session,
-            invoice,
-            kind=PaymentKind.PAYMENT,
-            amount_minor=outcome.amount_minor,
-            gateway_key=gateway_key,
-            gateway_reference=outcome.reference,
-            received_at=outcome.created_at or utcnow(),
-            recorded_by=f"{source}:{gateway_key}",
-            currency=outcome.currency,
+    if outcome.currency.upper() != invoice.currency:
+        return Recording(
+            False,
+            invoice_id=invoice.id,
+            unmatched=f"the payment is in {outcome.currency}, invoice {invoice.id} in "
+            f"{invoice.currency}",
         )
-    except ServiceError as error:
-        return Recording(False, invoice_id=invoice.id, unmatched=error.message)
-    if row is None:
+    payment_id = _ledger_insert(
+        db_session,
+        invoice,
+        PaymentKind.PAYMENT,
+        outcome.amount_minor,
+        gateway_key,
+        outcome.reference,
+        outcome.created_at,
+        f"{source}:{gateway_key}",
+    )
+    if payment_id is None:
         return Recording(False, _ledger_id(db_session, gateway_key, outcome.reference), invoice.id)
-    for kind in (RECEIPT_KIND, RECORDED_KIND):
-        enqueue(
-            db_session,
-            kind,
-            {"payment_id": row.id},
-            partner_id=invoice.partner_id,
-            customer_id=invoice.customer_id,
-        )
-    return Recording(True, row.id, invoice.id)
+    # one outbox item per payment: its handler mails the receipt, then queues the event for
+    # the accounting plugins (one message to send from the webhook's request, not two)
+    enqueue(
+        db_session,
+        RECEIPT_KIND,
+        {"payment_id": payment_id},
+        partner_id=invoice.partner_id,
+        customer_id=invoice.customer_id,
+    )
+    return Recording(True, payment_id, invoice.id)
+
+
+def _ledger_insert(
+    db_session: Session,
+    invoice: _InvoiceRow,
+    kind: PaymentKind,
+    amount_minor: int,
+    gateway_key: str,
+    reference: str,
+    received_at: datetime | None,
+    recorded_by: str,
+) -> int | None:
+    """One ledger row, once per ``(gateway_key, reference)``, audited; None when it was there.
+
+    The rules are :func:`portal.services.billing_documents.record_payment`'s; this is its
+    leaner twin for the webhook path (a Core row in and its id out, no ORM round trips), which
+    runs once per delivery and sits under the webhook benchmark.
+    """
+    if isinstance(amount_minor, bool) or not isinstance(amount_minor, int) or amount_minor <= 0:
+        raise ValueError(f"{gateway_key} {reference}: {amount_minor!r} is not a positive amount")
+    connection = db_session.connection()
+    inserted = connection.execute(
+        insert_ignoring(connection, _PAYMENT, ("gateway_key", "gateway_reference")).returning(
+            _PAYMENT.c.id
+        ),
+        {
+            "partner_id": invoice.partner_id,
+            "customer_id": invoice.customer_id,
+            "invoice_id": invoice.id,
+            "kind": kind,
+            "amount_minor": amount_minor,
+            "currency": invoice.currency,
+            "gateway_key": gateway_key,
+            "gateway_reference": reference[:255],
+            "received_at": received_at or utcnow(),
+            "recorded_at": utcnow(),
+            "recorded_by": recorded_by,
+        },
+    ).scalar()
+    if inserted is None:
+        return None
+    audit.record(
+        db_session,
+        partner_id=invoice.partner_id,
+        customer_id=invoice.customer_id,
+        actor=recorded_by,
+        action=f"invoice.{kind.value}_recorded",
+        invoice=invoice.id,
+        number=invoice.number,
+        amount_minor=amount_minor,
+        currency=invoice.currency,
+        gateway=gateway_key,
+        reference=reference,
+    )
+    return int(inserted)
 
 
 def _ledger_id(db_session: Session, gateway_key: str, reference: str) -> int | None:
@@ -189,48 +284,57 @@ def _ledger_id(db_session: Session, gateway_key: str, reference: str) -> int | N
     )
 
 
-def _ledger_invoice(db_session: Session, gateway_key: str, payment_ref: str) -> Invoice | None:
+def _ledger_invoice(db_session: Session, gateway_key: str, payment_ref: str) -> _InvoiceRow | None:
     """The invoice a payment already in the ledger was recorded for."""
-    return db_session.scalars(
-        select(Invoice)
-        .join(InvoicePayment, InvoicePayment.invoice_id == Invoice.id)
-        .where(
-            InvoicePayment.gateway_key == gateway_key,
-            InvoicePayment.gateway_reference == payment_ref,
-            InvoicePayment.kind == PaymentKind.PAYMENT,
+    row = (
+        db_session.connection()
+        .execute(
+            select(*_INVOICE_COLUMNS)
+            .join(_PAYMENT, _PAYMENT.c.invoice_id == _INVOICE.c.id)
+            .where(
+                _PAYMENT.c.gateway_key == gateway_key,
+                _PAYMENT.c.gateway_reference == payment_ref,
+                _PAYMENT.c.kind == PaymentKind.PAYMENT,
+            )
         )
-        .execution_options(unscoped=True)
-    ).first()
+        .first()
+    )
+    return None if row is None else _InvoiceRow(*row)
 
 
 # -- refunds and disputes ---------------------------------------------------------------------
 
 
 def _record_refunds(
-    db_session: Session, gateway_key: str, invoice: Invoice, refunds: Iterable[Refund], source: str
+    db_session: Session,
+    gateway_key: str,
+    invoice: _InvoiceRow,
+    refunds: Iterable[Refund],
+    source: str,
 ) -> int:
     """Add each succeeded refund to the ledger once (by its refund id); how many were new."""
     added = 0
     for refund in refunds:
         if refund.status is not RefundStatus.SUCCEEDED:
             continue  # pending ones come back as succeeded (or failed) in a later event
-        row = record_payment(
+        if refund.currency.upper() != invoice.currency:
+            continue  # cannot happen for a refund of a payment recorded for this invoice
+        row = _ledger_insert(
             db_session,
             invoice,
-            kind=PaymentKind.REFUND,
-            amount_minor=refund.amount_minor,
-            gateway_key=gateway_key,
-            gateway_reference=refund.refund_ref,
-            received_at=refund.created_at or utcnow(),
-            recorded_by=f"{source}:{gateway_key}",
-            currency=refund.currency,
+            PaymentKind.REFUND,
+            refund.amount_minor,
+            gateway_key,
+            refund.refund_ref,
+            refund.created_at,
+            f"{source}:{gateway_key}",
         )
         added += row is not None
     return added
 
 
 def _record_dispute(
-    db_session: Session, gateway_key: str, invoice: Invoice, dispute: Dispute
+    db_session: Session, gateway_key: str, invoice: _InvoiceRow, dispute: Dispute
 ) -> bool:
     connection = db_session.connection()
     inserted = connection.execute(
@@ -313,37 +417,58 @@ def receive_webhook(
     """
     event = gateway.parse_webhook(body, headers)
     flask_app = app or current_app._get_current_object()  # type: ignore[attr-defined]
-    with get_database(flask_app).sessions() as db_session, db_session.begin():
-        connection = db_session.connection()
-        payment_ref = _payment_ref(event)
-        event_row = connection.execute(
-            insert_ignoring(connection, _EVENT, ("gateway_key", "event_id")).returning(_EVENT.c.id),
-            {
-                "gateway_key": gateway.key,
-                "event_id": event.event_id[:255],
-                "type": event.type[:100],
-                "kind": event.kind.value,
-                "occurred_at": event.occurred_at,
-                "received_at": utcnow(),
-                "payment_ref": payment_ref[:255] if payment_ref else None,
-                "result": WebhookResult.NO_EFFECT,
-            },
-        ).scalar()
-        if event_row is None:
+    payment_ref = _payment_ref(event)
+    key = {"gateway_key": gateway.key, "event_id": event.event_id[:255]}
+    with get_database(flask_app).sessions() as db_session:
+        try:
+            with db_session.begin():
+                if event.payment is None and _known_event(db_session, key):
+                    # a refund or a dispute may need the gateway: a known one need not ask
+                    raise _Duplicate
+                # the effect first, then the event: whichever delivery inserts the event row
+                # commits both; a duplicate finds the row taken and rolls its effect back (a
+                # concurrent one waited on the ledger's unique key and had none anyway)
+                effect = _apply(db_session, gateway, event)
+                note = "; ".join(effect.notes)[:NOTE_LIMIT] or None
+                connection = db_session.connection()
+                inserted = connection.execute(
+                    insert_ignoring(connection, _EVENT, ("gateway_key", "event_id")).returning(
+                        _EVENT.c.id
+                    ),
+                    {
+                        **key,
+                        "type": event.type[:100],
+                        "kind": event.kind.value,
+                        "occurred_at": event.occurred_at,
+                        "received_at": utcnow(),
+                        "payment_ref": payment_ref[:255] if payment_ref else None,
+                        "invoice_id": effect.invoice_id,
+                        "result": effect.result,
+                        "note": note,
+                    },
+                ).scalar()
+                if inserted is None:
+                    raise _Duplicate
+        except _Duplicate:
             return WebhookReceipt(event.event_id, duplicate=True)
-        effect = _apply(db_session, gateway, event)
-        note = "; ".join(effect.notes)[:NOTE_LIMIT] or None
-        if effect.result is not WebhookResult.NO_EFFECT or effect.invoice_id or note:
-            connection.execute(
-                update(_EVENT)
-                .where(_EVENT.c.id == event_row)
-                .values(result=effect.result, invoice_id=effect.invoice_id, note=note)
-            )
     if effect.result is WebhookResult.UNMATCHED:
         log.warning(
             "payment event %s (%s) matched no invoice: %s", event.event_id, event.type, note
         )
     return WebhookReceipt(event.event_id, False, effect.result, effect.invoice_id, note)
+
+
+class _Duplicate(Exception):
+    """The event was recorded by another delivery: roll this one back."""
+
+
+def _known_event(db_session: Session, key: dict[str, str]) -> bool:
+    found = db_session.connection().execute(
+        select(_EVENT.c.id).where(
+            _EVENT.c.gateway_key == key["gateway_key"], _EVENT.c.event_id == key["event_id"]
+        )
+    )
+    return found.first() is not None
 
 
 def _payment_ref(event: WebhookEvent) -> str | None:
@@ -360,7 +485,7 @@ def _apply(db_session: Session, gateway: PaymentGateway, event: WebhookEvent) ->
     """The event's effect on the ledger and disputes; each part is idempotent on its own."""
     effect = _Effect()
     source = "webhook"
-    invoice: Invoice | None = None
+    invoice: _InvoiceRow | None = None
     if event.payment is not None:
         recording = record_payment_outcome(db_session, gateway.key, event.payment, source=source)
         if recording.recorded:
@@ -531,8 +656,9 @@ def _payment(session: Session, item: OutboxItem) -> InvoicePayment | None:
 
 def send_receipt(item: OutboxItem, session: Session) -> Outcome:
     """Outbox handler for ``payments.receipt``: mail the customer's Finance Managers (its
-    Administrators when it has none) a receipt, each in their language. Enqueued once per
-    ledger row, by the transaction that recorded it."""
+    Administrators when it has none) a receipt, each in their language, then queue
+    ``payments.recorded`` (the event for the accounting plugins). Enqueued once per ledger row,
+    by the transaction that recorded it."""
     from portal.services.billing import finance_contacts, portal_base_url
 
     payment = _payment(session, item)
@@ -561,7 +687,14 @@ def send_receipt(item: OutboxItem, session: Session) -> Outcome:
             ),
             partner,
         )
-    return Done({"told": len(recipients)})
+    announce = enqueue(
+        session,
+        RECORDED_KIND,
+        {"payment_id": payment.id},
+        partner_id=payment.partner_id,
+        customer_id=payment.customer_id,
+    )
+    return Done({"told": len(recipients)}, follow_up=announce)
 
 
 def announce_recorded(item: OutboxItem, session: Session) -> Outcome:
