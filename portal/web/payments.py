@@ -382,9 +382,13 @@ def finish(token: str) -> Response | str | tuple[str, int]:
     )
     if card_link is None or setup is None:
         return render_page("payments/card_link_invalid.html"), 404
-    result = payment_profiles.finish_card_setup(
-        db.session, _partner(), setup, f"card-link:{card_link.id}"
-    )
+    try:
+        result = payment_profiles.finish_card_setup(
+            db.session, _partner(), setup, f"card-link:{card_link.id}"
+        )
+    except ServiceError as error:  # the gateway changed meanwhile: nothing can be saved
+        db.session.rollback()
+        result = payment_profiles.SetupResult(CardSetupState.FAILED, reason=error.message)
     live = payment_profiles.find_card_link(db.session, g.brand.id, token) is not None
     return render_page(
         "payments/card_link_done.html",
