@@ -630,17 +630,6 @@ def _gateway_or_none(db_session: Session, attempt: PaymentAttempt) -> PaymentGat
         return None
 
 
-def open_attempts(db_session: Session, invoice_id: int) -> list[PaymentAttempt]:
-    return list(
-        db_session.scalars(
-            select(PaymentAttempt)
-            .where(PaymentAttempt.invoice_id == invoice_id)
-            .order_by(PaymentAttempt.created_at.desc(), PaymentAttempt.id.desc())
-            .limit(10)
-        )
-    )
-
-
 # -- autopay ----------------------------------------------------------------------------------
 
 
