@@ -41,7 +41,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -222,8 +222,22 @@ def deliveries(customer: int, invoices: list[int]) -> list[tuple[bytes, dict[str
     return batch
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a gunicorn master's workers so far."""
+    total = 0.0
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for child in children:
+        with suppress(OSError):
+            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
+
+
 @contextmanager
-def serve(app: str, env: dict[str, str], logs: Path, probe: str) -> Iterator[str]:
+def serve(app: str, env: dict[str, str], logs: Path, probe: str) -> Iterator[tuple[str, int]]:
     with socket.socket() as s:
         s.bind((HOST, 0))
         port = int(s.getsockname()[1])
@@ -252,7 +266,7 @@ def serve(app: str, env: dict[str, str], logs: Path, probe: str) -> Iterator[str
             if time.monotonic() > deadline:
                 raise BenchError(f"gunicorn did not start:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.2)
-        yield base + probe
+        yield base + probe, process.pid
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -319,12 +333,22 @@ def run() -> dict[str, Any]:
         batch = deliveries(customer, invoices)
         log(f"{len(batch)} deliveries, {UNIQUE} unique, {CONCURRENCY} at a time")
         with tempfile.TemporaryDirectory(prefix="portal-bench-") as logs:
-            with serve("app:app", env, Path(logs), "/p/stripe/webhook") as url:
+            with serve("app:app", env, Path(logs), "/p/stripe/webhook") as (url, pid):
+                before = cpu_seconds(pid)
                 rps, p99, statuses = load(url, batch)
-            log(f"portal: {rps:.0f} deliveries/s, p99 {p99:.1f} ms, statuses {dict(statuses)}")
-            with serve("bench.webhooks_baseline:app", env, Path(logs), "/webhook") as url:
+                cpu_ms = (cpu_seconds(pid) - before) * 1000 / len(batch)
+            log(
+                f"portal: {rps:.0f} deliveries/s, p99 {p99:.1f} ms, {cpu_ms:.1f} ms of worker "
+                f"CPU per delivery, statuses {dict(statuses)}"
+            )
+            with serve("bench.webhooks_baseline:app", env, Path(logs), "/webhook") as (url, pid):
+                before = cpu_seconds(pid)
                 base_rps, base_p99, base_statuses = load(url, batch)
-            log(f"baseline: {base_rps:.0f}/s, p99 {base_p99:.1f} ms, {dict(base_statuses)}")
+                base_cpu_ms = (cpu_seconds(pid) - before) * 1000 / len(batch)
+            log(
+                f"baseline: {base_rps:.0f}/s, p99 {base_p99:.1f} ms, {base_cpu_ms:.1f} ms of "
+                f"worker CPU per delivery, {dict(base_statuses)}"
+            )
         if statuses != Counter({200: len(batch)}):
             raise BenchError(f"not every delivery was answered 200: {dict(statuses)}")
         if base_statuses != Counter({200: len(batch)}):
