@@ -30,11 +30,14 @@ nothing new (on PostgreSQL the second waits for the first's uncommitted row, the
 
 **Throughput and memory**: contracts are processed in chunks of :data:`CHUNK` in one
 transaction each (a failure loses one chunk's work, and progress is visible); each chunk reads
-its subscriptions, their bundles' parts and their changes in three set-based statements and
-writes with Core bulk inserts. Nothing is held beyond a chunk.
+its subscriptions, their bundles' parts and their changes in three set-based statements, and
+its rows go in with ``COPY`` on PostgreSQL (executemany on SQLite), written in a thread while
+the next chunk is read and assembled. At most two chunks are held at once (BENCHMARKS.md).
 
 With the partner's review on, the invoices stay drafts for staff; off, they are numbered and
-issued in the chunk's transaction (:func:`portal.services.billing_documents.issue_drafts`).
+issued in the chunk's transaction (:func:`portal.services.billing_documents.issue_drafts`);
+the run itself (:class:`~portal.models.billing.BillingRun`, who and when) is then their record,
+not an audit event per invoice.
 """
 
 from __future__ import annotations
