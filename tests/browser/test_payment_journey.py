@@ -24,16 +24,15 @@ from werkzeug.serving import make_server
 
 from portal import create_app
 from portal.branding.brand import brand_cache
-from portal.cli import migrate
 from portal.db import get_database, utcnow
 from portal.domain.money import to_minor
-from portal.integrations.registry import integrations
 from portal.models import OutboxItem, OutboxState
 from portal.models.billing import InvoicePayment
 from portal.services.demo import DEMO_PASSWORD, create_demo_data
 from portal.tasks.outbox import run_item
 from tests.browser.conftest import LiveServer
 from tests.conftest import Mailbox, _empty_tables, portal_test_config
+from tests.integration.payments_support import payments_database
 
 pytestmark = pytest.mark.browser
 
@@ -60,11 +59,19 @@ def _work(app: object, stop: threading.Event) -> None:
 
 
 @pytest.fixture
-def payment_portal(database_url: str, smtp_server: tuple[int, Mailbox]) -> Iterator[LiveServer]:
+def payment_portal(
+    database_url: str,
+    smtp_server: tuple[int, Mailbox],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[LiveServer]:
+    """The portal with the demo gateway, on the payment tests' own database of the session's
+    backend (the shared one may hold other plugins' migrations)."""
     port, mailbox = smtp_server
+    backend = "postgresql" if database_url.startswith("postgresql") else "sqlite"
+    url = payments_database(backend, tmp_path_factory.getbasetemp())
     app = create_app(
         portal_test_config(
-            database_url,
+            url,
             port,
             PORTAL_INSECURE_COOKIES=True,
             PORTAL_PLUGINS="demo_payments",
@@ -72,7 +79,6 @@ def payment_portal(database_url: str, smtp_server: tuple[int, Mailbox]) -> Itera
             PORTAL_BROKER_URL="memory://",
         )
     )
-    migrate(database_url, integrations(app).migration_locations)
     _empty_tables(app)
     brand_cache(app).clear()
     with app.app_context():

@@ -1,32 +1,51 @@
-"""Helpers for the payment tests: an app with the demo gateway (its own tables migrated), an
-issued invoice to pay, paying it on the demo card form as a browser would, and reading back
-what is stored (attempts, the ledger, the gateway's own payments)."""
+"""Helpers for the payment tests: an app with the demo gateway on a database of the payment
+tests' own, an issued invoice to pay, paying it on the demo card form as a browser would, and
+reading back what is stored (attempts, the ledger, the gateway's own payments).
+
+The database is not the session's shared one: other test modules migrate other plugins'
+Alembic branches into that (the demo provider's), and a later ``alembic upgrade`` that does not
+know those revisions refuses to run. This one is made once per backend and session, with the
+core's and the demo gateway's branches.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import sys
 import uuid
+from collections.abc import Callable, Iterator
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
 import sqlalchemy as sa
 from flask import Flask
 from werkzeug.test import TestResponse
 
+from portal import create_app
 from portal.cli import migrate
 from portal.config import ROOT
 from portal.db import get_database, utcnow
 from portal.integrations.registry import integrations
 from portal.models.billing import InvoicePayment
 from portal.models.payment_profiles import PaymentAttempt, PaymentProfile
+from tests.conftest import (
+    PG_URL,
+    Mailbox,
+    _empty_tables,
+    _ensure_pg_database,
+    _reset_schema,
+    portal_test_config,
+)
 from tests.integration.invoice_pages_support import Line, contract, invoice
 from tests.support import HttpsClient, Tenant, csrf_token
 
 if importlib.util.find_spec("demo_payments") is None:
     sys.path.insert(0, str(ROOT / "plugins" / "demo_payments"))
 
+from demo_payments import MIGRATIONS as DEMO_PAYMENTS_MIGRATIONS
 from demo_payments.gateway import DemoPaymentGateway
 from demo_payments.models import DemoPayment
 
@@ -39,18 +58,62 @@ ALWAYS_AUTHENTICATE = "4000 0027 6000 3184"
 DECLINED_LATER = "4000 0000 0000 0341"
 TODAY = utcnow().date()
 
+_PREPARED: dict[str, str] = {}
 
-def payments_app(app_factory: Any, **overrides: Any) -> Flask:
-    """The portal with the demo gateway chosen, its tables migrated, and an in-memory broker
-    (outbox items are run by the tests themselves)."""
-    app: Flask = app_factory(
-        PORTAL_PLUGINS="demo_payments",
-        PORTAL_PAYMENT_GATEWAY="demo",
-        PORTAL_BROKER_URL="memory://",
-        PORTAL_TASK_QUEUE=f"test-{uuid.uuid4().hex[:10]}",
-        **overrides,
+
+def payments_database(backend: str, folder: Path) -> str:
+    """The payment tests' database on ``backend``, migrated (core and demo gateway) once."""
+    if backend in _PREPARED:
+        return _PREPARED[backend]
+    if backend == "postgresql":
+        shared = sa.make_url(PG_URL)
+        url = shared.set(database=f"{shared.database}_payments").render_as_string(
+            hide_password=False
+        )
+        _ensure_pg_database(url)
+    else:
+        url = f"sqlite:///{folder / 'payments.sqlite3'}"
+    _reset_schema(url)
+    migrate(url, [str(DEMO_PAYMENTS_MIGRATIONS)])
+    _PREPARED[backend] = url
+    return url
+
+
+def payments_apps(
+    backend: str, smtp_server: tuple[int, Mailbox], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Flask]]:
+    """Like the ``app_factory`` fixture, on the payment tests' own database (a test module's
+    parametrised fixture yields from it): the apps made for one test share it, emptied for
+    the first."""
+    url = payments_database(backend, tmp_path_factory.getbasetemp())
+    made: list[Flask] = []
+
+    def make(**overrides: Any) -> Flask:
+        app = create_app(portal_test_config(url, smtp_server[0], **overrides))
+        app.test_client_class = HttpsClient
+        if not made:
+            _empty_tables(app)
+        made.append(app)
+        return app
+
+    yield make
+    for app in made:
+        get_database(app).dispose()
+
+
+def payments_app(app_factory: Callable[..., Flask], **overrides: Any) -> Flask:
+    """The portal with the demo gateway chosen and an in-memory broker (outbox items are run
+    by the tests themselves)."""
+    app = app_factory(
+        **{
+            "PORTAL_PLUGINS": "demo_payments",
+            "PORTAL_PAYMENT_GATEWAY": "demo",
+            "PORTAL_BROKER_URL": "memory://",
+            "PORTAL_TASK_QUEUE": f"test-{uuid.uuid4().hex[:10]}",
+            **overrides,
+        }
     )
-    migrate(app.config["PORTAL_DATABASE_URL"], integrations(app).migration_locations)
+    assert integrations(app).migration_locations in ([], [str(DEMO_PAYMENTS_MIGRATIONS)])
     return app
 
 
