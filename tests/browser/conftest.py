@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 from werkzeug.serving import make_server
 
 from portal import create_app
 from portal.branding.brand import brand_cache
-from portal.db import get_database
+from portal.db import get_database, utcnow
+from portal.models import OutboxItem, OutboxState
 from portal.services.demo import create_demo_data
 from tests.conftest import Mailbox, _empty_tables, portal_test_config
 
@@ -29,6 +31,27 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
+
+
+def run_due_work(app: Flask, stop: threading.Event) -> None:
+    """A worker's loop for a journey's background work: run every due pending item, again and
+    again, until told to stop."""
+    from portal.tasks.outbox import run_item
+
+    while not stop.is_set():
+        with app.app_context():
+            with get_database().sessions() as s:
+                ids = list(
+                    s.scalars(
+                        sa.select(OutboxItem.id).where(
+                            OutboxItem.state == OutboxState.PENDING,
+                            OutboxItem.available_at <= utcnow(),
+                        )
+                    )
+                )
+            for item_id in ids:
+                run_item(app, item_id)
+        stop.wait(0.2)
 
 
 @dataclass(frozen=True)

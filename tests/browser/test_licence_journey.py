@@ -21,36 +21,16 @@ from werkzeug.serving import make_server
 from portal import create_app
 from portal.branding.brand import brand_cache
 from portal.cli import migrate
-from portal.db import get_database, utcnow
+from portal.db import get_database
 from portal.integrations.registry import integrations
-from portal.models import OutboxItem, OutboxState, Product
+from portal.models import Product
 from portal.services.demo import DEMO_PASSWORD, create_demo_data
-from portal.tasks.outbox import run_item
-from tests.browser.conftest import LiveServer
+from tests.browser.conftest import LiveServer, run_due_work
 from tests.conftest import Mailbox, _empty_tables, portal_test_config
 
 pytestmark = pytest.mark.browser
 
 NORTHWIND_ADMIN = "admin@northwind.example"
-
-
-def _work(app: object, stop: threading.Event) -> None:
-    """A worker's loop: run every due pending item, again and again, until told to stop."""
-    assert hasattr(app, "app_context")
-    while not stop.is_set():
-        with app.app_context():  # type: ignore[attr-defined]
-            with get_database().sessions() as s:
-                ids = list(
-                    s.scalars(
-                        sa.select(OutboxItem.id).where(
-                            OutboxItem.state == OutboxState.PENDING,
-                            OutboxItem.available_at <= utcnow(),
-                        )
-                    )
-                )
-            for item_id in ids:
-                run_item(app, item_id)  # type: ignore[arg-type]
-        stop.wait(0.2)
 
 
 @pytest.fixture
@@ -81,7 +61,7 @@ def licence_portal(database_url: str, smtp_server: tuple[int, Mailbox]) -> Itera
     server = make_server("127.0.0.1", 0, app, threaded=True)
     serving = threading.Thread(target=server.serve_forever, daemon=True)
     stop = threading.Event()
-    worker = threading.Thread(target=_work, args=(app, stop), daemon=True)
+    worker = threading.Thread(target=run_due_work, args=(app, stop), daemon=True)
     serving.start()
     worker.start()
     try:

@@ -24,38 +24,17 @@ from werkzeug.serving import make_server
 
 from portal import create_app
 from portal.branding.brand import brand_cache
-from portal.db import get_database, utcnow
+from portal.db import get_database
 from portal.domain.money import to_minor
-from portal.models import OutboxItem, OutboxState
 from portal.models.billing import InvoicePayment
 from portal.services.demo import DEMO_PASSWORD, create_demo_data
-from portal.tasks.outbox import run_item
-from tests.browser.conftest import LiveServer
+from tests.browser.conftest import LiveServer, run_due_work
 from tests.conftest import Mailbox, _empty_tables, portal_test_config
 from tests.integration.payments_support import payments_database
 
 pytestmark = pytest.mark.browser
 
 FINANCE_EMAIL = "finance@northwind.example"
-
-
-def _work(app: object, stop: threading.Event) -> None:
-    """A worker's loop: run every due pending item until told to stop."""
-    assert hasattr(app, "app_context")
-    while not stop.is_set():
-        with app.app_context():  # type: ignore[attr-defined]
-            with get_database().sessions() as s:
-                ids = list(
-                    s.scalars(
-                        sa.select(OutboxItem.id).where(
-                            OutboxItem.state == OutboxState.PENDING,
-                            OutboxItem.available_at <= utcnow(),
-                        )
-                    )
-                )
-            for item_id in ids:
-                run_item(app, item_id)  # type: ignore[arg-type]
-        stop.wait(0.2)
 
 
 @pytest.fixture
@@ -87,7 +66,7 @@ def payment_portal(
     server = make_server("127.0.0.1", 0, app, threaded=True)
     serving = threading.Thread(target=server.serve_forever, daemon=True)
     stop = threading.Event()
-    worker = threading.Thread(target=_work, args=(app, stop), daemon=True)
+    worker = threading.Thread(target=run_due_work, args=(app, stop), daemon=True)
     serving.start()
     worker.start()
     try:
