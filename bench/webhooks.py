@@ -16,8 +16,8 @@ signed as Stripe signs them, are shuffled. Then:
 - BENCH_CONCURRENCY (16) client threads post the 1,000 deliveries to ``/p/stripe/webhook``; the
   clock runs from the first request to the last answer; p99 is over every request's latency;
 - the baseline, :mod:`bench.webhooks_baseline` (a bare Flask route verifying the same signature
-  with ``stripe.Webhook.construct_event``), runs under the same gunicorn settings and takes the
-  same deliveries the same way.
+  with ``stripe.WebhookSignature.verify_header`` and parsing the body, as the portal does), runs
+  under the same gunicorn settings and takes the same deliveries the same way.
 
 Checks: every delivery answered 200, and the ledger holds exactly one payment per unique event
 (``payments == expected``). One line goes to stdout:

@@ -78,6 +78,11 @@ def init_rate_limits(app: Flask) -> Limiter:
         key_prefix=app.config.get("RATELIMIT_KEY_PREFIX", "portal"),
         headers_enabled=True,
     )
+    from portal.web.access import is_machine_request
+
+    # a signed machine-to-machine route has no limits of its own: skip the limiter's per-request
+    # bookkeeping for it (its caller is authenticated by the view, before anything is written)
+    limiter.request_filter(is_machine_request)
     for endpoint, view in list(app.view_functions.items()):
         limited: Any = view
         for spec in getattr(view, RATE_LIMITS_ATTR, ()):

@@ -35,7 +35,7 @@ from datetime import date, datetime, timedelta
 from typing import Any, cast
 
 from flask import Flask, current_app
-from sqlalchemy import Table, select
+from sqlalchemy import Connection, Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from portal.db import get_database, utcnow
@@ -61,7 +61,7 @@ from portal.services.billing_documents import insert_ignoring
 from portal.services.billing_queries import invoice_detail
 from portal.services.licences import local_today
 from portal.tasks.handlers import Done, Outcome
-from portal.tasks.outbox import enqueue
+from portal.tasks.outbox import enqueue, enqueue_row
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +146,28 @@ _INVOICE_COLUMNS = (
 )
 
 
+# The webhook's statements, built once: building one costs about what sending it does.
+_INVOICE_BY_ID = select(*_INVOICE_COLUMNS).where(_INVOICE.c.id == bindparam("invoice_id"))
+_LEDGER_ID = select(_PAYMENT.c.id).where(
+    _PAYMENT.c.gateway_key == bindparam("gateway_key"),
+    _PAYMENT.c.gateway_reference == bindparam("reference"),
+)
+_INSERTS: dict[tuple[str, str], Any] = {}
+
+
+def _insert_once(connection: Connection, table: Table, conflict: tuple[str, ...]) -> Any:
+    """``INSERT … ON CONFLICT (conflict) DO NOTHING RETURNING id`` for the connection's engine
+    (built once per engine kind and table)."""
+    key = (connection.dialect.name, table.name)
+    statement = _INSERTS.get(key)
+    if statement is None:
+        statement = insert_ignoring(connection, table, conflict).returning(table.c.id)
+        _INSERTS[key] = statement
+    return statement
+
+
 def _invoice_row(db_session: Session, invoice_id: int) -> _InvoiceRow | None:
-    row = (
-        db_session.connection()
-        .execute(select(*_INVOICE_COLUMNS).where(_INVOICE.c.id == invoice_id))
-        .first()
-    )
+    row = db_session.connection().execute(_INVOICE_BY_ID, {"invoice_id": invoice_id}).first()
     return None if row is None else _InvoiceRow(*row)
 
 
@@ -208,7 +224,7 @@ def _record(
         return Recording(False, _ledger_id(db_session, gateway_key, outcome.reference), invoice.id)
     # one outbox item per payment: its handler mails the receipt, then queues the event for
     # the accounting plugins (one message to send from the webhook's request, not two)
-    enqueue(
+    enqueue_row(
         db_session,
         RECEIPT_KIND,
         {"payment_id": payment_id},
@@ -238,9 +254,7 @@ def _ledger_insert(
         raise ValueError(f"{gateway_key} {reference}: {amount_minor!r} is not a positive amount")
     connection = db_session.connection()
     inserted = connection.execute(
-        insert_ignoring(connection, _PAYMENT, ("gateway_key", "gateway_reference")).returning(
-            _PAYMENT.c.id
-        ),
+        _insert_once(connection, _PAYMENT, ("gateway_key", "gateway_reference")),
         {
             "partner_id": invoice.partner_id,
             "customer_id": invoice.customer_id,
@@ -257,7 +271,7 @@ def _ledger_insert(
     ).scalar()
     if inserted is None:
         return None
-    audit.record(
+    audit.insert_row(
         db_session,
         partner_id=invoice.partner_id,
         customer_id=invoice.customer_id,
@@ -274,14 +288,11 @@ def _ledger_insert(
 
 
 def _ledger_id(db_session: Session, gateway_key: str, reference: str) -> int | None:
-    return db_session.scalar(
-        select(InvoicePayment.id)
-        .where(
-            InvoicePayment.gateway_key == gateway_key,
-            InvoicePayment.gateway_reference == reference,
-        )
-        .execution_options(unscoped=True)
+    # on the connection: the ledger row whichever tenant's it is (the caller matched the invoice)
+    found = db_session.connection().execute(
+        _LEDGER_ID, {"gateway_key": gateway_key, "reference": reference}
     )
+    return found.scalar()
 
 
 def _ledger_invoice(db_session: Session, gateway_key: str, payment_ref: str) -> _InvoiceRow | None:
@@ -338,9 +349,7 @@ def _record_dispute(
 ) -> bool:
     connection = db_session.connection()
     inserted = connection.execute(
-        insert_ignoring(connection, _DISPUTE, ("gateway_key", "dispute_ref")).returning(
-            _DISPUTE.c.id
-        ),
+        _insert_once(connection, _DISPUTE, ("gateway_key", "dispute_ref")),
         {
             "partner_id": invoice.partner_id,
             "customer_id": invoice.customer_id,
@@ -432,9 +441,7 @@ def receive_webhook(
                 note = "; ".join(effect.notes)[:NOTE_LIMIT] or None
                 connection = db_session.connection()
                 inserted = connection.execute(
-                    insert_ignoring(connection, _EVENT, ("gateway_key", "event_id")).returning(
-                        _EVENT.c.id
-                    ),
+                    _insert_once(connection, _EVENT, ("gateway_key", "event_id")),
                     {
                         **key,
                         "type": event.type[:100],
@@ -462,13 +469,13 @@ class _Duplicate(Exception):
     """The event was recorded by another delivery: roll this one back."""
 
 
+_KNOWN_EVENT = select(_EVENT.c.id).where(
+    _EVENT.c.gateway_key == bindparam("gateway_key"), _EVENT.c.event_id == bindparam("event_id")
+)
+
+
 def _known_event(db_session: Session, key: dict[str, str]) -> bool:
-    found = db_session.connection().execute(
-        select(_EVENT.c.id).where(
-            _EVENT.c.gateway_key == key["gateway_key"], _EVENT.c.event_id == key["event_id"]
-        )
-    )
-    return found.first() is not None
+    return db_session.connection().execute(_KNOWN_EVENT, key).first() is not None
 
 
 def _payment_ref(event: WebhookEvent) -> str | None:

@@ -51,6 +51,7 @@ FOLLOW_UP_LIMIT: Final = 20
 
 # keys of Session.info: the items to dispatch after commit, and the app they belong to
 _PENDING: Final = "portal_outbox_items"
+_PENDING_IDS: Final = "portal_outbox_item_ids"  # items inserted by enqueue_row
 _APP: Final = "portal_outbox_app"
 
 _rng = random.Random()  # jitter spreads retries; it protects nothing
@@ -92,26 +93,10 @@ def enqueue(
     ``kind`` is refused here rather than failing later in a worker.
     """
     flask_app = app or current_app._get_current_object()  # type: ignore[attr-defined]
-    if kind not in integrations(flask_app).outbox_handlers:
-        known = ", ".join(sorted(integrations(flask_app).outbox_handlers)) or "none"
-        raise ValueError(f"no outbox handler for kind {kind!r} is loaded (loaded: {known})")
-    if max_attempts < 1:
-        raise ValueError("max_attempts must be at least 1")
-    now = utcnow()
-    due = available_at is None or available_at <= now
-    item = OutboxItem(
-        kind=kind,
-        payload=payload,
-        partner_id=partner_id,
-        customer_id=customer_id,
-        state=OutboxState.PENDING,
-        attempts=0,
-        max_attempts=max_attempts,
-        available_at=available_at or now,
-        # due work is marked as sent now, so the sweep leaves it to the dispatch after commit
-        # (a failed dispatch clears the mark); later work is left to the sweep, when it is due
-        dispatched_at=now if due else None,
+    values, due = _item_values(
+        flask_app, kind, payload, partner_id, customer_id, available_at, max_attempts
     )
+    item = OutboxItem(**values)
     session.add(item)  # inserted at the next flush, many items in one statement
     if due:
         session.info.setdefault(_PENDING, []).append(item)
@@ -119,13 +104,73 @@ def enqueue(
     return item
 
 
+def enqueue_row(
+    session: Session,
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    partner_id: int | None = None,
+    customer_id: int | None = None,
+    max_attempts: int = 8,
+    app: Flask | None = None,
+) -> int:
+    """:func:`enqueue` for one due item on a hot path: a Core INSERT sent now, its id back.
+
+    The same row and the same guarantee: the id joins the transaction's items to dispatch
+    after its commit, and a rollback forgets it (nothing is sent; were a savepoint around it
+    rolled back alone, its message would find no row to claim). No ORM object is made, so
+    it cannot be a handler's :attr:`Done.follow_up`; use :func:`enqueue` for that.
+    """
+    flask_app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    values, _ = _item_values(flask_app, kind, payload, partner_id, customer_id, None, max_attempts)
+    item_id = int(session.connection().execute(_INSERT_ITEM, values).scalar_one())
+    session.info.setdefault(_PENDING_IDS, []).append(item_id)
+    session.info[_APP] = flask_app
+    return item_id
+
+
+def _item_values(
+    app: Flask,
+    kind: str,
+    payload: dict[str, Any],
+    partner_id: int | None,
+    customer_id: int | None,
+    available_at: datetime | None,
+    max_attempts: int,
+) -> tuple[dict[str, Any], bool]:
+    """A new item's column values, and whether it is due now; refuses what no worker could run."""
+    if kind not in integrations(app).outbox_handlers:
+        known = ", ".join(sorted(integrations(app).outbox_handlers)) or "none"
+        raise ValueError(f"no outbox handler for kind {kind!r} is loaded (loaded: {known})")
+    if max_attempts < 1:
+        raise ValueError("max_attempts must be at least 1")
+    now = utcnow()
+    due = available_at is None or available_at <= now
+    values = {
+        "kind": kind,
+        "payload": payload,
+        "partner_id": partner_id,
+        "customer_id": customer_id,
+        "state": OutboxState.PENDING,
+        "attempts": 0,
+        "max_attempts": max_attempts,
+        "available_at": available_at or now,
+        # due work is marked as sent now, so the sweep leaves it to the dispatch after commit
+        # (a failed dispatch clears the mark); later work is left to the sweep, when it is due
+        "dispatched_at": now if due else None,
+        "created_at": now,
+    }
+    return values, due
+
+
 @event.listens_for(Session, "after_commit")
 def _dispatch_after_commit(session: Session) -> None:
     items: list[OutboxItem] = session.info.pop(_PENDING, [])
+    inserted: list[int] = session.info.pop(_PENDING_IDS, [])
     app: Flask | None = session.info.pop(_APP, None)
     # the ids from the identity keys: no SQL may run here, and none is needed. An item without
     # one was never inserted (expunged, or its savepoint rolled back): nothing to send.
-    ids = [key[0] for key in (inspect(item).identity for item in items) if key]
+    ids = [key[0] for key in (inspect(item).identity for item in items) if key] + inserted
     if ids and app is not None:
         dispatch_ids(app, ids)
 
@@ -135,6 +180,7 @@ def _forget_after_rollback(session: Session, transaction: SessionTransaction) ->
     # after a commit the items are already gone; this drops those of a rolled-back transaction
     if transaction.parent is None:
         session.info.pop(_PENDING, None)
+        session.info.pop(_PENDING_IDS, None)
         session.info.pop(_APP, None)
 
 
@@ -183,6 +229,7 @@ def _clear_dispatched(app: Flask, ids: Sequence[int]) -> None:
 # item, and building them or passing them through the ORM's bulk-update machinery costs more
 # than the database round trip of a no-op item.
 _T = cast(Table, OutboxItem.__table__)
+_INSERT_ITEM = _T.insert().returning(_T.c.id)
 _DUE = and_(_T.c.state == OutboxState.PENDING, _T.c.available_at <= bindparam("now"))
 _ABANDONED = and_(_T.c.state == OutboxState.RUNNING, _T.c.lease_expires_at < bindparam("now"))
 _CLAIM = select(OutboxItem).from_statement(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import Any, TypeVar, cast
 
-from flask import Flask, abort, g, redirect, request, session, url_for
+from flask import Flask, abort, current_app, g, redirect, request, session, url_for
 from flask_login import AnonymousUserMixin, current_user, login_user, logout_user
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import joinedload
@@ -27,6 +27,7 @@ from portal.web.session_store import PRELOADED_USER, ServerSession
 
 F = TypeVar("F", bound=Callable[..., Any])
 ACCESS_ATTR = "portal_access"
+MACHINE_ATTR = "portal_machine_to_machine"
 # endpoints served before a partner is known (assets need no brand)
 BRANDLESS_ENDPOINTS = frozenset({"static"})
 
@@ -80,6 +81,24 @@ def _declare(view: F, access: Access) -> F:
 def public(view: F) -> F:
     """Open to anyone (sign-in pages, assets). Still partner-scoped."""
     return _declare(view, Access("public"))
+
+
+def machine_to_machine(view: F) -> F:
+    """Mark a public view whose caller is a machine that signs its requests (a gateway's
+    webhook): it has no cookie, no person and no brand, and the view authenticates the request
+    itself and takes the tenant from what was signed. The request hooks that exist for people
+    skip it: resolving the partner from the host and the signed-in person (so nothing is
+    scoped to the host's partner: the view must not use the request's session), and the rate
+    limiter's bookkeeping. The session store never writes a row or a cookie for a request
+    that stored nothing, and security headers are still added."""
+    setattr(view, MACHINE_ATTR, True)
+    return view
+
+
+def is_machine_request() -> bool:
+    """Whether the current request was routed to a :func:`machine_to_machine` view."""
+    view = current_app.view_functions.get(request.endpoint or "")
+    return bool(getattr(view, MACHINE_ATTR, False))
 
 
 def customer_required(permission: Permission) -> Callable[[F], F]:
@@ -174,7 +193,7 @@ def _preloaded_user(user_id: int) -> User | None:
 
 
 def _scope_request() -> None:
-    if request.endpoint in BRANDLESS_ENDPOINTS:
+    if request.endpoint in BRANDLESS_ENDPOINTS or is_machine_request():
         return
     brand = resolve_brand(db.session, request_host())
     if brand is None:

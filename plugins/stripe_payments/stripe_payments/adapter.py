@@ -12,8 +12,9 @@ official ``stripe`` SDK (``StripeClient``, API base from ``PORTAL_STRIPE_API_BAS
 - Every POST carries the caller's idempotency key; the SDK retries connection errors, 409 and
   5xx with that same key (``max_network_retries``), so a timeout after Stripe did the work
   replays Stripe's first answer instead of charging again (reliability notes §1.1, A6).
-- Webhooks are verified with ``stripe.Webhook.construct_event`` (300 s tolerance) against each
-  configured signing secret, before anything is decoded.
+- Webhooks are verified with the SDK's ``stripe.WebhookSignature.verify_header`` (the check
+  ``stripe.Webhook.construct_event`` runs; 300 s tolerance) against each configured signing
+  secret, before anything is decoded; the body is then parsed once, as plain JSON.
 """
 
 from __future__ import annotations
@@ -237,21 +238,19 @@ class StripeGateway:
             payload = body.decode("utf-8")
         except UnicodeDecodeError as error:
             raise SignatureError("the webhook body is not UTF-8") from error
-        verified = False
+        # the SDK's own check (what construct_event runs), without construct_event's parse of
+        # the body into StripeObjects that nothing here reads: the body is parsed once, below
         for secret in self.settings.webhook_secrets:
             try:
-                stripe.Webhook.construct_event(payload, header, secret, TOLERANCE_SECONDS)
+                stripe.WebhookSignature.verify_header(payload, header, secret, TOLERANCE_SECONDS)
             except stripe.SignatureVerificationError:
                 continue
-            except ValueError as error:  # signed, but not JSON
-                raise SignatureError("the webhook body is not a Stripe event") from error
-            verified = True
             break
-        if not verified:
+        else:
             raise SignatureError("the webhook's signature does not verify (or is too old)")
         try:
             return event_from(json.loads(payload))
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
+        except (KeyError, TypeError, ValueError, AttributeError) as error:  # signed, not an event
             raise SignatureError("the webhook body is not a Stripe event") from error
 
     # -- saved cards -------------------------------------------------------------------------

@@ -16,17 +16,17 @@ from werkzeug.wrappers import Response
 from portal.extensions import csrf
 from portal.integrations.payments import SignatureError
 from portal.services.payment_events import GatewayUnavailable, receive_webhook
-from portal.web.access import public
+from portal.web.access import machine_to_machine, public
 from stripe_payments.adapter import StripeGateway
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("stripe_payments", __name__)
-csrf.exempt(bp)
 MAX_BODY = 512 * 1024  # Stripe's events are a few kilobytes
 
 
 @bp.route("/webhook", methods=["POST"])
+@machine_to_machine
 @public
 def webhook() -> tuple[Response, int]:
     from stripe_payments import EXTENSION
@@ -44,3 +44,6 @@ def webhook() -> tuple[Response, int]:
         log.warning("stripe webhook put off: %s", error)
         return jsonify(error="try again later"), 503
     return jsonify(received=receipt.event_id, duplicate=receipt.duplicate), 200
+
+
+csrf.exempt(webhook)  # this view only (not the blueprint): the signature is its authentication

@@ -319,3 +319,70 @@ def test_reconciliation_reports_a_gateway_that_fails(
     result = portal_app.test_cli_runner().invoke(args=["portal", "payments", "reconcile"])
     assert result.exit_code != 0
     assert "gateway stripe failed" in result.output
+
+
+def test_the_webhook_skips_the_hooks_for_people_and_keeps_the_security_headers(
+    portal_app: Flask, portal_partner: SeededPartner, fake: FakeStripe
+) -> None:
+    """A signed machine-to-machine POST: no session row or cookie, no partner from the host
+    (Stripe's deliveries name their invoice, whose partner is the one recorded), the rate
+    limiter skipped, CSRF exempt for this view alone; security headers as on every response."""
+    from flask import g, request_finished
+    from stripe_payments.views import bp
+
+    from portal.extensions import csrf
+    from portal.web.access import is_machine_request
+
+    invoice = make_invoice(portal_app, portal_partner)
+    intent = pay(fake, invoice, portal_partner, 4_000)
+    body, headers = fake.delivery(event(fake, "payment_intent.succeeded", intent["id"]))
+    # a host no partner names: the webhook needs no brand
+    client = portal_app.test_client()
+    seen: dict[str, Any] = {}
+
+    def look(_: Flask, **__: Any) -> None:
+        seen.update(machine=is_machine_request(), brand=g.get("brand"))
+
+    with request_finished.connected_to(look, portal_app):
+        response = client.post(
+            WEBHOOK, data=body, headers=headers, base_url="https://hooks.elsewhere.test"
+        )
+    assert response.status_code == 200, response.data
+    assert seen == {"machine": True, "brand": None}
+    assert "Set-Cookie" not in response.headers
+    assert "Cookie" not in response.headers.get("Vary", "")
+    assert "X-RateLimit-Limit" not in response.headers
+    assert response.headers["Content-Security-Policy"].startswith("default-src 'self'")
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Cache-Control"] == "no-store"
+    counts = row_counts(portal_app)
+    assert counts["web_session"] == 0
+    assert ledger(portal_app) == [(PaymentKind.PAYMENT, 4_000, intent["id"])]
+    with portal_app.app_context(), get_database(portal_app).sessions() as s:
+        item = s.scalars(select(OutboxItem)).one()
+        assert (item.partner_id, item.customer_id) == (
+            portal_partner.partner_id,
+            portal_partner.customer_id,
+        )
+    # the exemption names this one view, not the plugin's blueprint
+    assert bp not in csrf._exempt_blueprints
+    exempt = {
+        endpoint
+        for endpoint, view in portal_app.view_functions.items()
+        if f"{view.__module__}.{view.__name__}" in csrf._exempt_views
+    }
+    assert exempt == {"stripe_payments.webhook"}
+    with portal_app.test_request_context("/", base_url="https://portal.test"):
+        assert not is_machine_request()
+
+
+def test_a_signed_body_that_is_not_json_is_400_and_writes_nothing(
+    portal_app: Flask, portal_partner: SeededPartner, portal_client: PortalClient, fake: FakeStripe
+) -> None:
+    body = b"not json, but signed"
+    headers = {"Stripe-Signature": fake.signature(body)}
+    before = row_counts(portal_app)
+    response = portal_client.post(WEBHOOK, data=body, headers=headers)
+    assert response.status_code == 400
+    assert row_counts(portal_app) == before
