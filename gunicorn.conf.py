@@ -1,0 +1,20 @@
+"""gunicorn settings for the portal; gunicorn reads ./gunicorn.conf.py by itself.
+
+Each worker connects to the database and the broker before it accepts requests
+(:func:`portal.warmup.warm_up`), so the first requests after a start or a deploy do not pay for
+it. Other WSGI apps served from this folder (the benchmarks' baselines) are left alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def post_worker_init(worker: Any) -> None:
+    from flask import Flask
+
+    app = worker.wsgi
+    if isinstance(app, Flask) and "portal_db" in app.extensions:
+        from portal.warmup import warm_up
+
+        warm_up(app, connections=int(worker.cfg.threads))
