@@ -94,15 +94,79 @@ def set_invoice_review(db_session: Session, partner: Partner, on: bool, by: str)
 # -- numbering ------------------------------------------------------------------------------------
 
 
-def insert_ignoring(connection: Connection, table: Table, conflict: Sequence[str]) -> Any:
+def insert_ignoring(connection: Connection, table: Table, conflict: Sequence[str] = ()) -> Any:
     """``INSERT … ON CONFLICT (conflict) DO NOTHING`` for the connection's engine: a row that
-    would break the unique constraint is not inserted, and no error ends the transaction."""
+    would break the unique constraint on ``conflict`` (any unique constraint when empty) is not
+    inserted, and no error ends the transaction."""
+    index_elements = list(conflict) or None
     dialect = connection.dialect.name
     if dialect == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=index_elements)
     if dialect == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=index_elements)
     raise RuntimeError(f"billing needs PostgreSQL or SQLite, not {dialect}")
+
+
+_LEDGER_INSERTS: dict[str, Any] = {}
+
+
+def insert_ledger_row(
+    db_session: Session,
+    *,
+    partner_id: int,
+    customer_id: int,
+    invoice_id: int,
+    invoice_number: str | None,
+    currency: str,
+    kind: PaymentKind,
+    amount_minor: int,
+    gateway_key: str,
+    gateway_reference: str,
+    received_at: datetime,
+    recorded_by: str,
+) -> int | None:
+    """The ledger row of one gateway transaction, and its audit entry, as Core statements;
+    its id, or None when ``(gateway_key, gateway_reference)`` was already recorded. The caller
+    has checked the payment against the invoice (:func:`record_payment`, or the webhook path,
+    which runs once per delivery and stays clear of ORM round trips)."""
+    connection = db_session.connection()
+    statement = _LEDGER_INSERTS.get(connection.dialect.name)
+    if statement is None:
+        conflict = ("gateway_key", "gateway_reference")
+        statement = insert_ignoring(connection, _PAYMENT, conflict).returning(_PAYMENT.c.id)
+        _LEDGER_INSERTS[connection.dialect.name] = statement
+    inserted = connection.execute(
+        statement,
+        {
+            "partner_id": partner_id,
+            "customer_id": customer_id,
+            "invoice_id": invoice_id,
+            "kind": kind,
+            "amount_minor": amount_minor,
+            "currency": currency,
+            "gateway_key": gateway_key,
+            "gateway_reference": gateway_reference[:255],
+            "received_at": received_at,
+            "recorded_at": utcnow(),
+            "recorded_by": recorded_by,
+        },
+    ).scalar()
+    if inserted is None:
+        return None
+    audit.insert_row(
+        db_session,
+        partner_id=partner_id,
+        customer_id=customer_id,
+        actor=recorded_by,
+        action=f"invoice.{kind.value}_recorded",
+        invoice=invoice_id,
+        number=invoice_number,
+        amount_minor=amount_minor,
+        currency=currency,
+        gateway=gateway_key,
+        reference=gateway_reference,
+    )
+    return int(inserted)
 
 
 def next_numbers(connection: Connection, partner_id: int, kind: DocumentKind, count: int) -> range:
@@ -494,40 +558,22 @@ def record_payment(
         raise ServiceError(_("Payments are taken only for issued invoices."))
     if not gateway_key or not gateway_reference:
         raise ServiceError(_("A payment needs the gateway and its reference."))
-    connection = db_session.connection()
-    inserted = connection.execute(
-        insert_ignoring(connection, _PAYMENT, ("gateway_key", "gateway_reference")).returning(
-            _PAYMENT.c.id
-        ),
-        {
-            "partner_id": invoice.partner_id,
-            "customer_id": invoice.customer_id,
-            "invoice_id": invoice.id,
-            "kind": kind,
-            "amount_minor": amount_minor,
-            "currency": invoice.currency,
-            "gateway_key": gateway_key,
-            "gateway_reference": gateway_reference,
-            "received_at": received_at,
-            "recorded_at": utcnow(),
-            "recorded_by": recorded_by,
-        },
-    ).scalar()
-    if inserted is None:
-        return None
-    audit.record(
+    inserted = insert_ledger_row(
         db_session,
         partner_id=invoice.partner_id,
         customer_id=invoice.customer_id,
-        actor=recorded_by,
-        action=f"invoice.{kind.value}_recorded",
-        invoice=invoice.id,
-        number=invoice.number,
-        amount_minor=amount_minor,
+        invoice_id=invoice.id,
+        invoice_number=invoice.number,
         currency=invoice.currency,
-        gateway=gateway_key,
-        reference=gateway_reference,
+        kind=kind,
+        amount_minor=amount_minor,
+        gateway_key=gateway_key,
+        gateway_reference=gateway_reference,
+        received_at=received_at,
+        recorded_by=recorded_by,
     )
+    if inserted is None:
+        return None
     return db_session.get(InvoicePayment, inserted)
 
 

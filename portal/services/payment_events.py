@@ -56,8 +56,8 @@ from portal.models import Customer, Partner
 from portal.models.billing import Invoice, InvoicePayment, InvoiceState, PaymentKind
 from portal.models.outbox import OutboxItem
 from portal.models.payments import PaymentDispute, PaymentWebhookEvent, WebhookResult
-from portal.services import audit, mail
-from portal.services.billing_documents import insert_ignoring
+from portal.services import mail
+from portal.services.billing_documents import insert_ignoring, insert_ledger_row
 from portal.services.billing_queries import invoice_detail
 from portal.services.licences import local_today
 from portal.tasks.handlers import Done, Outcome
@@ -246,45 +246,25 @@ def _ledger_insert(
 ) -> int | None:
     """One ledger row, once per ``(gateway_key, reference)``, audited; None when it was there.
 
-    The rules are :func:`portal.services.billing_documents.record_payment`'s; this is its
-    leaner twin for the webhook path (a Core row in and its id out, no ORM round trips), which
-    runs once per delivery and sits under the webhook benchmark.
+    The webhook path's check of the amount; the row itself is
+    :func:`portal.services.billing_documents.insert_ledger_row`, as for every other payment.
     """
     if isinstance(amount_minor, bool) or not isinstance(amount_minor, int) or amount_minor <= 0:
         raise ValueError(f"{gateway_key} {reference}: {amount_minor!r} is not a positive amount")
-    connection = db_session.connection()
-    inserted = connection.execute(
-        _insert_once(connection, _PAYMENT, ("gateway_key", "gateway_reference")),
-        {
-            "partner_id": invoice.partner_id,
-            "customer_id": invoice.customer_id,
-            "invoice_id": invoice.id,
-            "kind": kind,
-            "amount_minor": amount_minor,
-            "currency": invoice.currency,
-            "gateway_key": gateway_key,
-            "gateway_reference": reference[:255],
-            "received_at": received_at or utcnow(),
-            "recorded_at": utcnow(),
-            "recorded_by": recorded_by,
-        },
-    ).scalar()
-    if inserted is None:
-        return None
-    audit.insert_row(
+    return insert_ledger_row(
         db_session,
         partner_id=invoice.partner_id,
         customer_id=invoice.customer_id,
-        actor=recorded_by,
-        action=f"invoice.{kind.value}_recorded",
-        invoice=invoice.id,
-        number=invoice.number,
-        amount_minor=amount_minor,
+        invoice_id=invoice.id,
+        invoice_number=invoice.number,
         currency=invoice.currency,
-        gateway=gateway_key,
-        reference=reference,
+        kind=kind,
+        amount_minor=amount_minor,
+        gateway_key=gateway_key,
+        gateway_reference=reference,
+        received_at=received_at or utcnow(),
+        recorded_by=recorded_by,
     )
-    return int(inserted)
 
 
 def _ledger_id(db_session: Session, gateway_key: str, reference: str) -> int | None:

@@ -40,7 +40,8 @@ from portal.models.payment_profiles import (
 )
 from portal.services import ServiceError, _, audit, mail
 from portal.services.auth import normalise_email
-from portal.services.payments import gateway_for, insert_ignoring, new_key, require_paying_role
+from portal.services.billing_documents import insert_ignoring
+from portal.services.payments import gateway_for, new_key, require_paying_role
 from portal.services.tokens import new_token, token_hash
 
 log = logging.getLogger(__name__)

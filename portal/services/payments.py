@@ -36,7 +36,6 @@ from typing import Any, cast
 
 from flask import Flask, current_app
 from sqlalchemy import Table, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from portal.db import get_database, utcnow
@@ -71,6 +70,7 @@ from portal.models.payment_profiles import (
 )
 from portal.services import ServiceError, _, audit, mail
 from portal.services import billing_queries as queries
+from portal.services.billing_documents import insert_ignoring
 from portal.tasks.handlers import Done, GiveUp, Outcome, RetryLater
 from portal.tasks.outbox import enqueue
 
@@ -125,16 +125,6 @@ def gateway_for(partner: Partner) -> PaymentGateway:
             )
         )
     return gateway
-
-
-def insert_ignoring(connection: Any, table: Table) -> Any:
-    """``INSERT … ON CONFLICT DO NOTHING`` (any unique constraint) on PostgreSQL and SQLite."""
-    dialect = connection.dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing()
-    if dialect == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing()
-    raise RuntimeError(f"payments need PostgreSQL or SQLite, not {dialect}")
 
 
 def new_key(prefix: str) -> str:
