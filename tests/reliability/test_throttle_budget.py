@@ -168,7 +168,10 @@ def burst(reliability_db: str) -> Iterator[Burst]:
         try:
             while not done.is_set():
                 if time.monotonic() - started > DEADLINE:
-                    pytest.fail(f"the burst was not relayed in {DEADLINE:.0f}s")
+                    pytest.fail(
+                        f"the burst was not relayed in {DEADLINE:.0f}s; "
+                        f"{describe_open_items(app, seeded.partner_id)}"
+                    )
                 if not open_items(app, seeded.partner_id):
                     break
                 time.sleep(0.1)
@@ -195,6 +198,30 @@ def burst(reliability_db: str) -> Iterator[Burst]:
         fake.stop()
         get_database(app).dispose()
     assert not fake.errors, "the fake Partner Center failed:\n" + "\n".join(fake.errors)
+
+
+def describe_open_items(app: Flask, partner_id: int) -> str:
+    """What holds the burst up: the open items by state, lease owner and last error."""
+    with get_database(app).sessions() as s:
+        rows = s.execute(
+            sa.select(
+                OutboxItem.state,
+                OutboxItem.lease_owner,
+                OutboxItem.last_error,
+                sa.func.count(),
+                sa.func.max(OutboxItem.attempts),
+                sa.func.max(OutboxItem.available_at),
+            )
+            .where(
+                OutboxItem.partner_id == partner_id,
+                OutboxItem.kind == PROVISION_KIND,
+                OutboxItem.state.in_((OutboxState.PENDING, OutboxState.RUNNING)),
+            )
+            .group_by(OutboxItem.state, OutboxItem.lease_owner, OutboxItem.last_error)
+        ).all()
+    return "open items (state, lease owner, last error, count, attempts, due): " + "; ".join(
+        f"{r[0]}, {r[1]}, {str(r[2])[:120]}, {r[3]}, {r[4]}, {r[5]:%H:%M:%S}" for r in rows
+    )
 
 
 def open_items(app: Flask, partner_id: int) -> int:
