@@ -309,8 +309,13 @@ def load(url: str, batch: list[tuple[bytes, dict[str, str]]]) -> tuple[float, fl
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - began
-    p99 = statistics.quantiles(latencies, n=100, method="inclusive")[98] * 1000
-    return len(batch) / elapsed, p99, statuses
+    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+    log(
+        "latency ms: "
+        + ", ".join(f"p{q}={cuts[q - 1] * 1000:.1f}" for q in (50, 90, 95, 99))
+        + f", max={max(latencies) * 1000:.1f}"
+    )
+    return len(batch) / elapsed, cuts[98] * 1000, statuses
 
 
 def result_line(values: dict[str, Any]) -> str:

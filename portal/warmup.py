@@ -9,10 +9,17 @@ requests took over a second each in ``bench/webhooks.py``. ``gunicorn.conf.py`` 
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
+from typing import TYPE_CHECKING
 
 from flask import Flask
+from kombu.utils.uuid import uuid
+from sqlalchemy.engine import Dialect
 
-from portal.db import get_database
+from portal.db import Base, get_database
+
+if TYPE_CHECKING:
+    from celery import Celery  # type: ignore[import-untyped]
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +42,51 @@ def warm_up(app: Flask, connections: int) -> int:
         for connection in opened:
             connection.close()  # back to the pool, still connected
     try:
+        _prepare_statements(database.engine.dialect)
+    except Exception:
+        log.warning("warm-up: could not prepare the statements", exc_info=True)
+    try:
         from portal.tasks.celery_app import celery_for
 
-        with celery_for(app).producer_or_acquire() as producer:
-            producer.connection.ensure_connection(max_retries=1)
+        celery = celery_for(app)
+        _prepare_producers(celery, connections)
+        _prepare_task_message(celery)
     except Exception:
         log.warning("warm-up: could not reach the broker", exc_info=True)
     return len(opened)
+
+
+def _prepare_statements(dialect: Dialect) -> None:
+    """Compile a read and a write of every mapped table for the database's dialect.
+
+    A column type's dialect form is worked out the first time a statement using it is
+    compiled, and SQLAlchemy keeps it on the dialect: without this the first requests of a
+    worker each paid up to a tenth of a second for it (``bench/webhooks.py``).
+    """
+    Base.registry.configure()
+    for table in Base.metadata.sorted_tables:
+        table.select().compile(dialect=dialect)
+        table.insert().compile(dialect=dialect)
+
+
+def _prepare_producers(celery: Celery, count: int) -> None:
+    """Connect ``count`` pooled producers (one per request thread) and declare the task queue
+    on each: a producer declares it on its first message, on its own connection."""
+    queue = celery.amqp.queues[celery.conf.task_default_queue]
+    with ExitStack() as held:  # held at once, so the pool makes that many
+        for _ in range(max(1, min(count, celery.conf.broker_pool_limit or 1))):
+            producer = held.enter_context(celery.producer_pool.acquire(block=True))
+            producer.connection.ensure_connection(max_retries=1)
+            producer.maybe_declare(queue)
+
+
+def _prepare_task_message(celery: Celery) -> None:
+    """Load what sending the first task loads: the result backend's class (looked up on
+    every send) and the message protocol's code (a message is built, not sent)."""
+    from portal.tasks.celery_app import RUN_TASK
+
+    _ = celery.backend
+    celery.amqp.create_task_message(uuid(), RUN_TASK, (0,), {})
 
 
 def _pool_size(pool: object) -> int:

@@ -7,8 +7,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from flask import Flask
+from kombu import Producer
 
 from portal.db import get_database
+from portal.models import OutboxItem
+from portal.models.billing import Invoice
+from portal.models.payments import PaymentWebhookEvent
+from portal.tasks.celery_app import celery_for
 from portal.warmup import warm_up
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,3 +38,24 @@ def test_gunicorn_config_warms_the_portal_and_leaves_other_apps_alone(app: Flask
     other = Flask("baseline")
     hooks["post_worker_init"](SimpleNamespace(wsgi=other, cfg=SimpleNamespace(threads=2)))
     assert "portal_db" not in other.extensions
+
+
+def test_warm_up_readies_one_producer_per_thread_with_the_queue_declared(app: Flask) -> None:
+    celery = celery_for(app)
+    warm_up(app, connections=3)
+    ready = [p for p in celery.producer_pool._resource.queue if isinstance(p, Producer)]
+    assert len(ready) >= 3
+    queue = celery.amqp.queues[celery.conf.task_default_queue]
+    for producer in ready[-3:]:  # the pool hands out the last returned first
+        assert producer.connection.connected
+        assert hash(queue) in producer.connection.declared_entities  # not on its first message
+
+
+def test_warm_up_works_out_every_column_type_for_the_database(app: Flask) -> None:
+    dialect = get_database(app).engine.dialect
+    warm_up(app, connections=1)
+    # SQLAlchemy keeps a type's dialect form in the dialect's memo: there, no request pays for it
+    memos = dialect._type_memos  # type: ignore[attr-defined]
+    for table in (Invoice.__table__, OutboxItem.__table__, PaymentWebhookEvent.__table__):
+        for column in table.columns:
+            assert column.type in memos, f"{table.name}.{column.name}"
