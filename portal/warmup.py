@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 
 def warm_up(app: Flask, connections: int) -> int:
-    """Open up to ``connections`` pooled database connections and the broker connection.
+    """Open up to ``connections`` pooled database connections and as many broker producers,
+    and prepare what the first statements and the first task message would otherwise pay for.
 
     Returns the number of database connections left open in the pool. Never raises: a worker
     that cannot warm up still serves (and reports the same failure on its first request).
