@@ -46,7 +46,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +238,7 @@ class Bench:
         self.app = create_app()
         self.sessions = get_database(self.app).sessions
         self.subscriptions: list[tuple[int, str, str]] = []  # (id, tenant, provider ref)
+        self.wall_start = datetime.now(UTC)  # set again at the commit that starts the clock
 
     def seed(self) -> None:
         from portal.db import utcnow
@@ -370,6 +371,7 @@ class Bench:
     def record_and_start(self) -> float:
         """Record every change in one transaction; its commit dispatches the first of each
         subscription. Returns the clock at the commit."""
+        from portal.db import utcnow
         from portal.extensions import rendering_in
         from portal.models import Customer, Membership, Partner, Subscription, User
         from portal.services.licences import request_quantity
@@ -401,7 +403,9 @@ class Bench:
                 f"recorded {total} changes in {recorded - started:.1f} s "
                 f"({(recorded - started) / total * 1000:.2f} ms per change)"
             )
+            s.flush()  # recording's last inserts (the first changes' outbox items)
             clock = time.perf_counter()
+            self.wall_start = utcnow()
             s.commit()  # the first change of each subscription is dispatched after this
         log(f"commit and dispatch of {SUBSCRIPTIONS}: {time.perf_counter() - clock:.2f} s")
         return clock
@@ -482,6 +486,8 @@ class Bench:
                     LicenceChange.effective_at,
                     LicenceChange.finished_at,
                     LicenceChange.attempts,
+                    LicenceChange.subscription_id,
+                    LicenceChange.sequence,
                 ).where(LicenceChange.kind == ChangeKind.QUANTITY)
             ).all()
             kinds = s.execute(
@@ -511,6 +517,51 @@ class Bench:
         if len(finished) > 1:
             gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(finished)]
             log(f"gap between finishes: median {statistics.median(gaps) * 1000:.1f} ms")
+        self.profile_chains(rows, elapsed, self.wall_start)
+
+    @staticmethod
+    def profile_chains(rows: Any, elapsed: float, wall_start: datetime) -> None:
+        """One subscription's changes run one after the other: the step from one finish to the
+        next is a provider call plus the overhead of a change; the first finishes show when
+        each chain started (a worker slot takes a chain and runs it to its end)."""
+        chains: dict[int, list[Any]] = {}
+        for r in sorted(rows, key=lambda r: (r.subscription_id, r.sequence)):
+            if r.finished_at is not None:
+                chains.setdefault(r.subscription_id, []).append(r.finished_at)
+        steps = sorted(
+            (b - a).total_seconds() * 1000
+            for done in chains.values()
+            for a, b in itertools.pairwise(done)
+        )
+        if len(steps) > 10:
+            cuts = statistics.quantiles(steps, n=10)
+            log(
+                f"step within a chain: median {statistics.median(steps):.1f} ms, "
+                f"p90 {cuts[8]:.1f} ms (the call is {LATENCY_S * 1000:.0f} ms)"
+            )
+        firsts = sorted(done[0] for done in chains.values())
+        if steps and firsts:
+            # a chain's first change reads the subscription, then writes it: about two steps
+            busy = sum((done[-1] - done[0]).total_seconds() for done in chains.values())
+            busy += len(chains) * 2 * statistics.median(steps) / 1000
+            span = (max(done[-1] for done in chains.values()) - firsts[0]).total_seconds()
+            log(
+                f"chains kept the {IN_FLIGHT} slots busy {busy / (IN_FLIGHT * elapsed):.0%} of "
+                f"the run; the first chain's first finish to the last finish: {span:.2f} s"
+            )
+        if firsts:
+            log(
+                f"the first {IN_FLIGHT} chains' first finishes, seconds after the commit: "
+                + " ".join(f"{(f - wall_start).total_seconds():.2f}" for f in firsts[:IN_FLIGHT])
+            )
+            start = firsts[0]
+            log(
+                "first finishes of the chains, seconds after the earliest: "
+                + ", ".join(
+                    f"{q:.0%} {(firsts[int(q * (len(firsts) - 1))] - start).total_seconds():.2f}"
+                    for q in (0.25, 0.5, 0.75, 1.0)
+                )
+            )
 
 
 def main() -> int:

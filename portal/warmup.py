@@ -3,7 +3,8 @@
 A cold worker opens its database connections, builds its Celery app and connects to the broker
 on its first requests; under a burst (a payment provider's webhooks after a deploy) those
 requests took over a second each in ``bench/webhooks.py``. ``gunicorn.conf.py`` calls
-:func:`warm_up` in each worker before it accepts connections.
+:func:`warm_up` in each worker before it accepts connections; a Celery worker calls
+:func:`prepare` before its pool forks and :func:`connect` in each pool process.
 """
 
 from __future__ import annotations
@@ -31,6 +32,29 @@ def warm_up(app: Flask, connections: int) -> int:
     Returns the number of database connections left open in the pool. Never raises: a worker
     that cannot warm up still serves (and reports the same failure on its first request).
     """
+    prepare(app)
+    return connect(app, connections)
+
+
+def prepare(app: Flask) -> None:
+    """Work out once what every process would otherwise work out on its first task or request
+    (no connection is opened: a Celery worker does this before its pool forks, and every pool
+    process inherits it)."""
+    try:
+        _prepare_statements(get_database(app).engine.dialect)
+    except Exception:
+        log.warning("warm-up: could not prepare the statements", exc_info=True)
+    try:
+        from portal.tasks.celery_app import celery_for
+
+        _prepare_task_message(celery_for(app))
+    except Exception:
+        log.warning("warm-up: could not prepare the task message", exc_info=True)
+
+
+def connect(app: Flask, connections: int, *, broker: bool = True) -> int:
+    """Open up to ``connections`` pooled database connections and (with ``broker``) as many
+    broker producers; returns the number of database connections left open in the pool."""
     database = get_database(app)
     wanted = max(1, min(connections, _pool_size(database.engine.pool)))
     opened = []
@@ -42,16 +66,12 @@ def warm_up(app: Flask, connections: int) -> int:
     finally:
         for connection in opened:
             connection.close()  # back to the pool, still connected
-    try:
-        _prepare_statements(database.engine.dialect)
-    except Exception:
-        log.warning("warm-up: could not prepare the statements", exc_info=True)
+    if not broker:
+        return len(opened)
     try:
         from portal.tasks.celery_app import celery_for
 
-        celery = celery_for(app)
-        _prepare_producers(celery, connections)
-        _prepare_task_message(celery)
+        _prepare_producers(celery_for(app), connections)
     except Exception:
         log.warning("warm-up: could not reach the broker", exc_info=True)
     return len(opened)

@@ -12,7 +12,7 @@ from typing import Any
 from celery.signals import worker_process_init  # type: ignore[import-untyped]
 from sqlalchemy import event
 
-from portal import create_app
+from portal import create_app, warmup
 from portal.db import get_database
 from portal.tasks.celery_app import make_celery
 
@@ -20,9 +20,16 @@ flask_app = create_app()
 celery = make_celery(flask_app)
 
 
+warmup.prepare(flask_app)  # before the pool forks: every pool process inherits it
+
+
 def _fresh_connections(**_: Any) -> None:
-    """A forked pool process must not share the parent's database connections."""
+    """A forked pool process must not share the parent's database connections; it opens its
+    own before its first task (with many processes starting at once, the first tasks would
+    otherwise queue behind each other's connecting). The broker is left to the first task that
+    sends something: a worker started while the broker is down must not wait for it here."""
     get_database(flask_app).engine.dispose(close=False)
+    warmup.connect(flask_app, connections=1, broker=False)
 
 
 worker_process_init.connect(_fresh_connections, weak=False)

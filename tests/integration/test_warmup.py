@@ -14,7 +14,7 @@ from portal.models import OutboxItem
 from portal.models.billing import Invoice
 from portal.models.payments import PaymentWebhookEvent
 from portal.tasks.celery_app import celery_for
-from portal.warmup import warm_up
+from portal.warmup import connect, warm_up
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,3 +59,13 @@ def test_warm_up_works_out_every_column_type_for_the_database(app: Flask) -> Non
     for table in (Invoice.__table__, OutboxItem.__table__, PaymentWebhookEvent.__table__):
         for column in table.columns:
             assert column.type in memos, f"{table.name}.{column.name}"
+
+
+def test_a_pool_process_connects_to_the_database_and_leaves_the_broker_alone(app: Flask) -> None:
+    engine = get_database(app).engine
+    engine.dispose()
+    celery = celery_for(app)
+    producers_before = list(celery.producer_pool._resource.queue)
+    assert connect(app, connections=1, broker=False) == 1
+    assert engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+    assert list(celery.producer_pool._resource.queue) == producers_before
