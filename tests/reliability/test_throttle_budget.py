@@ -47,7 +47,7 @@ import sqlalchemy as sa
 from flask import Flask
 from partner_center_provider.fake import FakePartnerCenter, Fault
 
-from portal.db import get_database
+from portal.db import get_database, utcnow
 from portal.domain.licences import ChangeState
 from portal.models import OutboxItem, OutboxState
 from portal.services.licences import PROVISION_KIND
@@ -219,8 +219,13 @@ def describe_open_items(app: Flask, partner_id: int) -> str:
             )
             .group_by(OutboxItem.state, OutboxItem.lease_owner, OutboxItem.last_error)
         ).all()
-    return "open items (state, lease owner, last error, count, attempts, due): " + "; ".join(
-        f"{r[0]}, {r[1]}, {str(r[2])[:120]}, {r[3]}, {r[4]}, {r[5]:%H:%M:%S}" for r in rows
+    return (
+        f"now {utcnow():%Y-%m-%d %H:%M:%S}; open items (state, lease owner, last error, count, "
+        "attempts, due): "
+        + "; ".join(
+            f"{r[0]}, {r[1]}, {str(r[2])[:120]}, {r[3]}, {r[4]}, {r[5]:%Y-%m-%d %H:%M:%S}"
+            for r in rows
+        )
     )
 
 
