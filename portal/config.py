@@ -72,6 +72,8 @@ SETTINGS: dict[str, tuple[Any, Any]] = {
     "OUTBOX_SWEEP_SECONDS": (30, _int),
     "PROVISIONING_MAX_ATTEMPTS": (8, _int),
     "PROVIDER_CALL_LIMIT": ("300 per minute", _str),
+    "PROVIDER_CALLS_AT_ONCE": (0, _int),
+    "PROVIDER_CALL_SLOTS_DIR": ("", _str),
     "SERVICE_TEAM_EMAIL": ("", _str),
 }
 

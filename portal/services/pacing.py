@@ -6,14 +6,25 @@ budget (``PORTAL_PROVIDER_CALL_LIMIT``) before each call, and after a ``429`` th
 pauses for the ``Retry-After`` rather than every queued change trying again and earning another
 refusal. The budget lives in ``PORTAL_RATELIMIT_STORAGE_URL`` (the limits library): memory for
 one process, Redis for several workers.
+
+:func:`call_slot` caps the provider calls in flight at once on one worker host
+(``PORTAL_PROVIDER_CALLS_AT_ONCE``; 0, the default, leaves the worker pool's size as the cap).
+With a cap, the pool can be a little larger than it: while some processes read, write and
+commit around their calls, the others keep every allowed call busy.
 """
 
 from __future__ import annotations
 
+import fcntl
 import math
+import os
+import random
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import timedelta
+from pathlib import Path
 
 from flask import Flask
 from limits import RateLimitItem, parse
@@ -21,6 +32,7 @@ from limits.storage import Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 _EXTENSION = "portal_provider_pacing"
+_SLOTS_EXTENSION = "portal_provider_call_slots"
 _lock = threading.Lock()
 
 
@@ -79,3 +91,64 @@ def pacing(app: Flask) -> ProviderPacing:
                 app.extensions[_EXTENSION] = found
     assert isinstance(found, ProviderPacing)
     return found
+
+
+class CallSlots:
+    """At most ``count`` holders at once among every process of this host using ``directory``.
+
+    A holder keeps an exclusive ``flock`` on one of ``count`` slot files. The kernel drops the
+    locks of a process that dies (a time limit's SIGKILL, the OOM killer), so a slot is never
+    lost with its holder, as it would be with a semaphore. The files are opened per hold: an
+    open file inherited across a fork would share its lock with the parent.
+    """
+
+    def __init__(self, directory: Path, count: int, poll_seconds: float = 0.002) -> None:
+        if count < 1:
+            raise ValueError("a call cap needs at least one slot")
+        directory.mkdir(parents=True, exist_ok=True)
+        self.paths = [directory / f"slot-{number}" for number in range(count)]
+        self.poll_seconds = poll_seconds
+
+    @contextmanager
+    def hold(self) -> Iterator[int]:
+        """Wait for a free slot and hold it for the ``with`` block; yields its number."""
+        number, fd = self._take()
+        try:
+            yield number
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _take(self) -> tuple[int, int]:
+        start = random.randrange(len(self.paths))  # spreads the holders; protects nothing
+        while True:
+            for offset in range(len(self.paths)):
+                number = (start + offset) % len(self.paths)
+                fd = os.open(self.paths[number], os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                return number, fd
+            time.sleep(self.poll_seconds)
+
+
+def call_slot(app: Flask) -> AbstractContextManager[object]:
+    """Hold one of the host's ``PORTAL_PROVIDER_CALLS_AT_ONCE`` provider-call slots for a
+    ``with`` block (no cap when the setting is 0)."""
+    count = int(app.config.get("PORTAL_PROVIDER_CALLS_AT_ONCE") or 0)
+    if count < 0:
+        raise ValueError(f"PORTAL_PROVIDER_CALLS_AT_ONCE must be 0 (no cap) or more, not {count}")
+    if count == 0:
+        return nullcontext()
+    slots = app.extensions.get(_SLOTS_EXTENSION)
+    if slots is None:
+        from portal.config import INSTANCE_DIR
+
+        configured = app.config.get("PORTAL_PROVIDER_CALL_SLOTS_DIR") or ""
+        directory = Path(configured) if configured else INSTANCE_DIR / "provider-call-slots"
+        slots = CallSlots(directory, count)
+        app.extensions[_SLOTS_EXTENSION] = slots
+    assert isinstance(slots, CallSlots)
+    return slots.hold()

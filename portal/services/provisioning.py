@@ -47,7 +47,7 @@ from portal.models import (
 from portal.models.outbox import OutboxItem
 from portal.services import ServiceError, _, audit, mail
 from portal.services.licences import _queue, release_next, release_next_of
-from portal.services.pacing import pacing
+from portal.services.pacing import call_slot, pacing
 from portal.tasks.handlers import Defer, Done, Outcome, RetryLater
 from portal.tasks.outbox import enqueue
 
@@ -278,8 +278,10 @@ def _apply(session: Session, adapter: ProviderAdapter, work: _Work) -> Result[Pr
     confirmed is written to the subscriptions here; the caller commits it with the change.
     """
     answers: list[ProviderSubscription] = []
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
     for part in work.parts:
-        answer = _apply_one(adapter, work, part)
+        with call_slot(app):  # the host's cap on calls at once (none by default)
+            answer = _apply_one(adapter, work, part)
         if not isinstance(answer, Succeeded):
             return answer
         answers.append(answer.value)

@@ -82,6 +82,8 @@ class FakeServer:
         self.handler = handler
         self.requests: list[RecordedRequest] = []
         self.errors: list[str] = []
+        self.in_flight = 0  # requests received and not answered yet
+        self.max_in_flight = 0  # the most at any moment
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), _make_request_handler(self))
         # a short poll interval: stopping the server (at every test's teardown) is quick
@@ -114,6 +116,15 @@ class FakeServer:
         with self._lock:
             self.requests.append(request)
 
+    def arrived(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def answered(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
     def requests_to(self, path: str, method: str | None = None) -> list[RecordedRequest]:
         """The recorded requests for ``path`` (and ``method``, when given)."""
         return [
@@ -144,6 +155,23 @@ def _make_request_handler(fake: FakeServer) -> type[BaseHTTPRequestHandler]:
         disable_nagle_algorithm = True
 
         def _handle(self) -> None:
+            fake.arrived()
+            in_flight = True
+
+            def answering() -> None:
+                # before the first byte of the answer leaves: a client that counts its own
+                # calls in flight (until it has the answer) never counts fewer than the fake
+                nonlocal in_flight
+                if in_flight:
+                    in_flight = False
+                    fake.answered()
+
+            try:
+                self._answer(answering)
+            finally:
+                answering()
+
+        def _answer(self, answering: Callable[[], None]) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             parts = urlsplit(self.path)
@@ -165,6 +193,7 @@ def _make_request_handler(fake: FakeServer) -> type[BaseHTTPRequestHandler]:
                 payload, headers, status = b"fake server handler failed", {}, 500
             if delay > 0:
                 time.sleep(delay)
+            answering()
             if drop:
                 self._drop()
                 return

@@ -9,8 +9,10 @@ No worker runs here: :func:`drain` runs the outbox items the way a worker would
 from __future__ import annotations
 
 import re
+import threading
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,6 +35,7 @@ from portal.models import (
     Subscription,
     SubscriptionStatus,
 )
+from portal.services.pacing import CallSlots
 from portal.tasks.outbox import run_item
 from tests.conftest import Mailbox
 from tests.support import PRICE_MINOR, Tenant, csrf_token, post_form, seed_licences, sign_in
@@ -40,8 +43,9 @@ from tests.support import PRICE_MINOR, Tenant, csrf_token, post_form, seed_licen
 QUIET = {"DELAY_SECONDS": "0", "FAILURE_RATE": "0", "REJECTION_RATE": "0"}
 
 
-def licence_app(app_factory: Any, **demo: str) -> Flask:
+def licence_app(app_factory: Any, config: dict[str, Any] | None = None, **demo: str) -> Flask:
     app: Flask = app_factory(
+        **(config or {}),
         PORTAL_PLUGINS="demo_provider",
         PORTAL_PROVIDER="demo",
         PORTAL_PLUGIN_SETTINGS={"demo_provider": {**QUIET, **demo}},
@@ -666,3 +670,31 @@ def test_a_failed_purchase_is_resolved_only_as_it_can_be(
     bought = subscription(app, new_id)
     assert bought.status is SubscriptionStatus.FAILED
     assert changes_of(app, new_id)[0].state is ChangeState.REJECTED
+
+
+def test_with_a_cap_on_calls_at_once_a_change_waits_for_a_free_slot(
+    client: Any, app_factory: Any, tenant: Tenant, tmp_path: Path
+) -> None:
+    slots_dir = tmp_path / "slots"
+    app = licence_app(
+        app_factory,
+        {"PORTAL_PROVIDER_CALLS_AT_ONCE": 1, "PORTAL_PROVIDER_CALL_SLOTS_DIR": str(slots_dir)},
+    )
+    client = app.test_client()
+    licensed = seed_licences(app, tenant)
+    sub_id = licensed.subscriptions["a"]
+    sign_in(client, "subscription_manager@a.alpha.example")
+    assert confirm(client, sub_id, 12).status_code == 302
+    outcomes: list[str] = []
+    with CallSlots(slots_dir, 1).hold():  # another process's call holds the only slot
+        worker = threading.Thread(target=lambda: outcomes.extend(drain(app)))
+        worker.start()
+        worker.join(timeout=1.0)
+        assert worker.is_alive(), "the change was sent while no slot was free"
+        change = changes_of(app, sub_id)[-1]
+        assert change.state is ChangeState.PROVISIONING  # shown as on its way meanwhile
+        assert subscription(app, sub_id).quantity == 10
+    worker.join(timeout=30)
+    assert not worker.is_alive() and outcomes[0] == "done"
+    assert changes_of(app, sub_id)[-1].state is ChangeState.PROVISIONED
+    assert subscription(app, sub_id).quantity == 12
