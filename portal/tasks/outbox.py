@@ -19,9 +19,12 @@ the first dispatch, and the tests drive this module directly.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import queue
 import random
 import socket
+import threading
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -172,7 +175,73 @@ def _dispatch_after_commit(session: Session) -> None:
     # one was never inserted (expunged, or its savepoint rolled back): nothing to send.
     ids = [key[0] for key in (inspect(item).identity for item in items) if key] + inserted
     if ids and app is not None:
-        dispatch_ids(app, ids)
+        dispatcher = app.extensions.get(_DISPATCHER)
+        if isinstance(dispatcher, BackgroundDispatch):
+            dispatcher.submit(ids)
+        else:
+            dispatch_ids(app, ids)
+
+
+_DISPATCHER: Final = "portal_outbox_dispatcher"
+
+
+class BackgroundDispatch:
+    """Sends committed items to the broker from a thread of its own, in batches.
+
+    For web workers (``gunicorn.conf.py`` turns it on): a request that enqueued work is
+    answered without waiting for the broker. The guarantee is unchanged, as the row is the
+    truth: an id still queued here when the process dies was marked dispatched, so the sweep
+    sends it once its lease period has passed; a broker that is down clears the mark as
+    :func:`dispatch_ids` always does. At a clean exit the queue is sent first.
+    """
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self._ids: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="portal-outbox-dispatch")
+        self._thread.daemon = True
+        self._thread.start()
+        atexit.register(self.close)
+
+    def submit(self, ids: Sequence[int]) -> None:
+        for item_id in ids:
+            self._ids.put(item_id)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Send what is queued and stop the thread."""
+        if self._thread.is_alive():
+            self._ids.put(None)
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            batch: list[int] = []
+            first = self._ids.get()
+            stop = first is None
+            if first is not None:
+                batch.append(first)
+            while True:  # whatever else came meanwhile goes on the same producer
+                try:
+                    more = self._ids.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                else:
+                    batch.append(more)
+            if batch:
+                dispatch_ids(self.app, batch)  # never raises
+            if stop:
+                return
+
+
+def dispatch_in_background(app: Flask) -> BackgroundDispatch:
+    """From now on, this process sends the app's committed items from a background thread."""
+    dispatcher = app.extensions.get(_DISPATCHER)
+    if not isinstance(dispatcher, BackgroundDispatch):
+        dispatcher = BackgroundDispatch(app)
+        app.extensions[_DISPATCHER] = dispatcher
+    return dispatcher
 
 
 @event.listens_for(Session, "after_transaction_end")

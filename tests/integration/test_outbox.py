@@ -12,6 +12,7 @@ import logging
 import random
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -36,6 +37,7 @@ from portal.tasks.outbox import (
     _run_handler,
     backoff,
     claim,
+    dispatch_in_background,
     enqueue,
     run_item,
     sweep,
@@ -191,6 +193,46 @@ def test_a_broker_that_is_down_loses_nothing(
     assert sweep(app) == 0  # still down: nothing sent, nothing lost
     assert load(app, item_id).dispatched_at is None
     assert run_item(app, item_id, "w") == "done"  # a worker that gets the id runs it
+
+
+def test_background_dispatch_sends_committed_items_from_its_own_thread(outbox_app: Flask) -> None:
+    dispatcher = dispatch_in_background(outbox_app)
+    try:
+        assert dispatch_in_background(outbox_app) is dispatcher  # one per app
+        first = [add(outbox_app) for _ in range(3)]
+        received = wait_for_sent(outbox_app, len(first))
+        assert sorted(received) == first
+        # at exit whatever is still queued is sent before the thread stops
+        with get_database(outbox_app).sessions() as session:
+            items = [enqueue(session, "core.noop", {"n": n}) for n in range(2)]
+            session.commit()
+        dispatcher.close()
+        assert sorted(received + sent_ids(outbox_app)) == sorted(first + [i.id for i in items])
+    finally:
+        dispatcher.close()
+        outbox_app.extensions.pop("portal_outbox_dispatcher", None)
+
+
+def test_background_dispatch_to_a_broker_that_is_down_leaves_the_item_to_the_sweep(
+    app_factory: Any,
+) -> None:
+    app = _testkit_app(app_factory, PORTAL_BROKER_URL=f"redis://127.0.0.1:{_free_port()}/0")
+    dispatcher = dispatch_in_background(app)
+    try:
+        item_id = add(app)  # committed: the request would be answered now
+        dispatcher.close()  # the thread has tried the broker and given up
+        item = load(app, item_id)
+        assert item.state == OutboxState.PENDING and item.dispatched_at is None
+    finally:
+        dispatcher.close()
+
+
+def wait_for_sent(app: Flask, count: int, timeout: float = 10.0) -> list[int]:
+    received: list[int] = []
+    deadline = time.monotonic() + timeout
+    while len(received) < count and time.monotonic() < deadline:
+        received += sent_ids(app)
+    return received
 
 
 # -- claims and leases -----------------------------------------------------------------------

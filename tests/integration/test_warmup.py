@@ -35,9 +35,13 @@ def test_gunicorn_config_warms_the_portal_and_leaves_other_apps_alone(app: Flask
     hooks["post_worker_init"](SimpleNamespace(wsgi=app, cfg=SimpleNamespace(threads=2)))
     assert engine.pool.checkedin() >= 1  # type: ignore[attr-defined]
 
+    assert "portal_outbox_dispatcher" in app.extensions  # committed work goes out in the back
+    app.extensions.pop("portal_outbox_dispatcher").close()
+
     other = Flask("baseline")
     hooks["post_worker_init"](SimpleNamespace(wsgi=other, cfg=SimpleNamespace(threads=2)))
     assert "portal_db" not in other.extensions
+    assert "portal_outbox_dispatcher" not in other.extensions
 
 
 def test_warm_up_readies_one_producer_per_thread_with_the_queue_declared(app: Flask) -> None:
