@@ -9,9 +9,11 @@ BENCH_DELIVERIES - BENCH_UNIQUE (300) byte-identical duplicates of randomly chos
 signed as Stripe signs them, are shuffled. Then:
 
 - the portal (``app:app``, plugin ``stripe``) runs under gunicorn with BENCH_WORKERS (2)
-  ``gthread`` workers of BENCH_THREADS (4) threads (a delivery mostly waits on PostgreSQL's
-  commit; sync workers would leave the CPU idle meanwhile), reading ``gunicorn.conf.py`` (the
-  warm-up, and the outbox dispatch from a background thread), outbox dispatch to Redis db 12
+  ``gthread`` workers of BENCH_THREADS (4) threads and ``--worker-connections`` twice that (so
+  the clients' keep-alive connections spread over the workers; a delivery mostly waits on
+  PostgreSQL's commit, and sync workers would leave the CPU idle meanwhile), reading
+  ``gunicorn.conf.py`` (the warm-up, and the outbox dispatch from a background thread, a
+  batch in one message), outbox dispatch to Redis db 12
   (``BENCH_REDIS_URL``) on a queue of its own, removed
   afterwards;
 - BENCH_CONCURRENCY (16) client threads post the 1,000 deliveries to ``/p/stripe/webhook``; the
@@ -247,6 +249,9 @@ def serve(app: str, env: dict[str, str], logs: Path, probe: str) -> Iterator[tup
     command = [
         str(BIN / "gunicorn"),
         *("-w", str(WORKERS), "-k", "gthread", "--threads", str(THREADS)),
+        # a worker takes at most twice as many client connections as it has threads: without
+        # it the first worker to accept took all 16 keep-alive connections and the other idled
+        *("--worker-connections", str(2 * THREADS)),
         *("-b", f"{HOST}:{port}"),
     ]
     log(" ".join([*command, app]))

@@ -25,6 +25,7 @@ from portal.integrations.registry import integrations
 log = logging.getLogger(__name__)
 
 RUN_TASK: Final = "portal.outbox.run"
+FAN_OUT_TASK: Final = "portal.outbox.fan_out"
 SWEEP_TASK: Final = "portal.outbox.sweep"
 PURGE_SESSIONS_TASK: Final = "portal.sessions.purge"
 BILLING_SCHEDULE_TASK: Final = "portal.billing.schedule"
@@ -102,6 +103,11 @@ def _register_tasks(celery: Celery, app: Flask) -> None:
         with app.app_context():
             return run_item(app, int(item_id))  # Celery logs the outcome with the task
 
+    def fan_out(item_ids: list[int]) -> int:
+        from portal.tasks.outbox import dispatch_ids
+
+        return dispatch_ids(app, [int(i) for i in item_ids])
+
     def sweep() -> int:
         from portal.tasks.outbox import sweep as sweep_outbox
 
@@ -137,6 +143,7 @@ def _register_tasks(celery: Celery, app: Flask) -> None:
     # shared=False: a shared task would be added to every Celery app made later in the process,
     # still closing over *this* Flask app
     celery.task(name=RUN_TASK, shared=False)(run)
+    celery.task(name=FAN_OUT_TASK, shared=False)(fan_out)
     celery.task(name=SWEEP_TASK, shared=False)(sweep)
     celery.task(name=PURGE_SESSIONS_TASK, shared=False)(purge_sessions)
     celery.task(name=BILLING_SCHEDULE_TASK, shared=False)(billing_schedule)
@@ -157,3 +164,10 @@ def run_sender(app: Flask) -> Iterator[Callable[[int], None]]:
             celery.send_task(RUN_TASK, args=[item_id], producer=producer)
 
         yield send
+
+
+def send_fan_out(app: Flask, ids: list[int]) -> None:
+    """One ``portal.outbox.fan_out(ids)`` message: a worker sends each item's own message."""
+    celery = celery_for(app)
+    with celery.producer_or_acquire() as producer:
+        celery.send_task(FAN_OUT_TASK, args=[ids], producer=producer)

@@ -29,7 +29,13 @@ from hypothesis import strategies as st
 from portal.db import get_database, utcnow
 from portal.integrations.registry import integrations
 from portal.models import OutboxItem, OutboxState
-from portal.tasks.celery_app import PURGE_SESSIONS_TASK, RUN_TASK, SWEEP_TASK, celery_for
+from portal.tasks.celery_app import (
+    FAN_OUT_TASK,
+    PURGE_SESSIONS_TASK,
+    RUN_TASK,
+    SWEEP_TASK,
+    celery_for,
+)
 from portal.tasks.outbox import (
     BACKOFF_BASE,
     BACKOFF_CAP,
@@ -39,6 +45,7 @@ from portal.tasks.outbox import (
     claim,
     dispatch_in_background,
     enqueue,
+    fan_out,
     run_item,
     sweep,
 )
@@ -207,7 +214,8 @@ def test_background_dispatch_sends_committed_items_from_its_own_thread(outbox_ap
             items = [enqueue(session, "core.noop", {"n": n}) for n in range(2)]
             session.commit()
         dispatcher.close()
-        assert sorted(received + sent_ids(outbox_app)) == sorted(first + [i.id for i in items])
+        rest = wait_for_sent(outbox_app, len(items), timeout=1.0)
+        assert sorted(received + rest) == sorted(first + [i.id for i in items])
     finally:
         dispatcher.close()
         outbox_app.extensions.pop("portal_outbox_dispatcher", None)
@@ -228,11 +236,52 @@ def test_background_dispatch_to_a_broker_that_is_down_leaves_the_item_to_the_swe
 
 
 def wait_for_sent(app: Flask, count: int, timeout: float = 10.0) -> list[int]:
+    """The item ids sent, a worker's fan-out of a batch included."""
     received: list[int] = []
     deadline = time.monotonic() + timeout
     while len(received) < count and time.monotonic() < deadline:
-        received += sent_ids(app)
+        for task, args in messages(app):
+            if task == FAN_OUT_TASK:
+                celery_for(app).tasks[FAN_OUT_TASK](*args)  # as a worker runs it
+            else:
+                received.append(int(args[0]))
     return received
+
+
+def messages(app: Flask) -> list[tuple[str, list[Any]]]:
+    """Drain the app's queue: each message's task name and arguments."""
+    celery = celery_for(app)
+    found: list[tuple[str, list[Any]]] = []
+    with celery.connection_for_read() as conn:
+        queue = conn.SimpleQueue(celery.conf.task_default_queue)
+        try:
+            while True:
+                message = queue.get(timeout=0.05)
+                args, _kwargs, _embed = message.payload
+                found.append((message.headers["task"], list(args)))
+                message.ack()
+        except Empty:
+            pass
+        finally:
+            queue.close()
+    return found
+
+
+def test_a_batch_goes_out_as_one_message_that_a_worker_fans_out(outbox_app: Flask) -> None:
+    ids = [add(outbox_app) for _ in range(3)]
+    assert sorted(sent_ids(outbox_app)) == ids  # each sent on its commit, as usual
+    fan_out(outbox_app, ids)
+    assert messages(outbox_app) == [(FAN_OUT_TASK, [ids])]
+    assert celery_for(outbox_app).tasks[FAN_OUT_TASK](ids) == 3  # the worker's side
+    assert sent_ids(outbox_app) == ids
+
+
+def test_a_fan_out_the_broker_refuses_leaves_the_items_to_the_sweep(app_factory: Any) -> None:
+    app = _testkit_app(app_factory, PORTAL_BROKER_URL=f"redis://127.0.0.1:{_free_port()}/0")
+    item_id = add(app)  # its own dispatch failed too: un-marked already
+    set_columns(app, item_id, dispatched_at=utcnow())
+    fan_out(app, [item_id])
+    assert load(app, item_id).dispatched_at is None
 
 
 # -- claims and leases -----------------------------------------------------------------------
