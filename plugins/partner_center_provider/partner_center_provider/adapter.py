@@ -2,7 +2,8 @@
 
 Calls (Partner Center REST API v1, see the plugin's README):
 
-- read a subscription: ``GET /v1/customers/{tenant}/subscriptions/{id}``;
+- read a subscription: ``GET /v1/customers/{tenant}/subscriptions/{id}``; list a customer's:
+  ``GET /v1/customers/{tenant}/subscriptions`` (:meth:`PartnerCenterProvider.list_subscriptions`);
 - change a quantity: ``PATCH`` the full subscription back with the new absolute ``quantity``
   (``If-Match`` its etag). The resource is the one Partner Center last sent us for that
   subscription (kept per process, see :class:`KnownResources`), read first only when we have
@@ -168,6 +169,11 @@ class PartnerCenterProvider:
             return _below_minimum()
         return self._guarded("changing the quantity", lambda: self._set_quantity(change))
 
+    def list_subscriptions(self, customer_tenant_id: str) -> Result[list[ProviderSubscription]]:
+        """Every subscription of the customer, as Partner Center has them now. Each resource
+        is kept, so a quantity change of a listed subscription needs no read first."""
+        return self._guarded("listing the subscriptions", lambda: self._list(customer_tenant_id))
+
     def calls_needed(self, change: QuantityChange) -> int:
         """A ``PATCH``, and a read before it when we hold no copy of the subscription."""
         known = self.known.has(change.customer_tenant_id, change.subscription_ref)
@@ -191,6 +197,27 @@ class PartnerCenterProvider:
         if not isinstance(read, Succeeded):
             return read
         return _subscription_of(read.value)
+
+    def _list(self, tenant: str) -> Result[list[ProviderSubscription]]:
+        what = "listing the subscriptions"
+        try:
+            response = self.client.request("GET", _subscriptions_path(tenant))
+        except Exception as error:
+            return classify_exception(error, what, sent_write=False)
+        if response.status_code != 200:
+            return classify_response(response, what)
+        body = _json_object(response)
+        items = body.get("items") if body is not None else None
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            return TechnicalFailure("Partner Center sent a subscription list that is not one")
+        listed: list[ProviderSubscription] = []
+        for resource in items:
+            subscription = _subscription_of(resource)
+            if not isinstance(subscription, Succeeded):
+                return subscription
+            self.known.keep(tenant, resource)
+            listed.append(subscription.value)
+        return Succeeded(listed)
 
     def _read_resource(self, tenant: str, ref: str) -> Result[dict[str, Any]]:
         """The subscription resource as Partner Center has it now (and kept for next time)."""
@@ -442,6 +469,10 @@ def _below_minimum() -> BusinessRejection:
 def _segment(value: str) -> str:
     """``value`` as one URL path segment (a tenant or subscription id never escapes it)."""
     return quote(value, safe="")
+
+
+def _subscriptions_path(tenant: str) -> str:
+    return f"/v1/customers/{_segment(tenant)}/subscriptions"
 
 
 def _subscription_path(tenant: str, ref: str) -> str:

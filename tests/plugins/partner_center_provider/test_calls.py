@@ -321,3 +321,41 @@ def test_a_location_on_another_host_is_never_followed(pc: PartnerCenterProvider)
     )
     assert client.same_origin_path(client.base_url + "/v1/x?y=1") == "/v1/x?y=1"
     assert client.same_origin_path("https://evil.example/v1/x") is None
+
+
+# -- listing --------------------------------------------------------------------------------------
+
+
+def test_listing_gives_every_subscription_of_the_customer_and_keeps_their_resources(
+    pc: PartnerCenterProvider, fake: FakePartnerCenter, tenant: str, subscription: str
+) -> None:
+    second = fake.add_subscription(tenant, OFFER, 12, term_duration="P1Y", billing_cycle="annual")
+    other_customer = fake.add_customer(mca_accepted=True)
+    fake.add_subscription(other_customer, OFFER, 3)
+    listed = pc.list_subscriptions(tenant)
+    assert isinstance(listed, Succeeded)
+    by_ref = {s.subscription_ref: s for s in listed.value}
+    assert set(by_ref) == {subscription, second}
+    assert (by_ref[subscription].quantity, by_ref[second].quantity) == (5, 12)
+    assert fake.requests_to(f"/v1/customers/{tenant}/subscriptions", "GET")
+    # the listed resource (with its etag) is what the next change sends: no read before it
+    changed = pc.set_quantity(QuantityChange("after-list", tenant, second, 14))
+    assert isinstance(changed, Succeeded) and changed.value.quantity == 14
+    path = f"/v1/customers/{tenant}/subscriptions/{second}"
+    assert fake.requests_to(path, "GET") == []
+    assert len(fake.requests_to(path, "PATCH")) == 1
+
+
+def test_a_customer_without_subscriptions_lists_none(
+    pc: PartnerCenterProvider, tenant: str
+) -> None:
+    assert pc.list_subscriptions(tenant) == Succeeded([])
+
+
+def test_a_failed_listing_is_a_technical_failure(
+    pc: PartnerCenterProvider, fake: FakePartnerCenter, tenant: str
+) -> None:
+    fake.inject(Fault.server_error(503, retry_after=4, method="GET"))
+    failed = pc.list_subscriptions(tenant)
+    assert isinstance(failed, TechnicalFailure) and failed.retry_after is not None
+    assert failed.retry_after.total_seconds() == 4
