@@ -239,10 +239,13 @@ class BackgroundDispatch:
                     stop = True
                 else:
                     batch.append(more)
-            if len(batch) == 1:
-                dispatch_ids(self.app, batch)  # never raises
-            elif batch:
-                fan_out(self.app, batch)
+            try:
+                if len(batch) == 1:
+                    dispatch_ids(self.app, batch)
+                elif batch:
+                    fan_out(self.app, batch)
+            except Exception:  # neither raises; were one to, the thread must live on
+                log.exception("background dispatch of %d outbox item(s) failed", len(batch))
             if stop:
                 return
 
