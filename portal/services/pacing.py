@@ -25,10 +25,11 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from flask import Flask
 from limits import RateLimitItem, parse
-from limits.storage import Storage, storage_from_string
+from limits.storage import RedisStorage, Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 _EXTENSION = "portal_provider_pacing"
@@ -57,13 +58,24 @@ class ProviderPacing:
         return timedelta(seconds=max(stats.reset_time - time.time(), 0.05))
 
     def pause(self, provider_key: str, tenant: str, for_: timedelta) -> None:
-        """The provider said to wait (``Retry-After``): nobody calls for this tenant until then."""
+        """The provider said to wait (``Retry-After``): nobody calls for this tenant until then
+        (or until a later end another worker was told, whichever is later)."""
         until_ms = math.ceil((time.time() + for_.total_seconds()) * 1000)
         key = _pause_key(provider_key, tenant)
+        seconds = max(math.ceil(for_.total_seconds()) + 1, 1)
         # the pause's end (ms since the epoch) is the key's value: the key's own expiry is
-        # whole seconds on Redis, too coarse to say when exactly the pause ends
-        self.storage.clear(key)
-        self.storage.incr(key, max(math.ceil(for_.total_seconds()) + 1, 1), amount=until_ms)
+        # whole seconds on Redis, too coarse to say when exactly the pause ends. Several
+        # workers meet the same 429 wave at once, so the write must be one atomic "keep the
+        # later end": a clear then an add let two of them add their ends together (a pause
+        # until the 2080s)
+        if isinstance(self.storage, RedisStorage):
+            connection: Any = self.storage.get_connection()  # a redis-py client
+            connection.eval(_KEEP_LATER, 1, self.storage.prefixed_key(key), until_ms, seconds)
+            return
+        with _lock:  # the other storages are one process's (memory)
+            if self.storage.get(key) < until_ms:
+                self.storage.clear(key)
+                self.storage.incr(key, seconds, amount=until_ms)
 
     def _paused_for(self, provider_key: str, tenant: str) -> timedelta | None:
         until_ms = self.storage.get(_pause_key(provider_key, tenant))
@@ -71,6 +83,16 @@ class ProviderPacing:
             return None
         remaining = until_ms / 1000 - time.time()
         return timedelta(seconds=remaining) if remaining > 0 else None
+
+
+# KEYS[1]: the pause key; ARGV: the pause's end (ms since the epoch), the key's life (s)
+_KEEP_LATER = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > current then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+end
+return redis.call('GET', KEYS[1])
+"""
 
 
 def _pause_key(provider_key: str, tenant: str) -> str:

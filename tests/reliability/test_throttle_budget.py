@@ -317,6 +317,37 @@ def test_a_paused_tenant_stays_paused_to_the_end(storage: str) -> None:
     )
 
 
+@pytest.mark.parametrize("storage", ["memory", "redis"])
+def test_workers_pausing_a_tenant_at_once_pause_it_to_the_latest_end(storage: str) -> None:
+    """Several workers meet the same 429 wave and pause the tenant at the same moment: the
+    pause ends at the latest Retry-After they were told, never at some sum of them (a clear
+    then an add once paused a tenant until the 2080s), and a shorter one does not cut it."""
+    if storage == "redis" and not REDIS_URL:
+        pytest.skip("needs PORTAL_TEST_REDIS_URL")
+    pacing = ProviderPacing(
+        REDIS_URL if storage == "redis" else "memory://", f"{BUDGET} per second"
+    )
+    tenant = f"paused-{uuid.uuid4()}"
+    start = threading.Barrier(8)
+
+    def pause_with_the_others() -> None:
+        start.wait()
+        for _ in range(50):
+            pacing.pause("partner_center", tenant, timedelta(seconds=3))
+
+    workers = [threading.Thread(target=pause_with_the_others) for _ in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=30)
+    wait = pacing.wait_before_call("partner_center", tenant)
+    assert wait is not None and timedelta(seconds=2) < wait < timedelta(seconds=3.01), wait
+    pacing.pause("partner_center", tenant, timedelta(seconds=10))
+    pacing.pause("partner_center", tenant, timedelta(seconds=1))
+    wait = pacing.wait_before_call("partner_center", tenant)
+    assert wait is not None and timedelta(seconds=9) < wait < timedelta(seconds=10.01), wait
+
+
 def test_partner_center_receives_no_more_requests_than_the_budget(burst: Burst) -> None:
     """B4 read as Partner Center counts calls: every request, reads included, takes a slot of
     the budget (the first change of a subscription the worker holds no copy of reads it before
