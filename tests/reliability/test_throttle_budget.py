@@ -16,8 +16,9 @@ tenant: every request for it during the next :data:`RETRY_AFTER` seconds gets th
 - :func:`test_a_burst_of_500_changes_is_relayed_once_within_the_tenant_budget`: every change is
   provisioned exactly once (one effect per ``MS-RequestId``, none under another id), the portal
   agrees with the provider, and the relay's call rate (quantity changes reaching the provider)
-  stays within the budget: no one-second window holds more than :data:`BUDGET` (plus the calls
-  of the other relays already on their way), and the average is below it;
+  stays within the budget: no one-second window holds more than :data:`BUDGET` plus
+  :data:`RELAYS` (each relay may have taken its slot just before the window opened and send
+  that one call inside it: a relay sends one call at a time), and the average is below it;
 - :func:`test_after_a_429_the_tenant_waits_for_retry_after_without_a_retry_storm`: after the
   first ``429`` the only other refusals are for calls already on their way (at most
   :data:`RELAYS` - 1, within :data:`IN_FLIGHT` s), the tenant calls nothing more until
@@ -262,7 +263,7 @@ def test_a_burst_of_500_changes_is_relayed_once_within_the_tenant_budget(burst: 
         f"requests: busiest second {max_in_window(sorted(a.at for a in burst.answers))}; "
         f"429 answers: {sum(1 for a in burst.answers if a.status == 429)}"
     )
-    assert busiest <= BUDGET + RELAYS - 1, f"{busiest} calls in one second, budget {BUDGET}"
+    assert busiest <= BUDGET + RELAYS, f"{busiest} calls in one second, budget {BUDGET}"
     assert average <= BUDGET, f"{average:.1f} calls per second on average, budget {BUDGET}"
 
 
@@ -356,5 +357,7 @@ def test_partner_center_receives_no_more_requests_than_the_budget(burst: Burst) 
     assert len(every) > CHANGES, "no change needed a read: the reads were not tested"
     busiest = max_in_window(every)
     average = len(every) / (every[-1] - every[0])
-    assert busiest <= BUDGET + RELAYS - 1, f"{busiest} requests in one second, budget {BUDGET}"
+    # a window may also hold what each relay took its slots for just before it opened: one
+    # attempt's requests, two when a retry reads the subscription back before its PATCH
+    assert busiest <= BUDGET + 2 * RELAYS, f"{busiest} requests in one second, budget {BUDGET}"
     assert average <= BUDGET, f"{average:.1f} requests per second on average, budget {BUDGET}"
