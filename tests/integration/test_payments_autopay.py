@@ -5,7 +5,7 @@ are emailed (once) a link to pay on-session."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -21,7 +21,7 @@ from portal.models.billing import BillingContract, InvoiceState
 from portal.models.payment_profiles import AttemptKind, AttemptState
 from portal.services import billing_documents, payments
 from portal.tasks.outbox import run_item
-from tests.conftest import BACKENDS, Mailbox
+from tests.conftest import Mailbox
 from tests.integration.invoice_pages_support import Line, contract, invoice
 from tests.integration.payments_support import (
     ALWAYS_AUTHENTICATE,
@@ -36,7 +36,6 @@ from tests.integration.payments_support import (
     ledger_of,
     pay,
     payments_app,
-    payments_apps,
     signed_in,
 )
 from tests.integration.test_payments_cards import add_card
@@ -45,18 +44,9 @@ from tests.support import HttpsClient, Tenant
 FINANCE = "finance_manager@a.alpha.example"
 
 
-@pytest.fixture(params=BACKENDS)
-def apps(
-    request: pytest.FixtureRequest,
-    smtp_server: tuple[int, Mailbox],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Callable[..., Flask]]:
-    yield from payments_apps(request.param, smtp_server, tmp_path_factory)
-
-
 @pytest.fixture
-def app(apps: Callable[..., Flask]) -> Flask:
-    return payments_app(apps)
+def app(payment_apps: Callable[..., Flask]) -> Flask:
+    return payments_app(payment_apps)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,7 +18,7 @@ from flask import Flask
 from portal.db import get_database, utcnow
 from portal.models import AuditEvent
 from portal.models.payment_profiles import CardLink
-from tests.conftest import BACKENDS, Mailbox
+from tests.conftest import Mailbox
 from tests.integration.payments_support import (
     DECLINED,
     SUCCEEDS,
@@ -27,25 +27,15 @@ from tests.integration.payments_support import (
     cards_of,
     demo_gateway,
     payments_app,
-    payments_apps,
 )
 from tests.support import HttpsClient, Tenant, csrf_token, sign_in
 
 CUSTOMER_EMAIL = "ap@customer-a.example"
 
 
-@pytest.fixture(params=BACKENDS)
-def apps(
-    request: pytest.FixtureRequest,
-    smtp_server: tuple[int, Mailbox],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Callable[..., Flask]]:
-    yield from payments_apps(request.param, smtp_server, tmp_path_factory)
-
-
 @pytest.fixture
-def app(apps: Callable[..., Flask]) -> Flask:
-    return payments_app(apps)
+def app(payment_apps: Callable[..., Flask]) -> Flask:
+    return payments_app(payment_apps)
 
 
 def staff(app: Flask, role: str = "finance") -> HttpsClient:

@@ -5,7 +5,7 @@ at the gateway), a payment that keeps its card, and who may do any of it."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import pytest
@@ -17,7 +17,6 @@ from portal.domain.roles import CustomerRole
 from portal.integrations.results import Succeeded
 from portal.models.billing import BillingContract
 from portal.models.payment_profiles import CardSetup, CardSetupState, PaymentCustomer
-from tests.conftest import BACKENDS, Mailbox
 from tests.integration.payments_support import (
     ALWAYS_AUTHENTICATE,
     DECLINED,
@@ -30,24 +29,14 @@ from tests.integration.payments_support import (
     issued_invoice,
     pay,
     payments_app,
-    payments_apps,
     signed_in,
 )
 from tests.support import HttpsClient, Tenant, csrf_token, sign_in
 
 
-@pytest.fixture(params=BACKENDS)
-def apps(
-    request: pytest.FixtureRequest,
-    smtp_server: tuple[int, Mailbox],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Callable[..., Flask]]:
-    yield from payments_apps(request.param, smtp_server, tmp_path_factory)
-
-
 @pytest.fixture
-def app(apps: Callable[..., Flask]) -> Flask:
-    return payments_app(apps)
+def app(payment_apps: Callable[..., Flask]) -> Flask:
+    return payments_app(payment_apps)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ and the retry after a lost answer (A6) that open one gateway session."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,7 +17,6 @@ from portal.domain.roles import CustomerRole
 from portal.integrations.results import TechnicalFailure
 from portal.models.billing import InvoiceState
 from portal.models.payment_profiles import AttemptState
-from tests.conftest import BACKENDS, Mailbox
 from tests.integration.invoice_pages_support import Line, contract, invoice
 from tests.integration.payments_support import (
     ADMIN,
@@ -34,24 +33,14 @@ from tests.integration.payments_support import (
     ledger_of,
     pay,
     payments_app,
-    payments_apps,
     signed_in,
 )
 from tests.support import HttpsClient, Tenant, csrf_token, sign_in
 
 
-@pytest.fixture(params=BACKENDS)
-def apps(
-    request: pytest.FixtureRequest,
-    smtp_server: tuple[int, Mailbox],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Callable[..., Flask]]:
-    yield from payments_apps(request.param, smtp_server, tmp_path_factory)
-
-
 @pytest.fixture
-def app(apps: Callable[..., Flask]) -> Flask:
-    return payments_app(apps)
+def app(payment_apps: Callable[..., Flask]) -> Flask:
+    return payments_app(payment_apps)
 
 
 @pytest.fixture
@@ -428,9 +417,9 @@ def test_a_lost_gateway_answer_is_retried_with_the_same_key(
 
 
 def test_without_a_payment_gateway_the_invoice_says_whom_to_ask(
-    apps: Callable[..., Flask], tenant: Tenant
+    payment_apps: Callable[..., Flask], tenant: Tenant
 ) -> None:
-    app = apps()  # the same database, no gateway loaded
+    app = payment_apps()  # the same database, no gateway loaded
     invoice_id = issued_invoice(app, tenant)
     client = signed_in(app)
     response = pay(client, invoice_id)

@@ -17,14 +17,12 @@ from flask import Flask
 from portal.config import ROOT
 from portal.models.payment_profiles import AttemptState
 from portal.services import payments
-from tests.conftest import BACKENDS, Mailbox
 from tests.integration.payments_support import (
     ADMIN,
     attempts_of,
     cards_of,
     issued_invoice,
     ledger_of,
-    payments_apps,
     signed_in,
 )
 from tests.integration.test_payments_autopay import draft_for, issue, run_all
@@ -48,18 +46,9 @@ def fake() -> Iterator[FakeStripe]:
     assert not server.errors, "the fake Stripe failed:\n" + "\n".join(server.errors)
 
 
-@pytest.fixture(params=BACKENDS)
-def apps(
-    request: pytest.FixtureRequest,
-    smtp_server: tuple[int, Mailbox],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Callable[..., Flask]]:
-    yield from payments_apps(request.param, smtp_server, tmp_path_factory)
-
-
 @pytest.fixture
-def app(apps: Callable[..., Flask], fake: FakeStripe) -> Flask:
-    app: Flask = apps(
+def app(payment_apps: Callable[..., Flask], fake: FakeStripe) -> Flask:
+    app: Flask = payment_apps(
         PORTAL_PLUGINS="stripe",
         PORTAL_PAYMENT_GATEWAY="stripe",
         PORTAL_BROKER_URL="memory://",
