@@ -3,7 +3,7 @@
 Each worker connects to the database and the broker before it accepts requests
 (:func:`portal.warmup.warm_up`), so the first requests after a start or a deploy do not pay for
 it, and sends the work its requests commit to the broker from a background thread
-(:func:`portal.tasks.outbox.dispatch_in_background`). Other WSGI apps served from this folder
+(:func:`portal.outbox.items.dispatch_in_background`). Other WSGI apps served from this folder
 (the benchmarks' baselines) are left alone.
 """
 
@@ -17,7 +17,7 @@ def post_worker_init(worker: Any) -> None:
 
     app = worker.wsgi
     if isinstance(app, Flask) and "portal_db" in app.extensions:
-        from portal.tasks.outbox import dispatch_in_background
+        from portal.outbox.items import dispatch_in_background
         from portal.warmup import warm_up
 
         warm_up(app, connections=int(worker.cfg.threads))

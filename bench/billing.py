@@ -8,12 +8,13 @@ bought on 1 December 2025 (their purchases in the change log), and 10 % of the s
 changed in January: four in five got seats added on a day of the month, one in five got seats
 added and two days later some removed again, inside the reduction window (a credit note).
 
-Then, timed: the billing run of 1 February 2026 (:func:`portal.services.billing.run_billing`,
+Then, timed: the billing run of 1 February 2026
+(:func:`portal.features.billing.services.contracts.run_billing`,
 the partner reviews, so the invoices stay drafts), reading the change log and writing every
 invoice, line and credit note. Peak memory is the process's high-water mark (VmHWM) from the
 start of the run, reset just before it. The same run again must create nothing. The baseline,
 in the same process: the same lines computed in pure Python by
-:func:`portal.domain.invoicing.assemble` from the same inputs, with no database.
+:func:`portal.features.billing.rules.invoicing.assemble` from the same inputs, with no database.
 
 One line goes to stdout::
 
@@ -119,26 +120,20 @@ def at_noon(day: date) -> datetime:
 
 def seed(app: Any) -> int:
     """Bulk inserts, in batches; returns the partner's id."""
-    from portal.db import get_database
-    from portal.domain.catalog import (
+    from portal.core.db import get_database
+    from portal.features.billing.models import BillingContract
+    from portal.features.billing.rules.invoicing import ContractFrequency
+    from portal.features.catalogue.models import Product, ProductPrice
+    from portal.features.catalogue.rules import (
         BillingFrequency,
         ProductClass,
         ReductionBehaviour,
         SubscriptionType,
         Term,
     )
-    from portal.domain.licences import ChangeKind, ChangeState
-    from portal.models import (
-        Customer,
-        LicenceChange,
-        Partner,
-        PartnerHost,
-        Product,
-        ProductPrice,
-        Subscription,
-    )
-    from portal.models.billing import BillingContract, ContractFrequency
-    from portal.models.subscriptions import SubscriptionStatus
+    from portal.features.licences.models import LicenceChange, Subscription, SubscriptionStatus
+    from portal.features.licences.rules import ChangeKind, ChangeState
+    from portal.features.tenancy.models import Customer, Partner, PartnerHost
 
     engine = get_database(app).engine
     with engine.begin() as connection:
@@ -333,13 +328,13 @@ def peak_rss_mb() -> float:
 def baseline(lines_expected: int) -> float:
     """Lines per second of the pure computation: the same inputs, the domain's ``assemble``,
     no database (inputs are built per contract inside the timing, as the run builds them)."""
-    from portal.domain.invoicing import (
+    from portal.core.proration import Period
+    from portal.features.billing.rules.invoicing import (
         BilledSubscription,
         ContractTerms,
         QuantityChange,
         assemble,
     )
-    from portal.domain.proration import Period
 
     january = Period(ANCHOR, RUN_ON)
     february = Period(RUN_ON, date(2026, 3, 1))
@@ -377,8 +372,8 @@ def baseline(lines_expected: int) -> float:
 
 def check(app: Any, partner_id: int) -> tuple[int, int]:
     """Invoices and lines written; every invoice's lines add up to its subtotal."""
-    from portal.db import get_database
-    from portal.models.billing import CreditNote, CreditNoteLine, Invoice, InvoiceLine
+    from portal.core.db import get_database
+    from portal.features.billing.models import CreditNote, CreditNoteLine, Invoice, InvoiceLine
 
     with get_database(app).sessions() as session:
         invoices = session.scalar(select(func.count(Invoice.id))) or 0
@@ -416,7 +411,7 @@ def main() -> int:
     try:
         with database():
             from portal import create_app
-            from portal.services.billing import run_billing
+            from portal.features.billing.services.run import run_billing
 
             app = create_app()
             with app.app_context():
@@ -459,8 +454,8 @@ def main() -> int:
 
 
 def _credit_lines(app: Any) -> int:
-    from portal.db import get_database
-    from portal.models.billing import CreditNoteLine
+    from portal.core.db import get_database
+    from portal.features.billing.models import CreditNoteLine
 
     with get_database(app).sessions() as session:
         return session.scalar(select(func.count(CreditNoteLine.id))) or 0

@@ -6,7 +6,7 @@ PostgreSQL database (``portal_bench_outbox``), migrates it, and on Redis (db 12,
 processes (late acks, prefetch 1, the portal's settings) on:
 
 - baseline: ITEMS bare ``bench.noop`` Celery tasks (``bench/outbox_baseline.py``);
-- outbox: ITEMS ``core.noop`` outbox items, enqueued through :func:`portal.tasks.outbox.enqueue`
+- outbox: ITEMS ``core.noop`` outbox items, enqueued through :func:`portal.outbox.items.enqueue`
   in transactions of BATCH items (as many web requests would), each dispatched after commit.
 
 What is timed is the worker pool: the queue is filled while no worker runs, then a worker starts
@@ -241,14 +241,14 @@ class Outbox:
     def __init__(self, env: dict[str, str], log_dir: Path) -> None:
         os.environ.update({k: v for k, v in env.items() if k.startswith("PORTAL_")})
         from portal import create_app
-        from portal.db import get_database
+        from portal.core.db import get_database
 
         self.app = create_app()
         self.sessions = get_database(self.app).sessions
         self.env, self.log_dir = env, log_dir
 
     def enqueue_all(self) -> None:
-        from portal.tasks.outbox import enqueue
+        from portal.outbox.items import enqueue
 
         with self.app.app_context():
             for start in range(0, ITEMS, BATCH):
@@ -271,7 +271,7 @@ class Outbox:
         per_item = (time.perf_counter() - started) / ITEMS * 1000
         log(f"outbox: enqueue, commit and send {per_item:.2f} ms per item")
         log_path = self.log_dir / f"outbox-{round_}.log"
-        with worker("portal.tasks.worker", OUTBOX_QUEUE, self.env, log_path) as group:
+        with worker("portal.worker", OUTBOX_QUEUE, self.env, log_path) as group:
             drain = timed_drain(group, self.not_done, "outbox")
         self.check_once()
         return drain

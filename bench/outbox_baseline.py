@@ -1,7 +1,7 @@
 """The outbox benchmark's baseline: a bare Celery no-op task, with the portal's worker settings.
 
 Served with ``celery -A bench.outbox_baseline worker``; ``BENCH_BROKER_URL`` names the broker
-and ``BENCH_QUEUE`` the queue. Same delivery settings as :mod:`portal.tasks.celery_app`
+and ``BENCH_QUEUE`` the queue. Same delivery settings as :mod:`portal.outbox.celery_app`
 (late acknowledgement, requeue on a lost worker, one message at a time, JSON, no results), so
 the difference measured is the outbox's own work: the row, the claim, the lease and "done".
 """

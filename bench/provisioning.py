@@ -17,7 +17,8 @@ process and seeds 200 subscriptions (40 customer tenants of 5, MCA accepted, pro
   connections than the engine's default pool (5 + 10 overflow), since a run holds its
   connection across the provider calls;
 - it records 1,000 quantity changes (5 per subscription, in order) through
-  :func:`portal.services.licences.request_quantity`, as the subscription page does, all in one
+  :func:`portal.features.licences.services.subscriptions.request_quantity`, as the subscription
+  page does, all in one
   transaction: the first change of each subscription is queued, the 4 later ones wait as
   ``awaiting`` (``earlier_change``) and each is released by the provisioning of the one before;
 - the clock runs from that commit (which dispatches the first 200) until every change is
@@ -196,7 +197,7 @@ def worker(name: str, env: dict[str, str], log_path: Path) -> Iterator[subproces
         "-m",
         "celery",
         "-A",
-        "portal.tasks.worker",
+        "portal.worker",
         "worker",
         "--pool",
         POOL,
@@ -243,7 +244,7 @@ class Bench:
     def __init__(self, fake: Any, env: dict[str, str]) -> None:
         os.environ.update({k: v for k, v in env.items() if k.startswith("PORTAL_")})
         from portal import create_app
-        from portal.db import get_database
+        from portal.core.db import get_database
 
         self.fake = fake
         self.app = create_app()
@@ -252,28 +253,24 @@ class Bench:
         self.wall_start = datetime.now(UTC)  # set again at the commit that starts the clock
 
     def seed(self) -> None:
-        from portal.db import utcnow
-        from portal.domain.catalog import (
+        from portal.core.db import utcnow
+        from portal.core.roles import CustomerRole
+        from portal.features.catalogue.models import Product, ProductPrice
+        from portal.features.catalogue.rules import (
             BillingFrequency,
             ProductClass,
             ReductionBehaviour,
             SubscriptionType,
             Term,
         )
-        from portal.domain.roles import CustomerRole
-        from portal.models import (
+        from portal.features.identity.models import Membership, User
+        from portal.features.licences.models import (
             AgreementAcceptance,
             AttestationState,
-            Customer,
-            Membership,
-            Partner,
-            PartnerHost,
-            Product,
-            ProductPrice,
             Subscription,
             SubscriptionStatus,
-            User,
         )
+        from portal.features.tenancy.models import Customer, Partner, PartnerHost
 
         now = utcnow()
         bought = now - timedelta(days=30)
@@ -382,10 +379,12 @@ class Bench:
     def record_and_start(self) -> float:
         """Record every change in one transaction; its commit dispatches the first of each
         subscription. Returns the clock at the commit."""
-        from portal.db import utcnow
-        from portal.extensions import rendering_in
-        from portal.models import Customer, Membership, Partner, Subscription, User
-        from portal.services.licences import request_quantity
+        from portal.core.db import utcnow
+        from portal.core.extensions import rendering_in
+        from portal.features.identity.models import Membership, User
+        from portal.features.licences.models import Subscription
+        from portal.features.licences.services.subscriptions import request_quantity
+        from portal.features.tenancy.models import Customer, Partner
 
         started = time.perf_counter()
         with self.app.app_context(), rendering_in("en"), self.sessions() as s:
@@ -422,8 +421,8 @@ class Bench:
         return clock
 
     def provisioned(self) -> int:
-        from portal.domain.licences import ChangeState
-        from portal.models import LicenceChange
+        from portal.features.licences.models import LicenceChange
+        from portal.features.licences.rules import ChangeState
 
         with self.sessions() as s:
             count = s.scalar(
@@ -434,7 +433,7 @@ class Bench:
         return int(count or 0)
 
     def states(self) -> dict[str, int]:
-        from portal.models import LicenceChange
+        from portal.features.licences.models import LicenceChange
 
         with self.sessions() as s:
             rows = s.execute(
@@ -456,8 +455,8 @@ class Bench:
 
     def check(self) -> tuple[int, int, list[str]]:
         """lost, duplicated, and what else is wrong (quantities)."""
-        from portal.domain.licences import ChangeKind
-        from portal.models import LicenceChange, Subscription
+        from portal.features.licences.models import LicenceChange, Subscription
+        from portal.features.licences.rules import ChangeKind
 
         total = SUBSCRIPTIONS * CHANGES_PER_SUBSCRIPTION
         problems: list[str] = []
@@ -487,8 +486,9 @@ class Bench:
 
     def profile(self, elapsed: float) -> None:
         """Where the time went, from the rows and the fake's request log (stderr)."""
-        from portal.domain.licences import ChangeKind
-        from portal.models import LicenceChange, OutboxItem
+        from portal.features.licences.models import LicenceChange
+        from portal.features.licences.rules import ChangeKind
+        from portal.outbox.models import OutboxItem
 
         with self.sessions() as s:
             rows = s.execute(

@@ -134,8 +134,9 @@ def migrate(env: dict[str, str]) -> None:
 
 def seed(count: int) -> tuple[int, list[int]]:
     """One partner and customer, ``count`` issued invoices of 100.00: (customer, invoice ids)."""
-    from portal.models import Customer, Partner, PartnerHost
-    from portal.models.billing import BillingContract, ContractFrequency, Invoice, InvoiceState
+    from portal.features.billing.models import BillingContract, Invoice, InvoiceState
+    from portal.features.billing.rules.invoicing import ContractFrequency
+    from portal.features.tenancy.models import Customer, Partner, PartnerHost
 
     engine = create_engine(DATABASE_URL)
     try:
@@ -195,7 +196,7 @@ def seed(count: int) -> tuple[int, list[int]]:
 
 
 def payments_recorded() -> int:
-    from portal.models.billing import InvoicePayment
+    from portal.features.billing.models import InvoicePayment
 
     engine = create_engine(DATABASE_URL)
     try:

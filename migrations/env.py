@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from alembic import context
 
-import portal.models  # noqa: F401  (registers every table)
-from portal import config as portal_config
-from portal.db import Base, make_engine
+import portal.all_models  # noqa: F401  (registers every table)
+from portal.core import config as portal_config
+from portal.core.db import Base, make_engine
 
 target_metadata = Base.metadata
 

@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from portal import config as portal_config
+from portal.core import config as portal_config
 from portal.hookspecs import hookimpl
 
 __version__ = "0.1.0"
@@ -30,10 +30,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     portal_config.finalise(app.config)
     _configure_flask(app)
 
-    from portal import cli, db, extensions, plugins
-    from portal.branding import brand, themes
-    from portal.web import access, errors, filters, security_headers
-    from portal.web.session_store import DatabaseSessionInterface
+    from portal import cli, plugins
+    from portal.core import db, extensions
+    from portal.features.identity import login
+    from portal.features.identity.session_store import DatabaseSessionInterface
+    from portal.features.tenancy.branding import brand, themes
+    from portal.web import access, csrf, errors, filters, rate_limits, security_headers
 
     db.init_app(app)
     app.session_interface = DatabaseSessionInterface(
@@ -41,14 +43,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         absolute=timedelta(hours=app.config["PORTAL_SESSION_ABSOLUTE_HOURS"]),
     )
     extensions.init_app(app)
+    csrf.init_app(app)
     brand.init_app(app)
     access.init_app(app)
+    login.init_app(app)
     security_headers.init_app(app)
     errors.init_app(app)
     filters.init_app(app)
     _register_blueprints(app)
     plugins.init_app(app)
-    extensions.init_rate_limits(app)
+    rate_limits.init_rate_limits(app)
     themes.init_app(app)
     cli.init_app(app)
     access.check_every_route_declares_access(app)
@@ -79,18 +83,19 @@ def _configure_flask(app: Flask) -> None:
 
 
 def _register_blueprints(app: Flask) -> None:
-    from portal.branding.views import bp as branding_bp
-    from portal.web.account import bp as account_bp
-    from portal.web.auth import bp as auth_bp
-    from portal.web.invoices import bp as invoices_bp
-    from portal.web.pages import bp as pages_bp
-    from portal.web.payments import bp as payments_bp
-    from portal.web.payments import links as card_links_bp
-    from portal.web.staff import bp as staff_bp
-    from portal.web.staff_billing import bp as staff_billing_bp
-    from portal.web.staff_licences import bp as staff_licences_bp
-    from portal.web.staff_payments import bp as staff_payments_bp
-    from portal.web.subscriptions import bp as subscriptions_bp
+    from portal.features.billing.staff_views import bp as staff_billing_bp
+    from portal.features.billing.views import bp as invoices_bp
+    from portal.features.catalogue.staff_views import bp as staff_catalogue_bp
+    from portal.features.identity.account_views import bp as account_bp
+    from portal.features.identity.staff_views import bp as staff_auth_bp
+    from portal.features.identity.views import bp as auth_bp
+    from portal.features.licences.staff_views import bp as staff_licences_bp
+    from portal.features.licences.views import bp as subscriptions_bp
+    from portal.features.payments.views import bp as payments_bp
+    from portal.features.payments.views import links as card_links_bp
+    from portal.features.tenancy.branding.views import bp as branding_bp
+    from portal.home.staff_views import bp as staff_bp
+    from portal.home.views import bp as pages_bp
 
     for blueprint in (
         branding_bp,
@@ -101,9 +106,10 @@ def _register_blueprints(app: Flask) -> None:
         invoices_bp,
         payments_bp,
         card_links_bp,
+        staff_auth_bp,
         staff_bp,
+        staff_catalogue_bp,
         staff_licences_bp,
         staff_billing_bp,
-        staff_payments_bp,
     ):
         app.register_blueprint(blueprint)

@@ -12,7 +12,7 @@ from alembic.config import Config as AlembicConfig
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from portal.config import ROOT, public_view
+from portal.core.config import ROOT, public_view
 
 portal_cli = AppGroup("portal", help="CSP Portal administration.")
 
@@ -45,7 +45,7 @@ def migrate_command() -> None:
 @portal_cli.command("demo")
 def demo_command() -> None:
     """Create the demo partner, customers, users and staff (idempotent)."""
-    from portal.services.demo import DEMO_PASSWORD, create_demo_data
+    from portal.demo import DEMO_PASSWORD, create_demo_data
 
     created = create_demo_data()
     click.echo("demo data ready" if created else "demo data already present")
@@ -56,9 +56,9 @@ def demo_command() -> None:
 @click.option("--count", default=8, show_default=True, help="How many changes to request.")
 def demo_changes_command(count: int) -> None:
     """Add seats to the demo subscriptions, to watch the licence change log move."""
-    from portal.extensions import rendering_in
-    from portal.services import ServiceError
-    from portal.services.demo import request_demo_changes
+    from portal.core.errors import ServiceError
+    from portal.core.extensions import rendering_in
+    from portal.demo import request_demo_changes
 
     try:
         with rendering_in("en"):
@@ -73,7 +73,7 @@ def demo_changes_command(count: int) -> None:
 @portal_cli.command("purge-sessions")
 def purge_sessions_command() -> None:
     """Delete expired sign-in sessions."""
-    from portal.web.session_store import purge_expired
+    from portal.features.identity.session_store import purge_expired
 
     app = current_app
     count = purge_expired(
@@ -139,10 +139,10 @@ def billing_run_command(on: Any, partner_slug: str | None) -> None:
     """
     from sqlalchemy import select
 
-    from portal.db import get_database, utcnow
-    from portal.models import Partner
-    from portal.services.billing import run_billing_for_partner
-    from portal.services.licences import local_today
+    from portal.core.db import get_database, utcnow
+    from portal.features.billing.services.run import run_billing_for_partner
+    from portal.features.tenancy.models import Partner
+    from portal.features.tenancy.services import local_today
 
     with get_database().sessions() as session:
         statement = select(Partner).order_by(Partner.id)
@@ -203,9 +203,9 @@ def payments_reconcile_command(days: int | None, gateway_keys: tuple[str, ...]) 
 
     Running it again records nothing new.
     """
-    from portal.db import utcnow
+    from portal.core.db import utcnow
+    from portal.features.payments.services.events import reconcile
     from portal.integrations.registry import PluginError
-    from portal.services.payment_events import reconcile
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     since = utcnow() - timedelta(days=days) if days else None

@@ -24,14 +24,22 @@ from typing import Any, cast
 import pluggy
 from flask import Blueprint, Flask, current_app
 
-from portal.config import ROOT
-from portal.hookspecs import PROJECT, spec_modules
+from portal.core.config import ROOT
+from portal.hookspecs import PROJECT, accounting, notifications, payments, providers
+from portal.hookspecs import app as app_hooks
 from portal.integrations.registry import Integrations, PluginError, _as_list, _results
+from portal.outbox.handlers import Wiring, wire
 
 ENTRY_POINT_GROUP = "portal.plugins"
 FIRST_PARTY_DIR = ROOT / "plugins"
-# core default implementations, registered in every app
-CORE_PLUGINS: tuple[str, ...] = ("portal.tasks.core_hooks",)
+# the core's own hook implementations, registered in every app like any plugin
+CORE_PLUGINS: tuple[str, ...] = (
+    "portal.default_plugin.schedule",
+    "portal.default_plugin.outbox_kinds",
+    "portal.default_plugin.payments",
+)
+# every module of hook specifications
+SPEC_MODULES: tuple[ModuleType, ...] = (app_hooks, providers, payments, accounting, notifications)
 NAME = re.compile(r"[a-z][a-z0-9_]*")
 SECRET_NAME = re.compile(r"secret|key|token|password|dsn", re.IGNORECASE)
 
@@ -131,7 +139,7 @@ def discover(extra_paths: str = "") -> dict[str, _Candidate]:
 
 def build_plugin_manager(app: Flask) -> pluggy.PluginManager:
     pm = pluggy.PluginManager(PROJECT)
-    for module in spec_modules():
+    for module in SPEC_MODULES:
         pm.add_hookspecs(module)
     for dotted in CORE_PLUGINS:
         pm.register(importlib.import_module(dotted), name=f"core:{dotted.rsplit('.', 1)[-1]}")
@@ -168,6 +176,14 @@ def init_app(app: Flask) -> Integrations:
     app.extensions["portal_plugin_manager"] = pm
     integrations = Integrations.collect(pm, app)
     app.extensions["portal_integrations"] = integrations
+    wire(
+        app,
+        Wiring(
+            handlers=integrations.outbox_handlers,
+            beat_schedule=integrations.beat_schedule,
+            periodic_jobs=integrations.periodic_jobs,
+        ),
+    )
     _mount_blueprints(app, pm)
     pm.hook.portal_startup(app=app)
     return integrations

@@ -17,7 +17,7 @@ from flask import Flask
 from kombu.utils.uuid import uuid
 from sqlalchemy.engine import Dialect
 
-from portal.db import Base, get_database
+from portal.core.db import Base, get_database
 
 if TYPE_CHECKING:
     from celery import Celery  # type: ignore[import-untyped]
@@ -45,7 +45,7 @@ def prepare(app: Flask) -> None:
     except Exception:
         log.warning("warm-up: could not prepare the statements", exc_info=True)
     try:
-        from portal.tasks.celery_app import celery_for
+        from portal.outbox.broker import celery_for
 
         _prepare_task_message(celery_for(app))
     except Exception:
@@ -69,7 +69,7 @@ def connect(app: Flask, connections: int, *, broker: bool = True) -> int:
     if not broker:
         return len(opened)
     try:
-        from portal.tasks.celery_app import celery_for
+        from portal.outbox.broker import celery_for
 
         _prepare_producers(celery_for(app), connections)
     except Exception:
@@ -104,7 +104,7 @@ def _prepare_producers(celery: Celery, count: int) -> None:
 def _prepare_task_message(celery: Celery) -> None:
     """Load what sending the first task loads: the result backend's class (looked up on
     every send) and the message protocol's code (a message is built, not sent)."""
-    from portal.tasks.celery_app import RUN_TASK
+    from portal.outbox.broker import RUN_TASK
 
     _ = celery.backend
     celery.amqp.create_task_message(uuid(), RUN_TASK, (0,), {})

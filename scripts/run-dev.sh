@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 HOST="${HOST:-127.0.0.1}"
 PORT="${PORT:-5000}"
-.venv/bin/celery -A portal.tasks.worker worker --beat --concurrency 1 --loglevel INFO \
+.venv/bin/celery -A portal.worker worker --beat --concurrency 1 --loglevel INFO \
   --without-gossip --without-mingle &
 worker=$!
 trap 'kill "$worker" 2>/dev/null; wait "$worker" 2>/dev/null' EXIT INT TERM

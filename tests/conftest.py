@@ -19,7 +19,7 @@ from flask import Flask
 
 from portal import create_app
 from portal.cli import migrate
-from portal.db import Base, get_database
+from portal.core.db import Base, get_database
 from tests.support import HttpsClient, Tenant, seed_partner
 
 IN_CI = os.environ.get("CI", "").lower() == "true"

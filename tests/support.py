@@ -11,32 +11,27 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from portal.db import get_database, utcnow
-from portal.domain.catalog import (
+from portal.core.db import get_database, utcnow
+from portal.core.roles import CustomerRole, StaffRole
+from portal.features.catalogue.models import Product, ProductPrice
+from portal.features.catalogue.rules import (
     BillingFrequency,
     ProductClass,
     ReductionBehaviour,
     SubscriptionType,
     Term,
 )
-from portal.domain.licences import ChangeKind, ChangeState
-from portal.domain.roles import CustomerRole, StaffRole
-from portal.models import (
+from portal.features.identity.models import Membership, StaffUser, User
+from portal.features.identity.passwords import hash_password
+from portal.features.licences.models import (
     AgreementAcceptance,
     AttestationState,
-    Customer,
     LicenceChange,
-    Membership,
-    Partner,
-    PartnerHost,
-    Product,
-    ProductPrice,
-    StaffUser,
     Subscription,
     SubscriptionStatus,
-    User,
 )
-from portal.services.passwords import hash_password
+from portal.features.licences.rules import ChangeKind, ChangeState
+from portal.features.tenancy.models import Customer, Partner, PartnerHost
 
 PASSWORD = "correct horse battery staple"
 CSRF = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import portal.db
+import portal.core.db
 
 revision: str = "0001_foundation"
 down_revision: str | None = None
@@ -33,7 +33,7 @@ def upgrade() -> None:
         sa.Column("terms_url", sa.String(length=500), nullable=True),
         sa.Column("privacy_url", sa.String(length=500), nullable=True),
         sa.Column("timezone", sa.String(length=64), nullable=False),
-        sa.Column("created_at", portal.db.UTCDateTime(), nullable=False),
+        sa.Column("created_at", portal.core.db.UTCDateTime(), nullable=False),
         sa.CheckConstraint(
             "length(primary_colour) = 7", name=op.f("ck_partner_primary_colour_hex")
         ),
@@ -50,8 +50,8 @@ def upgrade() -> None:
         sa.Column("principal", sa.String(length=40), nullable=True),
         sa.Column("user_agent", sa.String(length=300), nullable=True),
         sa.Column("ip", sa.String(length=45), nullable=True),
-        sa.Column("created_at", portal.db.UTCDateTime(), nullable=False),
-        sa.Column("last_seen_at", portal.db.UTCDateTime(), nullable=False),
+        sa.Column("created_at", portal.core.db.UTCDateTime(), nullable=False),
+        sa.Column("last_seen_at", portal.core.db.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id_hash", name=op.f("pk_web_session")),
     )
     with op.batch_alter_table("web_session", schema=None) as batch_op:
@@ -68,8 +68,8 @@ def upgrade() -> None:
         sa.Column("password_hash", sa.String(length=200), nullable=True),
         sa.Column("locale", sa.String(length=8), nullable=True),
         sa.Column("active", sa.Boolean(), nullable=False),
-        sa.Column("created_at", portal.db.UTCDateTime(), nullable=False),
-        sa.Column("last_login_at", portal.db.UTCDateTime(), nullable=True),
+        sa.Column("created_at", portal.core.db.UTCDateTime(), nullable=False),
+        sa.Column("last_login_at", portal.core.db.UTCDateTime(), nullable=True),
         sa.Column("partner_id", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(
             ["partner_id"],
@@ -92,7 +92,7 @@ def upgrade() -> None:
         sa.Column("credit_hold", sa.Boolean(), nullable=False),
         sa.Column("credit_limit_minor", sa.Integer(), nullable=True),
         sa.Column("payment_terms_days", sa.Integer(), nullable=False),
-        sa.Column("created_at", portal.db.UTCDateTime(), nullable=False),
+        sa.Column("created_at", portal.core.db.UTCDateTime(), nullable=False),
         sa.Column("partner_id", sa.Integer(), nullable=False),
         sa.CheckConstraint(
             "credit_limit_minor IS NULL OR credit_limit_minor >= 0",
@@ -147,8 +147,8 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("active", sa.Boolean(), nullable=False),
-        sa.Column("created_at", portal.db.UTCDateTime(), nullable=False),
-        sa.Column("last_login_at", portal.db.UTCDateTime(), nullable=True),
+        sa.Column("created_at", portal.core.db.UTCDateTime(), nullable=False),
+        sa.Column("last_login_at", portal.core.db.UTCDateTime(), nullable=True),
         sa.Column("partner_id", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(
             ["partner_id"],
@@ -170,7 +170,7 @@ def upgrade() -> None:
         sa.Column("action", sa.String(length=80), nullable=False),
         sa.Column("detail", sa.JSON(), nullable=False),
         sa.Column("ip", sa.String(length=45), nullable=True),
-        sa.Column("created_at", portal.db.UTCDateTime(), nullable=False),
+        sa.Column("created_at", portal.core.db.UTCDateTime(), nullable=False),
         sa.Column("partner_id", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(
             ["customer_id"],
@@ -212,10 +212,10 @@ def upgrade() -> None:
         ),
         sa.Column("token_hash", sa.String(length=64), nullable=False),
         sa.Column("invited_by", sa.String(length=200), nullable=False),
-        sa.Column("created_at", portal.db.UTCDateTime(), nullable=False),
-        sa.Column("expires_at", portal.db.UTCDateTime(), nullable=False),
-        sa.Column("accepted_at", portal.db.UTCDateTime(), nullable=True),
-        sa.Column("revoked_at", portal.db.UTCDateTime(), nullable=True),
+        sa.Column("created_at", portal.core.db.UTCDateTime(), nullable=False),
+        sa.Column("expires_at", portal.core.db.UTCDateTime(), nullable=False),
+        sa.Column("accepted_at", portal.core.db.UTCDateTime(), nullable=True),
+        sa.Column("revoked_at", portal.core.db.UTCDateTime(), nullable=True),
         sa.Column("customer_id", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(
             ["customer_id"],
@@ -247,7 +247,7 @@ def upgrade() -> None:
             ),
             nullable=False,
         ),
-        sa.Column("created_at", portal.db.UTCDateTime(), nullable=False),
+        sa.Column("created_at", portal.core.db.UTCDateTime(), nullable=False),
         sa.Column("customer_id", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(
             ["customer_id"],
@@ -278,9 +278,9 @@ def upgrade() -> None:
         sa.Column("token_hash", sa.String(length=64), nullable=False),
         sa.Column("user_id", sa.Integer(), nullable=True),
         sa.Column("staff_user_id", sa.Integer(), nullable=True),
-        sa.Column("created_at", portal.db.UTCDateTime(), nullable=False),
-        sa.Column("expires_at", portal.db.UTCDateTime(), nullable=False),
-        sa.Column("used_at", portal.db.UTCDateTime(), nullable=True),
+        sa.Column("created_at", portal.core.db.UTCDateTime(), nullable=False),
+        sa.Column("expires_at", portal.core.db.UTCDateTime(), nullable=False),
+        sa.Column("used_at", portal.core.db.UTCDateTime(), nullable=True),
         sa.ForeignKeyConstraint(
             ["staff_user_id"],
             ["staff_user.id"],

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import portal.db
+import portal.core.db
 
 revision: str = "0002_outbox"
 down_revision: str | None = "0001_foundation"
@@ -42,14 +42,14 @@ def upgrade() -> None:
         ),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("max_attempts", sa.Integer(), nullable=False),
-        sa.Column("available_at", portal.db.UTCDateTime(), nullable=False),
-        sa.Column("lease_expires_at", portal.db.UTCDateTime(), nullable=True),
+        sa.Column("available_at", portal.core.db.UTCDateTime(), nullable=False),
+        sa.Column("lease_expires_at", portal.core.db.UTCDateTime(), nullable=True),
         sa.Column("lease_owner", sa.String(length=200), nullable=True),
-        sa.Column("dispatched_at", portal.db.UTCDateTime(), nullable=True),
+        sa.Column("dispatched_at", portal.core.db.UTCDateTime(), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("result", sa.JSON(), nullable=True),
-        sa.Column("created_at", portal.db.UTCDateTime(), nullable=False),
-        sa.Column("finished_at", portal.db.UTCDateTime(), nullable=True),
+        sa.Column("created_at", portal.core.db.UTCDateTime(), nullable=False),
+        sa.Column("finished_at", portal.core.db.UTCDateTime(), nullable=True),
         sa.ForeignKeyConstraint(
             ["customer_id"],
             ["customer.id"],

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import portal.db
+import portal.core.db
 
 revision: str = "0004_licences"
 down_revision: str | None = "0003_session_user"
@@ -79,7 +79,7 @@ def upgrade() -> None:
         sa.Column("requires_mca", sa.Boolean(), nullable=False),
         sa.Column("bundle_id", sa.Integer(), nullable=True),
         sa.Column("active", sa.Boolean(), nullable=False),
-        sa.Column("created_at", portal.db.UTCDateTime(), nullable=False),
+        sa.Column("created_at", portal.core.db.UTCDateTime(), nullable=False),
         sa.Column("partner_id", sa.Integer(), nullable=False),
         sa.CheckConstraint(
             "max_quantity >= min_quantity", name=op.f("ck_product_max_not_below_min")
@@ -115,7 +115,7 @@ def upgrade() -> None:
         sa.Column("last_name", sa.String(length=100), nullable=False),
         sa.Column("email", sa.String(length=254), nullable=False),
         sa.Column("phone", sa.String(length=40), nullable=True),
-        sa.Column("accepted_at", portal.db.UTCDateTime(), nullable=False),
+        sa.Column("accepted_at", portal.core.db.UTCDateTime(), nullable=False),
         sa.Column("ip", sa.String(length=45), nullable=True),
         sa.Column("request_id", sa.String(length=36), nullable=False),
         sa.Column(
@@ -132,7 +132,7 @@ def upgrade() -> None:
         ),
         sa.Column("provider_answer", sa.Text(), nullable=True),
         sa.Column("provider_reference", sa.String(length=200), nullable=True),
-        sa.Column("confirmed_at", portal.db.UTCDateTime(), nullable=True),
+        sa.Column("confirmed_at", portal.core.db.UTCDateTime(), nullable=True),
         sa.Column("partner_id", sa.Integer(), nullable=False),
         sa.Column("customer_id", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(
@@ -236,11 +236,11 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("currency", sa.String(length=3), nullable=False),
-        sa.Column("term_started_at", portal.db.UTCDateTime(), nullable=False),
+        sa.Column("term_started_at", portal.core.db.UTCDateTime(), nullable=False),
         sa.Column("term_ends_on", sa.Date(), nullable=False),
         sa.Column("auto_renew", sa.Boolean(), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
-        sa.Column("created_at", portal.db.UTCDateTime(), nullable=False),
+        sa.Column("created_at", portal.core.db.UTCDateTime(), nullable=False),
         sa.Column("partner_id", sa.Integer(), nullable=False),
         sa.Column("customer_id", sa.Integer(), nullable=False),
         sa.CheckConstraint("quantity >= 0", name=op.f("ck_subscription_quantity_non_negative")),
@@ -330,12 +330,12 @@ def upgrade() -> None:
         sa.Column("currency", sa.String(length=3), nullable=False),
         sa.Column("requested_by", sa.String(length=300), nullable=False),
         sa.Column("requested_by_user_id", sa.Integer(), nullable=True),
-        sa.Column("requested_at", portal.db.UTCDateTime(), nullable=False),
+        sa.Column("requested_at", portal.core.db.UTCDateTime(), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("provider_answer", sa.Text(), nullable=True),
         sa.Column("provider_code", sa.String(length=64), nullable=True),
-        sa.Column("effective_at", portal.db.UTCDateTime(), nullable=True),
-        sa.Column("finished_at", portal.db.UTCDateTime(), nullable=True),
+        sa.Column("effective_at", portal.core.db.UTCDateTime(), nullable=True),
+        sa.Column("finished_at", portal.core.db.UTCDateTime(), nullable=True),
         sa.Column("resolved_by", sa.String(length=300), nullable=True),
         sa.Column("resolution_note", sa.Text(), nullable=True),
         sa.Column("partner_id", sa.Integer(), nullable=False),

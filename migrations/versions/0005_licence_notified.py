@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import portal.db
+import portal.core.db
 
 revision: str = "0005_licence_notified"
 down_revision: str | None = "0004_licences"
@@ -20,7 +20,7 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("licence_change", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("notified_at", portal.db.UTCDateTime(), nullable=True))
+        batch_op.add_column(sa.Column("notified_at", portal.core.db.UTCDateTime(), nullable=True))
     # changes finished before this column existed were told about as they finished
     op.execute("UPDATE licence_change SET notified_at = finished_at WHERE finished_at IS NOT NULL")
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import portal.db
+import portal.core.db
 
 revision: str = "0006_billing"
 down_revision: str | None = "0005_licence_notified"
@@ -37,9 +37,9 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("started_by", sa.String(length=300), nullable=False),
-        sa.Column("created_at", portal.db.UTCDateTime(), nullable=False),
-        sa.Column("started_at", portal.db.UTCDateTime(), nullable=True),
-        sa.Column("finished_at", portal.db.UTCDateTime(), nullable=True),
+        sa.Column("created_at", portal.core.db.UTCDateTime(), nullable=False),
+        sa.Column("started_at", portal.core.db.UTCDateTime(), nullable=True),
+        sa.Column("finished_at", portal.core.db.UTCDateTime(), nullable=True),
         sa.Column("contracts_total", sa.Integer(), nullable=False),
         sa.Column("contracts_done", sa.Integer(), nullable=False),
         sa.Column("invoices_created", sa.Integer(), nullable=False),
@@ -68,7 +68,7 @@ def upgrade() -> None:
         sa.Column("invoice_review", sa.Boolean(), nullable=False),
         sa.Column("invoice_prefix", sa.String(length=16), nullable=False),
         sa.Column("credit_note_prefix", sa.String(length=16), nullable=False),
-        sa.Column("updated_at", portal.db.UTCDateTime(), nullable=False),
+        sa.Column("updated_at", portal.core.db.UTCDateTime(), nullable=False),
         sa.Column("updated_by", sa.String(length=300), nullable=True),
         sa.Column("partner_id", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(
@@ -130,7 +130,7 @@ def upgrade() -> None:
         sa.Column("tax_plugin_key", sa.String(length=63), nullable=True),
         sa.Column("autocharge", sa.Boolean(), nullable=False),
         sa.Column("active", sa.Boolean(), nullable=False),
-        sa.Column("created_at", portal.db.UTCDateTime(), nullable=False),
+        sa.Column("created_at", portal.core.db.UTCDateTime(), nullable=False),
         sa.Column("partner_id", sa.Integer(), nullable=False),
         sa.Column("customer_id", sa.Integer(), nullable=False),
         sa.CheckConstraint(
@@ -195,8 +195,8 @@ def upgrade() -> None:
         sa.Column("issued_on", sa.Date(), nullable=True),
         sa.Column("due_on", sa.Date(), nullable=True),
         sa.Column("issued_by", sa.String(length=300), nullable=True),
-        sa.Column("created_at", portal.db.UTCDateTime(), nullable=False),
-        sa.Column("voided_at", portal.db.UTCDateTime(), nullable=True),
+        sa.Column("created_at", portal.core.db.UTCDateTime(), nullable=False),
+        sa.Column("voided_at", portal.core.db.UTCDateTime(), nullable=True),
         sa.Column("voided_by", sa.String(length=300), nullable=True),
         sa.Column("void_reason", sa.Text(), nullable=True),
         sa.Column("partner_id", sa.Integer(), nullable=False),
@@ -279,7 +279,7 @@ def upgrade() -> None:
         sa.Column("total_minor", sa.BigInteger(), nullable=False),
         sa.Column("issued_on", sa.Date(), nullable=True),
         sa.Column("created_by", sa.String(length=300), nullable=False),
-        sa.Column("created_at", portal.db.UTCDateTime(), nullable=False),
+        sa.Column("created_at", portal.core.db.UTCDateTime(), nullable=False),
         sa.Column("partner_id", sa.Integer(), nullable=False),
         sa.Column("customer_id", sa.Integer(), nullable=False),
         sa.CheckConstraint(
@@ -383,8 +383,8 @@ def upgrade() -> None:
         sa.Column("currency", sa.String(length=3), nullable=False),
         sa.Column("gateway_key", sa.String(length=63), nullable=False),
         sa.Column("gateway_reference", sa.String(length=255), nullable=False),
-        sa.Column("received_at", portal.db.UTCDateTime(), nullable=False),
-        sa.Column("recorded_at", portal.db.UTCDateTime(), nullable=False),
+        sa.Column("received_at", portal.core.db.UTCDateTime(), nullable=False),
+        sa.Column("recorded_at", portal.core.db.UTCDateTime(), nullable=False),
         sa.Column("recorded_by", sa.String(length=300), nullable=False),
         sa.Column("partner_id", sa.Integer(), nullable=False),
         sa.Column("customer_id", sa.Integer(), nullable=False),

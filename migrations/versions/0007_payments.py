@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import portal.db
+import portal.core.db
 
 revision: str = "0007_payments"
 down_revision: str | None = "0006_billing"
@@ -26,8 +26,8 @@ def upgrade() -> None:
         sa.Column("event_id", sa.String(length=255), nullable=False),
         sa.Column("type", sa.String(length=100), nullable=False),
         sa.Column("kind", sa.String(length=40), nullable=False),
-        sa.Column("occurred_at", portal.db.UTCDateTime(), nullable=True),
-        sa.Column("received_at", portal.db.UTCDateTime(), nullable=False),
+        sa.Column("occurred_at", portal.core.db.UTCDateTime(), nullable=True),
+        sa.Column("received_at", portal.core.db.UTCDateTime(), nullable=False),
         sa.Column("payment_ref", sa.String(length=255), nullable=True),
         sa.Column("invoice_id", sa.Integer(), nullable=True),
         sa.Column(
@@ -75,8 +75,8 @@ def upgrade() -> None:
         sa.Column("currency", sa.String(length=3), nullable=False),
         sa.Column("reason", sa.String(length=100), nullable=False),
         sa.Column("status", sa.String(length=40), nullable=False),
-        sa.Column("opened_at", portal.db.UTCDateTime(), nullable=False),
-        sa.Column("recorded_at", portal.db.UTCDateTime(), nullable=False),
+        sa.Column("opened_at", portal.core.db.UTCDateTime(), nullable=False),
+        sa.Column("recorded_at", portal.core.db.UTCDateTime(), nullable=False),
         sa.Column("partner_id", sa.Integer(), nullable=False),
         sa.Column("customer_id", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(

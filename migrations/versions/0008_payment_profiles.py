@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import portal.db
+import portal.core.db
 
 revision: str = "0008_payment_profiles"
 down_revision: str | None = "0007_payments"
@@ -26,10 +26,10 @@ def upgrade() -> None:
         sa.Column("token_hash", sa.String(length=64), nullable=False),
         sa.Column("email", sa.String(length=254), nullable=False),
         sa.Column("created_by", sa.String(length=300), nullable=False),
-        sa.Column("created_at", portal.db.UTCDateTime(), nullable=False),
-        sa.Column("expires_at", portal.db.UTCDateTime(), nullable=False),
-        sa.Column("used_at", portal.db.UTCDateTime(), nullable=True),
-        sa.Column("revoked_at", portal.db.UTCDateTime(), nullable=True),
+        sa.Column("created_at", portal.core.db.UTCDateTime(), nullable=False),
+        sa.Column("expires_at", portal.core.db.UTCDateTime(), nullable=False),
+        sa.Column("used_at", portal.core.db.UTCDateTime(), nullable=True),
+        sa.Column("revoked_at", portal.core.db.UTCDateTime(), nullable=True),
         sa.Column("partner_id", sa.Integer(), nullable=False),
         sa.Column("customer_id", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(
@@ -56,7 +56,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("gateway_key", sa.String(length=63), nullable=False),
         sa.Column("gateway_customer_ref", sa.String(length=255), nullable=False),
-        sa.Column("created_at", portal.db.UTCDateTime(), nullable=False),
+        sa.Column("created_at", portal.core.db.UTCDateTime(), nullable=False),
         sa.Column("partner_id", sa.Integer(), nullable=False),
         sa.Column("customer_id", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(
@@ -101,7 +101,7 @@ def upgrade() -> None:
         sa.Column("exp_year", sa.Integer(), nullable=False),
         sa.Column("default_for", sa.Integer(), nullable=True),
         sa.Column("created_by", sa.String(length=300), nullable=False),
-        sa.Column("created_at", portal.db.UTCDateTime(), nullable=False),
+        sa.Column("created_at", portal.core.db.UTCDateTime(), nullable=False),
         sa.Column("partner_id", sa.Integer(), nullable=False),
         sa.Column("customer_id", sa.Integer(), nullable=False),
         sa.CheckConstraint(
@@ -154,8 +154,8 @@ def upgrade() -> None:
         sa.Column("card_link_id", sa.Integer(), nullable=True),
         sa.Column("failure_reason", sa.String(length=500), nullable=True),
         sa.Column("created_by", sa.String(length=300), nullable=False),
-        sa.Column("created_at", portal.db.UTCDateTime(), nullable=False),
-        sa.Column("finished_at", portal.db.UTCDateTime(), nullable=True),
+        sa.Column("created_at", portal.core.db.UTCDateTime(), nullable=False),
+        sa.Column("finished_at", portal.core.db.UTCDateTime(), nullable=True),
         sa.Column("partner_id", sa.Integer(), nullable=False),
         sa.Column("customer_id", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(
@@ -229,9 +229,9 @@ def upgrade() -> None:
         sa.Column("failure_code", sa.String(length=100), nullable=True),
         sa.Column("failure_reason", sa.String(length=500), nullable=True),
         sa.Column("created_by", sa.String(length=300), nullable=False),
-        sa.Column("created_at", portal.db.UTCDateTime(), nullable=False),
-        sa.Column("updated_at", portal.db.UTCDateTime(), nullable=False),
-        sa.Column("finished_at", portal.db.UTCDateTime(), nullable=True),
+        sa.Column("created_at", portal.core.db.UTCDateTime(), nullable=False),
+        sa.Column("updated_at", portal.core.db.UTCDateTime(), nullable=False),
+        sa.Column("finished_at", portal.core.db.UTCDateTime(), nullable=True),
         sa.Column("partner_id", sa.Integer(), nullable=False),
         sa.Column("customer_id", sa.Integer(), nullable=False),
         sa.CheckConstraint(

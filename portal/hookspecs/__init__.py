@@ -8,16 +8,8 @@ through the adapters' typed Protocols in :mod:`portal.integrations`.
 
 from __future__ import annotations
 
-from types import ModuleType
-
 import pluggy
 
 PROJECT = "portal"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
-
-
-def spec_modules() -> tuple[ModuleType, ...]:
-    from portal.hookspecs import accounting, app, notifications, payments, providers
-
-    return (app, providers, payments, accounting, notifications)

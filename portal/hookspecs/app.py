@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from flask import Blueprint, Flask
 
     from portal.integrations.ui import DashboardPanel, NavItem
-    from portal.tasks.handlers import OutboxHandler
+    from portal.outbox.handlers import OutboxHandler, PeriodicJob
 
 
 @hookspec
@@ -81,7 +81,7 @@ def portal_outbox_handlers() -> dict[str, OutboxHandler] | None:
     """Kinds of background work the plugin performs, by outbox item kind.
 
     :returns: a dict from a kind (``"<plugin>.<verb>"``) to a handler called with the outbox
-        item; see :mod:`portal.tasks.handlers` for the handler contract (idempotent, returns
+        item; see :mod:`portal.outbox.handlers` for the handler contract (idempotent, returns
         an outcome).
     Calling rule: all results are collected; a kind defined twice fails at start-up.
     """
@@ -92,6 +92,21 @@ def portal_beat_schedule() -> dict[str, dict[str, Any]] | None:
     """Periodic jobs, as Celery beat schedule entries.
 
     :returns: a dict from entry name to a Celery beat entry (``task``, ``schedule``, ``args``).
+    Calling rule: all results are collected and merged; a name defined twice fails at start-up.
+    """
+
+
+@hookspec
+def portal_periodic_tasks() -> dict[str, PeriodicJob] | None:
+    """Periodic jobs of the plugin, by task name, for its ``portal_beat_schedule`` entries.
+
+    A job is a plain function called with the Flask app, in its app context, by a Celery worker
+    when its beat entry comes due: the plugin writes no Celery code. It runs at most as often
+    as its entry says, and may run again after a crash, so it must be safe to repeat (enqueue
+    outbox items for the real work, as the core's billing schedule does).
+
+    :returns: a dict from a task name (``"<plugin>.<job>"``, the ``task`` of a beat entry) to
+        the job.
     Calling rule: all results are collected and merged; a name defined twice fails at start-up.
     """
 

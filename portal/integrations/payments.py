@@ -33,9 +33,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from flask import current_app
 
 from portal.integrations.results import Result
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 # PaymentOutcome.failure_code values the portal acts on (others are shown as they are)
 AUTHENTICATION_REQUIRED = "authentication_required"  # off-session: the bank wants the customer
@@ -305,3 +310,49 @@ class SavedCardGateway(PaymentGateway, Protocol):
         ``BusinessRejection`` means the request itself was refused (unknown card, bad amount).
         """
         ...
+
+
+# -- webhook deliveries ---------------------------------------------------------------------------
+
+
+class GatewayUnavailable(RuntimeError):
+    """The gateway could not be asked what the event needs (answer 5xx: it delivers again)."""
+
+
+class DeliveryReceipt(Protocol):
+    """What one delivery did: its event's id, and whether it was already recorded."""
+
+    @property
+    def event_id(self) -> str: ...
+
+    @property
+    def duplicate(self) -> bool: ...
+
+
+class WebhookReceiver(Protocol):
+    def __call__(
+        self, gateway: PaymentGateway, body: bytes, headers: Mapping[str, str]
+    ) -> DeliveryReceipt: ...
+
+
+_RECEIVER = "portal_webhook_receiver"
+
+
+def set_webhook_receiver(app: Flask, receiver: WebhookReceiver) -> None:
+    """The portal's payments capability names the function that records deliveries (once)."""
+    app.extensions[_RECEIVER] = receiver
+
+
+def receive_webhook(
+    gateway: PaymentGateway, body: bytes, headers: Mapping[str, str]
+) -> DeliveryReceipt:
+    """Hand a gateway's webhook delivery to the portal: verified by ``gateway`` before anything
+    is read or written, then its event and effect recorded once, in one transaction.
+
+    For a gateway plugin's webhook view. Raises :class:`SignatureError` (answer 400) when the
+    signature does not verify and :class:`GatewayUnavailable` (answer 5xx, nothing written)
+    when the event needs the gateway and it cannot answer; a duplicate delivery is recorded
+    nothing and answered like the first (``duplicate`` is then True).
+    """
+    receiver: WebhookReceiver = current_app.extensions[_RECEIVER]
+    return receiver(gateway, body, headers)

@@ -18,7 +18,7 @@ from portal.integrations.providers import ProviderAdapter
 from portal.integrations.ui import DashboardPanel, NavItem
 
 if TYPE_CHECKING:
-    from portal.tasks.handlers import OutboxHandler
+    from portal.outbox.handlers import OutboxHandler, PeriodicJob
 
 log = logging.getLogger(__name__)
 A = TypeVar("A")
@@ -94,6 +94,7 @@ class Integrations:
     notifiers: Registry[Notifier]
     outbox_handlers: dict[str, OutboxHandler] = field(default_factory=dict)
     beat_schedule: dict[str, dict[str, Any]] = field(default_factory=dict)
+    periodic_jobs: dict[str, PeriodicJob] = field(default_factory=dict)
     migration_locations: list[str] = field(default_factory=list)
 
     @classmethod
@@ -115,6 +116,7 @@ class Integrations:
             notifiers=Registry("notifier", Notifier, adapters("portal_register_notifiers")),
             outbox_handlers=_merge_unique(pm, "portal_outbox_handlers", "outbox kind"),
             beat_schedule=_merge_unique(pm, "portal_beat_schedule", "beat schedule entry"),
+            periodic_jobs=_merge_unique(pm, "portal_periodic_tasks", "periodic task"),
             migration_locations=[str(r) for _, r in _results(pm, "portal_migration_locations")],
         )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from portal.domain.roles import Permission
+from portal.core.roles import Permission
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ def portal_app(
     portal_plugins: list[str], portal_config: dict[str, Any], portal_database_url: str
 ) -> Iterator[Flask]:
     """The portal with ``portal_plugins`` enabled, on a migrated, empty database."""
-    from portal.db import get_database
+    from portal.core.db import get_database
 
     app = make_app(portal_database_url, portal_plugins, portal_config)
     yield app

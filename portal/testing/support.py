@@ -148,10 +148,11 @@ class SeededPartner:
 
 def seed_partner(app: Flask, slug: str = "example", host: str = DEFAULT_HOST) -> SeededPartner:
     """Create a partner answering on ``host``, a customer, and a user per customer role."""
-    from portal.db import get_database
-    from portal.domain.roles import CustomerRole
-    from portal.models import Customer, Membership, Partner, PartnerHost, User
-    from portal.services.passwords import hash_password
+    from portal.core.db import get_database
+    from portal.core.roles import CustomerRole
+    from portal.features.identity.models import Membership, User
+    from portal.features.identity.passwords import hash_password
+    from portal.features.tenancy.models import Customer, Partner, PartnerHost
 
     with app.app_context(), get_database(app).sessions() as session:
         password_hash = hash_password(PASSWORD)
@@ -238,17 +239,17 @@ def client_for(app: Flask, host: str = DEFAULT_HOST) -> PortalClient:
 PUBLIC_PORTAL_MODULES = frozenset(
     {
         "portal",
-        "portal.db",
+        "portal.core.db",
         "portal.plugins",
-        "portal.branding",
+        "portal.features.tenancy.branding",
         "portal.web.access",
-        "portal.domain.roles",
-        "portal.domain.money",
+        "portal.core.roles",
+        "portal.core.money",
         "portal.integrations",
         "portal.models",
-        "portal.models.outbox",
-        "portal.tasks.handlers",
-        "portal.tasks.outbox",
+        "portal.outbox.models",
+        "portal.outbox.handlers",
+        "portal.outbox.items",
     }
 )
 

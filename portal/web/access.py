@@ -2,7 +2,10 @@
 
 Each request first resolves its partner (from the host), then its signed-in person, then,
 for a customer user, the account being worked on; the database session is scoped to exactly
-that (see :mod:`portal.scoping`) before any view runs.
+that (see :mod:`portal.core.scoping`) before any view runs. That set-up is identity's
+(:mod:`portal.features.identity.login`); here are the decorators and the principals, which know
+an account only by the little they need of it (:class:`Account`), so web plumbing imports no
+capability.
 """
 
 from __future__ import annotations
@@ -10,26 +13,39 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
-from flask import Flask, abort, current_app, g, redirect, request, session, url_for
-from flask_login import AnonymousUserMixin, current_user, login_user, logout_user
-from sqlalchemy import bindparam, select
-from sqlalchemy.orm import joinedload
+from flask import Flask, abort, current_app, g, redirect, request, url_for
+from flask_login import AnonymousUserMixin, current_user
 
-from portal import db
-from portal.branding.brand import request_host, resolve_brand
-from portal.domain.roles import Permission, customer_may, staff_may
-from portal.extensions import login_manager
-from portal.models import Membership, StaffUser, User
-from portal.scoping import Scope, set_scope
-from portal.web.session_store import PRELOADED_USER, ServerSession
+from portal.core.extensions import login_manager
+from portal.core.roles import CustomerRole, Permission, StaffRole, customer_may, staff_may
+from portal.web.csrf import csrf
 
 F = TypeVar("F", bound=Callable[..., Any])
 ACCESS_ATTR = "portal_access"
 MACHINE_ATTR = "portal_machine_to_machine"
 # endpoints served before a partner is known (assets need no brand)
 BRANDLESS_ENDPOINTS = frozenset({"static"})
+
+
+class Account(Protocol):
+    """What a principal needs of the person behind it (a customer user or a staff member)."""
+
+    @property
+    def id(self) -> int: ...
+
+
+class StaffAccount(Account, Protocol):
+    @property
+    def role(self) -> StaffRole: ...
+
+
+class AccountRole(Protocol):
+    """A membership of the chosen customer account, as far as permissions go."""
+
+    @property
+    def role(self) -> CustomerRole: ...
 
 
 @dataclass(frozen=True)
@@ -48,7 +64,7 @@ class CustomerPrincipal:
     is_anonymous = False
     is_staff = False
 
-    def __init__(self, user: User) -> None:
+    def __init__(self, user: Account) -> None:
         self.account = user
 
     def get_id(self) -> str:
@@ -61,7 +77,7 @@ class StaffPrincipal:
     is_anonymous = False
     is_staff = True
 
-    def __init__(self, staff: StaffUser) -> None:
+    def __init__(self, staff: StaffAccount) -> None:
         self.account = staff
 
     def get_id(self) -> str:
@@ -90,8 +106,10 @@ def machine_to_machine(view: F) -> F:
     skip it: resolving the partner from the host and the signed-in person (so nothing is
     scoped to the host's partner: the view must not use the request's session), and the rate
     limiter's bookkeeping. The session store never writes a row or a cookie for a request
-    that stored nothing, and security headers are still added."""
+    that stored nothing, and security headers are still added. The view is exempt from CSRF
+    protection: the signature is its authentication."""
     setattr(view, MACHINE_ATTR, True)
+    csrf.exempt(view)
     return view
 
 
@@ -107,7 +125,7 @@ def customer_required(permission: Permission) -> Callable[[F], F]:
         def wrapped(*args: Any, **kwargs: Any) -> Any:
             if not isinstance(current_user, CustomerPrincipal):
                 return redirect(url_for("auth.login", next=_here()))
-            membership: Membership | None = g.get("membership")
+            membership: AccountRole | None = g.get("membership")
             if membership is None or not customer_may(membership.role, permission):
                 abort(403)
             return view(*args, **kwargs)
@@ -122,7 +140,7 @@ def staff_required(permission: Permission) -> Callable[[F], F]:
         @wraps(view)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
             if not isinstance(current_user, StaffPrincipal):
-                return redirect(url_for("staff.login", next=_here()))
+                return redirect(url_for("staff_auth.login", next=_here()))
             if not staff_may(current_user.account.role, permission):
                 abort(403)
             return view(*args, **kwargs)
@@ -153,119 +171,14 @@ def check_every_route_declares_access(app: Flask) -> None:
         )
 
 
-# Built once: these run on every signed-in request. The person and every account they belong
-# to come back in one round trip.
-USER_WITH_ACCOUNTS = (
-    select(User)
-    .where(User.id == bindparam("id"), User.active.is_(True))
-    .options(joinedload(User.memberships).joinedload(Membership.customer))
-)
-ACTIVE_STAFF = select(StaffUser).where(StaffUser.id == bindparam("id"), StaffUser.active.is_(True))
-
-
-@login_manager.user_loader  # type: ignore[untyped-decorator]
-def _load_principal(principal_id: str) -> CustomerPrincipal | StaffPrincipal | None:
-    kind, _, raw_id = principal_id.partition(":")
-    if not raw_id.isdigit():
-        return None
-    if kind == "user":
-        user = _preloaded_user(int(raw_id))
-        if user is None:
-            user = db.session.scalars(USER_WITH_ACCOUNTS, {"id": int(raw_id)}).unique().first()
-        return CustomerPrincipal(user) if user else None
-    if kind == "staff":
-        staff = db.session.scalars(ACTIVE_STAFF, {"id": int(raw_id)}).first()
-        return StaffPrincipal(staff) if staff else None
-    return None
-
-
-def _preloaded_user(user_id: int) -> User | None:
-    """The person the session store loaded with the session, if it is this brand's.
-
-    That query ran before the partner was known, so the partner scope did not filter it:
-    check here what the scope would have.
-    """
-    user: User | None = g.get(PRELOADED_USER)
-    brand = g.get("brand")
-    if user is None or brand is None or user.id != user_id or user.partner_id != brand.id:
-        return None
-    return user
-
-
-def _scope_request() -> None:
-    if request.endpoint in BRANDLESS_ENDPOINTS or is_machine_request():
-        return
-    brand = resolve_brand(db.session, request_host())
-    if brand is None:
-        abort(404)
-    g.brand = brand
-    set_scope(db.session, Scope(partner_id=brand.id))
-    principal = current_user._get_current_object()
-    if isinstance(principal, CustomerPrincipal):
-        _choose_account(principal, brand.id)
-
-
-def _choose_account(principal: CustomerPrincipal, partner_id: int) -> None:
-    # loaded with the user, under this partner's scope only
-    memberships = sorted(
-        (m for m in principal.account.memberships if m.customer is not None),
-        key=lambda m: m.customer.name.lower(),
-    )
-    if not memberships:
-        # removed from every account: the session no longer means anything
-        logout_user()
-        cast(ServerSession, session).end()
-        return
-    wanted = session.get("customer_id")
-    chosen = next((m for m in memberships if m.customer_id == wanted), memberships[0])
-    g.memberships = memberships
-    g.membership = chosen
-    g.customer = chosen.customer
-    set_scope(db.session, Scope(partner_id=partner_id, customer_id=chosen.customer_id))
-
-
-def sign_in(principal: CustomerPrincipal | StaffPrincipal) -> None:
-    """Start a signed-in session under a brand-new id (no fixation)."""
-    locale = session.get("locale")
-    session.clear()
-    if locale:
-        session["locale"] = locale
-    login_user(principal)
-    cast(ServerSession, session).rotate()
-
-
-def sign_out() -> None:
-    """End the signed-in session for good; only the chosen language carries on."""
-    locale = session.get("locale")
-    logout_user()
-    cast(ServerSession, session).end()
-    if locale:
-        session["locale"] = locale
-
-
 def init_app(app: Flask) -> None:
     login_manager.anonymous_user = Anonymous
-    app.before_request(_scope_request)
-
-    @app.context_processor
-    def _portal_context() -> dict[str, Any]:
-        from portal.integrations.registry import integrations
-
-        loaded = integrations()
-        return {
-            **loaded.template_context(),
-            "plugin_nav_items": [i for i in loaded.nav_items() if _may(i.permission)],
-            "brand": g.get("brand"),
-            "membership": g.get("membership"),
-            "memberships": g.get("memberships", []),
-            "customer": g.get("customer"),
-            "Permission": Permission,
-            "may": _may,
-        }
 
 
-def _may(permission: Permission) -> bool:
+def may(permission: Permission) -> bool:
+    """Whether the signed-in principal holds ``permission`` (in the chosen account, for a
+    customer user)."""
     if isinstance(current_user, StaffPrincipal):
         return staff_may(current_user.account.role, permission)
-    membership: Membership | None = g.get("membership")
+    membership: AccountRole | None = g.get("membership")
     return membership is not None and customer_may(membership.role, permission)

@@ -15,10 +15,10 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from portal import create_app
-from portal.branding.brand import brand_cache
-from portal.db import get_database, utcnow
-from portal.models import OutboxItem, OutboxState
-from portal.services.demo import create_demo_data
+from portal.core.db import get_database, utcnow
+from portal.demo import create_demo_data
+from portal.features.tenancy.branding.brand import brand_cache
+from portal.outbox.models import OutboxItem, OutboxState
 from tests.conftest import Mailbox, _empty_tables, portal_test_config
 
 CHROMIUM = "/usr/bin/chromium"
@@ -36,7 +36,7 @@ CHROMIUM_ARGS = [
 def run_due_work(app: Flask, stop: threading.Event) -> None:
     """A worker's loop for a journey's background work: run every due pending item, again and
     again, until told to stop."""
-    from portal.tasks.outbox import run_item
+    from portal.outbox.items import run_item
 
     while not stop.is_set():
         with app.app_context():

@@ -11,7 +11,7 @@ import pytest
 from playwright.sync_api import Page, expect
 from pytest_playwright.pytest_playwright import CreateContextCallback
 
-from portal.services.demo import DEMO_PASSWORD
+from portal.demo import DEMO_PASSWORD
 from tests.browser.conftest import LiveServer
 from tests.conftest import Mailbox
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from portal.services.demo import DEMO_PASSWORD
+from portal.demo import DEMO_PASSWORD
 from tests.browser.conftest import LiveServer
 from tests.integration.invoice_pages_support import pdf_text
 

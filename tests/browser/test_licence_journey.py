@@ -4,7 +4,7 @@ tries a reduction outside the window and is told why not, and sees a rejected ch
 
 The portal runs with the demo provider (answering after five seconds, so the page, polling every
 three, sees "Provisioning") and a background thread that does a worker's job: it runs due
-outbox items with :func:`portal.tasks.outbox.run_item`.
+outbox items with :func:`portal.outbox.items.run_item`.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from playwright.sync_api import Page, expect
 from werkzeug.serving import make_server
 
 from portal import create_app
-from portal.branding.brand import brand_cache
 from portal.cli import migrate
-from portal.db import get_database
+from portal.core.db import get_database
+from portal.demo import DEMO_PASSWORD, create_demo_data
+from portal.features.catalogue.models import Product
+from portal.features.tenancy.branding.brand import brand_cache
 from portal.integrations.registry import integrations
-from portal.models import Product
-from portal.services.demo import DEMO_PASSWORD, create_demo_data
 from tests.browser.conftest import LiveServer, run_due_work
 from tests.conftest import Mailbox, _empty_tables, portal_test_config
 

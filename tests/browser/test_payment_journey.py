@@ -23,11 +23,11 @@ from playwright.sync_api import Page, expect
 from werkzeug.serving import make_server
 
 from portal import create_app
-from portal.branding.brand import brand_cache
-from portal.db import get_database
-from portal.domain.money import to_minor
-from portal.models.billing import InvoicePayment
-from portal.services.demo import DEMO_PASSWORD, create_demo_data
+from portal.core.db import get_database
+from portal.core.money import to_minor
+from portal.demo import DEMO_PASSWORD, create_demo_data
+from portal.features.billing.models import InvoicePayment
+from portal.features.tenancy.branding.brand import brand_cache
 from tests.browser.conftest import LiveServer, run_due_work
 from tests.conftest import Mailbox, _empty_tables, portal_test_config
 from tests.integration.payments_support import payments_database

@@ -12,18 +12,20 @@ from zoneinfo import ZoneInfo
 from flask import Flask
 from sqlalchemy import func, select
 
-from portal.db import get_database
-from portal.domain.catalog import (
+from portal.core.db import get_database
+from portal.features.billing.models import BillingContract, rate_to_ppm
+from portal.features.billing.rules.invoicing import ContractFrequency
+from portal.features.catalogue.models import Product, ProductPrice
+from portal.features.catalogue.rules import (
     BillingFrequency,
     ProductClass,
     ReductionBehaviour,
     SubscriptionType,
     Term,
 )
-from portal.domain.licences import ChangeKind, ChangeState
-from portal.models import LicenceChange, Partner, Product, ProductPrice, Subscription
-from portal.models.billing import BillingContract, ContractFrequency, rate_to_ppm
-from portal.models.subscriptions import SubscriptionStatus
+from portal.features.licences.models import LicenceChange, Subscription, SubscriptionStatus
+from portal.features.licences.rules import ChangeKind, ChangeState
+from portal.features.tenancy.models import Partner
 
 PRICE = 1_000  # 10.00 a seat a month
 
@@ -101,7 +103,7 @@ def make_contract(
     name: str | None = None,
 ) -> int:
     with app.app_context(), get_database(app).sessions() as s:
-        from portal.models import Customer
+        from portal.features.tenancy.models import Customer
 
         customer = s.get_one(Customer, customer_id)
         count = s.scalar(

@@ -12,11 +12,10 @@ from decimal import Decimal
 from flask import Flask
 from pypdf import PdfReader
 
-from portal.db import get_database
-from portal.domain.money import apply_rate
-from portal.models.billing import (
+from portal.core.db import get_database
+from portal.core.money import apply_rate
+from portal.features.billing.models import (
     BillingContract,
-    ContractFrequency,
     CreditNote,
     CreditNoteKind,
     CreditNoteLine,
@@ -25,10 +24,10 @@ from portal.models.billing import (
     InvoiceLine,
     InvoicePayment,
     InvoiceState,
-    LineKind,
     PaymentKind,
     rate_to_ppm,
 )
+from portal.features.billing.rules.invoicing import ContractFrequency, LineKind
 from tests.support import Tenant
 
 

@@ -26,11 +26,11 @@ from werkzeug.test import TestResponse
 
 from portal import create_app
 from portal.cli import migrate
-from portal.config import ROOT
-from portal.db import get_database, utcnow
+from portal.core.config import ROOT
+from portal.core.db import get_database, utcnow
+from portal.features.billing.models import InvoicePayment
+from portal.features.payments.models import PaymentAttempt, PaymentProfile
 from portal.integrations.registry import integrations
-from portal.models.billing import InvoicePayment
-from portal.models.payment_profiles import PaymentAttempt, PaymentProfile
 from tests.conftest import (
     PG_URL,
     Mailbox,

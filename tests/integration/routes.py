@@ -12,9 +12,9 @@ from datetime import date
 
 from flask import Flask
 
-from portal.db import get_database, utcnow
-from portal.domain.roles import CustomerRole
-from portal.models import Invitation
+from portal.core.db import get_database, utcnow
+from portal.core.roles import CustomerRole
+from portal.features.identity.models import Invitation
 from tests.support import Tenant
 
 Ids = Callable[[Tenant, str], dict[str, object]]
@@ -77,9 +77,9 @@ OBJECT_ROUTES: dict[str, ObjectRoute] = {
     "subscriptions.changes": ObjectRoute(_subscription),
     "subscriptions.preview": ObjectRoute(_subscription),
     "subscriptions.change": ObjectRoute(_subscription),
-    "staff_licences.product": ObjectRoute(_product),
-    "staff_licences.set_price": ObjectRoute(_product),
-    "staff_licences.remove_price": ObjectRoute(_product),
+    "staff_catalogue.product": ObjectRoute(_product),
+    "staff_catalogue.set_price": ObjectRoute(_product),
+    "staff_catalogue.remove_price": ObjectRoute(_product),
     "staff_licences.retry": ObjectRoute(_change),
     "staff_licences.resolve": ObjectRoute(_change),
     "invoices.detail": ObjectRoute(_invoice),
@@ -98,7 +98,7 @@ OBJECT_ROUTES: dict[str, ObjectRoute] = {
     "payments.card_added": ObjectRoute(_card_setup),
     "payments.make_default": ObjectRoute(_card),
     "payments.remove_card": ObjectRoute(_card),
-    "staff_payments.send_card_link": ObjectRoute(_customer),
+    "staff.send_card_link": ObjectRoute(_customer),
 }
 
 # routes whose arguments are not object ids, and why they are safe without a matrix entry
@@ -106,7 +106,7 @@ NOT_OBJECT_ARGUMENTS: dict[str, str] = {
     "static": "public assets by file name",
     "branding.theme_static": "the current partner's own theme files by name, path-checked",
     "auth.reset_password": "a secret single-use token, tested in test_password_reset",
-    "staff.reset_password": "a secret single-use token, tested in test_password_reset",
+    "staff_auth.reset_password": "a secret single-use token, tested in test_password_reset",
     "auth.accept_invitation": "a secret single-use token, tested in test_invitations",
     "subscriptions.buy": "the partner's catalogue, shared by all its customers; another "
     "partner's product is 404 (test_licences)",
@@ -159,7 +159,7 @@ def add_invoices(app: Flask, tenant: Tenant) -> None:
 
 def add_payment_objects(app: Flask, tenant: Tenant) -> None:
     """An open payment attempt on each customer's invoice, a card setup and a saved card."""
-    from portal.models.payment_profiles import (
+    from portal.features.payments.models import (
         AttemptKind,
         AttemptState,
         CardSetup,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from flask import Flask
 
-from portal.domain.roles import CUSTOMER_PERMISSIONS, CustomerRole
+from portal.core.roles import CUSTOMER_PERMISSIONS, CustomerRole
 from portal.web.access import access_of
 from tests.integration.routes import (
     NOT_OBJECT_ARGUMENTS,

@@ -11,10 +11,15 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from portal.db import get_database
-from portal.models import AuditEvent, Customer, Partner, Subscription
-from portal.models.billing import BillingContract, BillingSettings, ContractFrequency
-from portal.services import ServiceError, billing
+from portal.core.db import get_database
+from portal.core.errors import ServiceError
+from portal.features.billing.models import BillingContract, BillingSettings
+from portal.features.billing.rules.invoicing import ContractFrequency
+from portal.features.billing.services import contracts as billing
+from portal.features.billing.services import documents as billing_documents
+from portal.features.identity.models import AuditEvent
+from portal.features.licences.models import Subscription
+from portal.features.tenancy.models import Customer, Partner
 from tests.integration.billing_support import buy, make_contract, make_product
 from tests.support import Tenant
 
@@ -119,12 +124,14 @@ def test_only_the_customers_own_parent_subscriptions_in_its_currency_go_on_a_con
 def test_the_review_switch_defaults_on_and_is_audited(app: Flask, tenant: Tenant) -> None:
     with app.app_context(), get_database(app).sessions() as s:
         partner = s.get_one(Partner, tenant.partner.id)
-        assert billing.billing_settings(s, partner.id).invoice_review is True
+        assert billing_documents.billing_settings(s, partner.id).invoice_review is True
         assert s.scalar(select(func.count(BillingSettings.id))) == 0
-        billing.set_invoice_review(s, partner, False, "admin@staff")
+        billing_documents.set_invoice_review(s, partner, False, "admin@staff")
         s.commit()
-        assert billing.billing_settings(s, partner.id).invoice_review is False
-        billing.set_invoice_review(s, partner, False, "admin@staff")  # no change, no record
+        assert billing_documents.billing_settings(s, partner.id).invoice_review is False
+        billing_documents.set_invoice_review(
+            s, partner, False, "admin@staff"
+        )  # no change, no record
         s.commit()
         events = list(
             s.scalars(select(AuditEvent).where(AuditEvent.action == "billing.review_changed"))

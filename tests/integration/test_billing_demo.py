@@ -5,11 +5,12 @@ from __future__ import annotations
 from flask import Flask
 from sqlalchemy import func, select
 
-from portal.db import get_database, utcnow
-from portal.models import Customer, OutboxItem, Partner
-from portal.models.billing import BillingContract, Invoice
-from portal.services import billing_queries
-from portal.services.licences import local_today
+from portal.core.db import get_database, utcnow
+from portal.features.billing.models import BillingContract, Invoice
+from portal.features.billing.services import queries as billing_queries
+from portal.features.tenancy.models import Customer, Partner
+from portal.features.tenancy.services import local_today
+from portal.outbox.models import OutboxItem
 
 
 def test_the_demo_bills_a_few_months_paid_partially_paid_and_overdue(app: Flask) -> None:

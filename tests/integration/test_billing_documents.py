@@ -11,12 +11,11 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from portal.db import get_database
-from portal.domain.catalog import BillingFrequency
-from portal.models import AuditEvent, Membership, OutboxItem, Partner, User
-from portal.models.billing import (
+from portal.core.db import get_database
+from portal.core.errors import ServiceError
+from portal.core.scoping import Scope, set_scope
+from portal.features.billing.models import (
     BillingSettings,
-    ContractFrequency,
     CreditNote,
     CreditNoteKind,
     Invoice,
@@ -25,9 +24,15 @@ from portal.models.billing import (
     InvoiceStatus,
     PaymentKind,
 )
-from portal.scoping import Scope, set_scope
-from portal.services import ServiceError, billing, billing_queries
-from portal.tasks.outbox import run_item
+from portal.features.billing.rules.invoicing import ContractFrequency
+from portal.features.billing.services import documents as billing_documents
+from portal.features.billing.services import queries as billing_queries
+from portal.features.billing.services import run as billing_run
+from portal.features.catalogue.rules import BillingFrequency
+from portal.features.identity.models import AuditEvent, Membership, User
+from portal.features.tenancy.models import Partner
+from portal.outbox.items import run_item
+from portal.outbox.models import OutboxItem
 from tests.conftest import Mailbox
 from tests.integration.billing_support import PRICE, buy, change, make_contract, make_product
 from tests.support import Tenant
@@ -54,7 +59,7 @@ def issued(app: Flask, tenant: Tenant) -> dict[str, int]:
         contract = make_contract(app, tenant.customers[key].id, anchor_on=JAN_1)
         ids[f"sub:{key}"] = buy(app, contract, product, seats=seats, on=date(2025, 12, 1))
     with app.app_context():
-        billing.run_billing(JAN_1, "test", partner_id=tenant.partner.id, today=JAN_1)
+        billing_run.run_billing(JAN_1, "test", partner_id=tenant.partner.id, today=JAN_1)
     with app.app_context(), get_database(app).sessions() as s:
         for invoice in s.scalars(select(Invoice)):
             key = "a" if invoice.customer_id == tenant.customers["a"].id else "b"
@@ -71,7 +76,7 @@ def _pay(
 ) -> InvoicePayment | None:
     with app.app_context(), get_database(app).sessions() as s:
         invoice = s.get_one(Invoice, invoice_id)
-        payment = billing.record_payment(
+        payment = billing_documents.record_payment(
             s,
             invoice,
             kind=kind,
@@ -155,7 +160,7 @@ def test_a_payment_is_recorded_once_per_gateway_reference(
         invoice = s.get_one(Invoice, issued["a"])
         for bad in (0, -5, True):
             with pytest.raises(ServiceError):
-                billing.record_payment(
+                billing_documents.record_payment(
                     s,
                     invoice,
                     kind=PaymentKind.PAYMENT,
@@ -166,7 +171,7 @@ def test_a_payment_is_recorded_once_per_gateway_reference(
                     recorded_by="x",
                 )
         with pytest.raises(ServiceError, match="EUR"):
-            billing.record_payment(
+            billing_documents.record_payment(
                 s,
                 invoice,
                 kind=PaymentKind.PAYMENT,
@@ -213,8 +218,10 @@ def test_voiding_an_invoice_makes_its_credit_note_and_is_audited(
         partner = s.get_one(Partner, tenant.partner.id)
         invoice = s.get_one(Invoice, issued["a"])
         with pytest.raises(ServiceError):
-            billing.void_invoice(s, partner, invoice, "finance@staff", "  ")
-        credit = billing.void_invoice(s, partner, invoice, "finance@staff", "Billed twice by hand")
+            billing_documents.void_invoice(s, partner, invoice, "finance@staff", "  ")
+        credit = billing_documents.void_invoice(
+            s, partner, invoice, "finance@staff", "Billed twice by hand"
+        )
         s.commit()
         assert (invoice.state, invoice.voided_by, invoice.void_reason) == (
             InvoiceState.VOID,
@@ -236,7 +243,7 @@ def test_voiding_an_invoice_makes_its_credit_note_and_is_audited(
         assert event.detail["credit_note"] == "CN-000001"
         assert event.detail["reason"] == "Billed twice by hand"
         with pytest.raises(ServiceError):
-            billing.void_invoice(s, partner, invoice, "finance@staff", "again")
+            billing_documents.void_invoice(s, partner, invoice, "finance@staff", "again")
         assert s.scalar(select(func.count(CreditNote.id))) == 1
     with app.app_context(), _scoped(app, tenant.partner.id) as s:
         detail = billing_queries.invoice_detail(s, issued["a"], today=date(2026, 3, 1))
@@ -256,13 +263,13 @@ def test_a_draft_is_discarded_not_voided_and_the_next_run_makes_it_again(
     contract = make_contract(app, tenant.customers["a"].id, anchor_on=JAN_1)
     sub = buy(app, contract, product, seats=10, on=date(2025, 12, 1))
     with app.app_context():
-        billing.run_billing(JAN_1, "test", partner_id=tenant.partner.id)
+        billing_run.run_billing(JAN_1, "test", partner_id=tenant.partner.id)
     with app.app_context(), get_database(app).sessions() as s:
         partner = s.get_one(Partner, tenant.partner.id)
         draft = s.scalars(select(Invoice)).one()
         with pytest.raises(ServiceError, match="discarded"):
-            billing.void_invoice(s, partner, draft, "staff", "wrong")
-        billing.discard_draft(s, partner, draft, "staff", "Wrong seat count")
+            billing_documents.void_invoice(s, partner, draft, "staff", "wrong")
+        billing_documents.discard_draft(s, partner, draft, "staff", "Wrong seat count")
         s.commit()
         assert s.scalar(select(func.count(Invoice.id))) == 0
         assert (
@@ -273,7 +280,7 @@ def test_a_draft_is_discarded_not_voided_and_the_next_run_makes_it_again(
         )
     change(app, sub, 9, on=date(2025, 12, 30))  # the fact staff corrected
     with app.app_context():
-        (run,) = billing.run_billing(JAN_1, "test", partner_id=tenant.partner.id)
+        (run,) = billing_run.run_billing(JAN_1, "test", partner_id=tenant.partner.id)
     assert run.invoices_created == 1
     with app.app_context(), get_database(app).sessions() as s:
         assert s.scalars(select(Invoice)).one().total_minor == 9 * PRICE
@@ -294,7 +301,7 @@ def test_issuing_emails_the_finance_managers_a_link(
         items = list(
             s.scalars(
                 select(OutboxItem)
-                .where(OutboxItem.kind == billing.ISSUED_KIND)
+                .where(OutboxItem.kind == billing_documents.ISSUED_KIND)
                 .order_by(OutboxItem.id)
             )
         )
@@ -340,12 +347,12 @@ def test_lists_filter_and_page_and_staff_see_drafts(app: Flask, tenant: Tenant) 
     buy(app, contract, product, seats=1, on=date(2025, 12, 1))
     with app.app_context():
         for month in range(1, 8):
-            billing.run_billing(date(2026, month, 1), "test", partner_id=tenant.partner.id)
+            billing_run.run_billing(date(2026, month, 1), "test", partner_id=tenant.partner.id)
     with app.app_context(), get_database(app).sessions() as s:
         partner = s.get_one(Partner, tenant.partner.id)
         drafts = list(s.scalars(select(Invoice.id).order_by(Invoice.period_start)))[:5]
         for number, invoice_id in enumerate(drafts):
-            billing.issue_invoices(
+            billing_documents.issue_invoices(
                 s, partner, [invoice_id], "staff", today=date(2026, 1 + number, 1)
             )
         s.commit()
@@ -387,7 +394,7 @@ def test_the_deferred_revenue_report_recognises_an_annual_invoice_month_by_month
         s.add(BillingSettings(partner_id=tenant.partner.id, invoice_review=False))
         s.commit()
     with app.app_context():
-        billing.run_billing(JAN_1, "test", partner_id=tenant.partner.id, today=JAN_1)
+        billing_run.run_billing(JAN_1, "test", partner_id=tenant.partner.id, today=JAN_1)
     with app.app_context(), _scoped(app, tenant.partner.id) as s:
         report = billing_queries.deferred_revenue_report(
             s, first_month=date(2026, 1, 1), last_month=date(2026, 12, 1)

@@ -12,11 +12,8 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from portal.db import get_database
-from portal.domain.catalog import BillingFrequency, ReductionBehaviour
-from portal.domain.invoicing import LineKind
-from portal.models import AuditEvent, OutboxItem
-from portal.models.billing import (
+from portal.core.db import get_database
+from portal.features.billing.models import (
     BillingRun,
     BillingRunState,
     BillingSettings,
@@ -27,9 +24,16 @@ from portal.models.billing import (
     InvoiceNumberCounter,
     InvoiceState,
 )
-from portal.services import billing, billing_run
-from portal.services.billing_documents import ConcurrentChange, issue_invoices
-from portal.tasks.outbox import run_item
+from portal.features.billing.rules.invoicing import LineKind
+from portal.features.billing.services import contracts as billing
+from portal.features.billing.services import documents as billing_documents
+from portal.features.billing.services import run as billing_run
+from portal.features.billing.services import schedule as billing_schedule
+from portal.features.billing.services.documents import ConcurrentChange, issue_invoices
+from portal.features.catalogue.rules import BillingFrequency, ReductionBehaviour
+from portal.features.identity.models import AuditEvent
+from portal.outbox.items import run_item
+from portal.outbox.models import OutboxItem
 from tests.integration.billing_support import (
     PRICE,
     at_noon,
@@ -58,7 +62,7 @@ def _review(app: Flask, partner_id: int, on: bool) -> None:
 
 def _run(app: Flask, on: date, partner_id: int, **kwargs: Any) -> BillingRun:
     with app.app_context():
-        (run,) = billing.run_billing(on, "test", partner_id=partner_id, **kwargs)
+        (run,) = billing_run.run_billing(on, "test", partner_id=partner_id, **kwargs)
     return run
 
 
@@ -244,7 +248,7 @@ def test_with_review_on_invoices_wait_as_drafts_and_staff_issue_them(
         issue_invoices(s, partner, [i.id for i in drafts], "finance@staff", today=date(2026, 1, 2))
         s.commit()
         items = list(s.scalars(select(OutboxItem)))
-        assert {item.kind for item in items} == {billing.ISSUED_KIND}
+        assert {item.kind for item in items} == {billing_documents.ISSUED_KIND}
         assert len(items) == 2
         assert (
             s.scalar(select(func.count(AuditEvent.id)).where(AuditEvent.action == "invoice.issued"))
@@ -259,7 +263,7 @@ def test_with_review_on_invoices_wait_as_drafts_and_staff_issue_them(
         partner = s.get_one(type(tenant.partner), tenant.partner.id)
         assert issue_invoices(s, partner, [issued[0].id], "again") == []  # no longer drafts
         with pytest.raises(billing.ServiceError):
-            billing.issue_invoice(s, partner, s.get_one(Invoice, issued[0].id), "again")
+            billing_documents.issue_invoice(s, partner, s.get_one(Invoice, issued[0].id), "again")
 
 
 def test_with_review_off_the_run_issues_at_once(app: Flask, tenant: Tenant, monthly) -> None:
@@ -272,7 +276,7 @@ def test_with_review_off_the_run_issues_at_once(app: Flask, tenant: Tenant, mont
     ]
     with app.app_context(), get_database(app).sessions() as s:
         kinds = [item.kind for item in s.scalars(select(OutboxItem))]
-    assert kinds == [billing.ISSUED_KIND, billing.ISSUED_KIND]
+    assert kinds == [billing_documents.ISSUED_KIND, billing_documents.ISSUED_KIND]
 
 
 # -- what is on the invoice ---------------------------------------------------------------------
@@ -497,10 +501,14 @@ def test_the_staff_button_queues_a_run_that_a_worker_runs_once(
     with app.app_context(), get_database(app).sessions() as s:
         partner = s.get_one(type(tenant.partner), tenant.partner.id)
         with pytest.raises(billing.ServiceError):
-            billing.request_billing_run(s, partner, date.today() + timedelta(days=2), "staff")
-        run = billing.request_billing_run(s, partner, JAN_1, "admin@staff")
+            billing_schedule.request_billing_run(
+                s, partner, date.today() + timedelta(days=2), "staff"
+            )
+        run = billing_schedule.request_billing_run(s, partner, JAN_1, "admin@staff")
         s.commit()
-        item = s.scalars(select(OutboxItem).where(OutboxItem.kind == billing.RUN_KIND)).one()
+        item = s.scalars(
+            select(OutboxItem).where(OutboxItem.kind == billing_schedule.RUN_KIND)
+        ).one()
         assert run.state is BillingRunState.QUEUED
     with app.app_context():
         assert run_item(app, item.id) == "done"
@@ -517,15 +525,17 @@ def test_the_staff_button_queues_a_run_that_a_worker_runs_once(
 
 def test_the_schedule_queues_each_missed_day_once(app: Flask, tenant: Tenant, monthly) -> None:
     now = datetime(2026, 2, 3, 9, 0, tzinfo=UTC)
-    first = billing.schedule_due_runs(app, now)
-    assert len(first) == billing.CATCH_UP_DAYS  # a week back, up to today
-    assert billing.schedule_due_runs(app, now) == []  # nothing again the same day
-    later = billing.schedule_due_runs(app, now + timedelta(days=1))
+    first = billing_schedule.schedule_due_runs(app, now)
+    assert len(first) == billing_schedule.CATCH_UP_DAYS  # a week back, up to today
+    assert billing_schedule.schedule_due_runs(app, now) == []  # nothing again the same day
+    later = billing_schedule.schedule_due_runs(app, now + timedelta(days=1))
     assert len(later) == 1
     with app.app_context(), get_database(app).sessions() as s:
         days = list(s.scalars(select(BillingRun.run_on).order_by(BillingRun.run_on)))
         assert days == [date(2026, 1, 28) + timedelta(days=n) for n in range(8)]
-        items = list(s.scalars(select(OutboxItem.id).where(OutboxItem.kind == billing.RUN_KIND)))
+        items = list(
+            s.scalars(select(OutboxItem.id).where(OutboxItem.kind == billing_schedule.RUN_KIND))
+        )
     with app.app_context():
         for item_id in items:
             assert run_item(app, item_id) == "done"
@@ -534,8 +544,9 @@ def test_the_schedule_queues_each_missed_day_once(app: Flask, tenant: Tenant, mo
 
 
 def test_the_beat_schedule_has_the_billing_entry(app: Flask) -> None:
+    from portal.default_plugin.schedule import BILLING_SCHEDULE_TASK
     from portal.integrations.registry import integrations
-    from portal.tasks.celery_app import BILLING_SCHEDULE_TASK, make_celery
+    from portal.outbox.celery_app import make_celery
 
     entry = integrations(app).beat_schedule["portal.billing.schedule"]
     assert entry["task"] == BILLING_SCHEDULE_TASK
@@ -547,7 +558,7 @@ def test_issue_refuses_when_someone_else_issued_meanwhile(
 ) -> None:
     _run(app, JAN_1, tenant.partner.id)
     draft = _invoices(app)[0]
-    from portal.services.billing_documents import Draft, billing_settings, issue_drafts
+    from portal.features.billing.services.documents import Draft, billing_settings, issue_drafts
 
     with app.app_context(), get_database(app).sessions() as s:
         issue_invoices(s, s.get_one(type(tenant.partner), tenant.partner.id), [draft.id], "a")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from flask import Flask
 
-from portal.db import get_database
-from portal.models import Partner
+from portal.core.db import get_database
+from portal.features.tenancy.models import Partner
 from tests.support import HttpsClient, Tenant, sign_in
 
 

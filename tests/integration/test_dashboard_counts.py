@@ -1,6 +1,6 @@
 """The dashboard's counts: members, and invitations still waiting for an answer (not accepted,
 not revoked, not expired), of the account being worked on only, through the prebuilt query of
-:func:`portal.services.people.headcount`."""
+:func:`portal.features.identity.services.people.headcount`."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from datetime import timedelta
 
 from flask import Flask
 
-from portal import db
-from portal.db import get_database, utcnow
-from portal.domain.roles import CustomerRole
-from portal.models import Invitation
-from portal.scoping import Scope, set_scope
-from portal.services import people
+from portal.core import db
+from portal.core.db import get_database, utcnow
+from portal.core.roles import CustomerRole
+from portal.core.scoping import Scope, set_scope
+from portal.features.identity.models import Invitation
+from portal.features.identity.services import people
 from tests.support import HttpsClient, Tenant, sign_in
 
 

@@ -19,9 +19,10 @@ import sqlalchemy as sa
 from flask import Flask
 from pypdf import PdfReader
 
-from portal.db import get_database, utcnow
-from portal.models import Partner
-from portal.models.billing import CreditNoteKind, InvoiceState, LineKind, PaymentKind
+from portal.core.db import get_database, utcnow
+from portal.features.billing.models import CreditNoteKind, InvoiceState, PaymentKind
+from portal.features.billing.rules.invoicing import LineKind
+from portal.features.tenancy.models import Partner
 from tests.integration.invoice_pages_support import (
     Line,
     contract,
@@ -333,7 +334,7 @@ def test_pdf_is_the_same_invoice_with_a_safe_file_name(finance: HttpsClient, det
 
 
 def test_pdf_file_name_keeps_only_safe_characters() -> None:
-    from portal.services.invoice_pdf import pdf_file_name
+    from portal.features.billing.pdf import pdf_file_name
 
     assert pdf_file_name("INV-2026-0001") == "invoice-INV-2026-0001.pdf"
     assert pdf_file_name('A"; filename=x.exe\r\n/../') == "invoice-A-filename-x.exe.pdf"
@@ -341,7 +342,7 @@ def test_pdf_file_name_keeps_only_safe_characters() -> None:
 
 
 def test_pdf_renderer_never_fetches_other_urls(app: Flask, tmp_path: Any) -> None:
-    from portal.services.invoice_pdf import LocalAssets
+    from portal.features.billing.pdf import LocalAssets
 
     static = tmp_path / "static"
     static.mkdir()

@@ -64,23 +64,22 @@ from flask import Flask
 from partner_center_provider.client import ms_request_id
 from partner_center_provider.fake import FakePartnerCenter
 
-from portal.db import get_database, utcnow
-from portal.domain.licences import ChangeState
-from portal.extensions import rendering_in
-from portal.models import (
+from portal.core.db import get_database, utcnow
+from portal.core.errors import ServiceError
+from portal.core.extensions import rendering_in
+from portal.features.catalogue.models import Product
+from portal.features.identity.models import AuditEvent, User
+from portal.features.licences.models import (
     AgreementAcceptance,
     AttestationState,
-    AuditEvent,
-    Customer,
     LicenceChange,
-    OutboxItem,
-    Partner,
-    Product,
     Subscription,
-    User,
 )
-from portal.services import ServiceError, licences
-from portal.services.agreements import AgreementRequired
+from portal.features.licences.rules import ChangeState
+from portal.features.licences.services import subscriptions as licences
+from portal.features.licences.services.agreements import AgreementRequired
+from portal.features.tenancy.models import Customer, Partner
+from portal.outbox.models import OutboxItem
 from tests.integration.test_licences import (
     changes_of,
     confirm,

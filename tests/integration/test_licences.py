@@ -3,7 +3,7 @@ server-side rules, the change log's states, credit hold, the MCA gate, purchases
 provisioning handler driven against the demo provider (a real adapter with its own tables).
 
 No worker runs here: :func:`drain` runs the outbox items the way a worker would
-(:func:`portal.tasks.outbox.run_item`).
+(:func:`portal.outbox.items.run_item`).
 """
 
 from __future__ import annotations
@@ -20,23 +20,22 @@ import sqlalchemy as sa
 from flask import Flask
 
 from portal.cli import migrate
-from portal.db import get_database, utcnow
-from portal.domain.licences import ChangeState, HoldReason
-from portal.integrations.registry import integrations
-from portal.models import (
+from portal.core.db import get_database, utcnow
+from portal.features.catalogue.models import Product
+from portal.features.identity.models import AuditEvent
+from portal.features.licences.models import (
     AgreementAcceptance,
     AttestationState,
-    AuditEvent,
-    Customer,
     LicenceChange,
-    OutboxItem,
-    OutboxState,
-    Product,
     Subscription,
     SubscriptionStatus,
 )
-from portal.services.pacing import CallSlots
-from portal.tasks.outbox import run_item
+from portal.features.licences.rules import ChangeState, HoldReason
+from portal.features.licences.services.pacing import CallSlots
+from portal.features.tenancy.models import Customer
+from portal.integrations.registry import integrations
+from portal.outbox.items import run_item
+from portal.outbox.models import OutboxItem, OutboxState
 from tests.conftest import Mailbox
 from tests.support import PRICE_MINOR, Tenant, csrf_token, post_form, seed_licences, sign_in
 
@@ -647,8 +646,10 @@ def test_another_partners_product_cannot_be_bought(
 def test_a_failed_purchase_is_resolved_only_as_it_can_be(
     client: Any, app: Flask, licensed: Tenant
 ) -> None:
-    from portal.models import Partner, StaffUser
-    from portal.services import ServiceError, provisioning
+    from portal.core.errors import ServiceError
+    from portal.features.identity.models import StaffUser
+    from portal.features.licences.services import provisioning
+    from portal.features.tenancy.models import Partner
 
     sign_in(client, "administrator@a.alpha.example")
     url = f"/subscriptions/buy/{licensed.products['standard']}"

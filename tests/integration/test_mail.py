@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from portal.models import Partner
-from portal.services import mail
+from portal.features.tenancy import mail
+from portal.features.tenancy.models import Partner
 
 
 def test_the_console_shows_a_non_ascii_mail_readably(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from flask import Flask
 
-from portal.extensions import rendering_in
-from portal.web.filters import money
+from portal.core.extensions import rendering_in
+from portal.core.formatting import money
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ from __future__ import annotations
 from argon2 import extract_parameters
 from flask import Flask
 
-from portal.config import SETTINGS
-from portal.services.passwords import hash_password, verify_password
+from portal.core.config import SETTINGS
+from portal.features.identity.passwords import hash_password, verify_password
 
 
 def test_production_parameters_meet_the_asvs_minimum(app_factory) -> None:  # type: ignore[no-untyped-def]

@@ -13,14 +13,16 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from portal.db import get_database, utcnow
+from portal.core.db import get_database, utcnow
+from portal.features.billing.models import BillingContract, InvoiceState
+from portal.features.billing.services import documents as billing_documents
+from portal.features.payments.models import AttemptKind, AttemptState
+from portal.features.payments.services import pay as payments
+from portal.features.tenancy.models import Partner
 from portal.integrations.payments import AUTHENTICATION_REQUIRED
 from portal.integrations.results import TechnicalFailure
-from portal.models import OutboxItem, OutboxState, Partner
-from portal.models.billing import BillingContract, InvoiceState
-from portal.models.payment_profiles import AttemptKind, AttemptState
-from portal.services import billing_documents, payments
-from portal.tasks.outbox import run_item
+from portal.outbox.items import run_item
+from portal.outbox.models import OutboxItem, OutboxState
 from tests.conftest import Mailbox
 from tests.integration.invoice_pages_support import Line, contract, invoice
 from tests.integration.payments_support import (
@@ -104,9 +106,9 @@ def test_issuing_an_autopay_invoice_charges_the_default_card_once(
     add_card(finance, SUCCEEDS)
     invoice_id = draft_for(app, tenant, amount=7_500)
     issue(app, tenant, invoice_id)
-    (item,) = items(app, payments.AUTOPAY_KIND)
+    (item,) = items(app, billing_documents.AUTOPAY_KIND)
     assert item.payload == {"invoice_id": invoice_id}
-    assert run_all(app, payments.AUTOPAY_KIND) == ["done"]
+    assert run_all(app, billing_documents.AUTOPAY_KIND) == ["done"]
     (attempt,) = attempts_of(app, invoice_id)
     assert (attempt.kind, attempt.number, attempt.state) == (
         AttemptKind.AUTOPAY,
@@ -120,11 +122,11 @@ def test_issuing_an_autopay_invoice_charges_the_default_card_once(
     assert 'id="invoice-status">Paid<' in page
     # the outbox delivering the item again, or a second item for the same invoice: no charge
     with app.app_context(), get_database(app).sessions() as s:
-        payments.enqueue_autopay(s, [invoice_id], app=app)
+        billing_documents.enqueue_autopay(s, [invoice_id], app=app)
         s.commit()
         s.execute(sa.update(OutboxItem).values(state=OutboxState.PENDING, attempts=0))
         s.commit()
-    assert set(run_all(app, payments.AUTOPAY_KIND)) == {"done"}
+    assert set(run_all(app, billing_documents.AUTOPAY_KIND)) == {"done"}
     assert len(gateway_payments(app, invoice_id)) == 1
     assert len(ledger_of(app, invoice_id)) == 1
     assert len(attempts_of(app, invoice_id)) == 1
@@ -137,7 +139,7 @@ def test_contracts_without_autopay_are_not_charged(
     add_card(finance, SUCCEEDS)
     invoice_id = draft_for(app, tenant, autocharge=False)
     issue(app, tenant, invoice_id)
-    assert items(app, payments.AUTOPAY_KIND) == []
+    assert items(app, billing_documents.AUTOPAY_KIND) == []
     assert attempts_of(app, invoice_id) == []
 
 
@@ -167,7 +169,7 @@ def test_a_charge_that_fails_is_shown_and_mailed_once_with_a_link_to_pay(
     invoice_id = draft_for(app, tenant, amount=5_000)
     issue(app, tenant, invoice_id)
     mailbox.messages.clear()
-    assert run_all(app, payments.AUTOPAY_KIND) == ["done"]
+    assert run_all(app, billing_documents.AUTOPAY_KIND) == ["done"]
     (attempt,) = attempts_of(app, invoice_id)
     assert (attempt.state, attempt.failure_code) == (AttemptState.FAILED, code)
     assert ledger_of(app, invoice_id) == []
@@ -210,9 +212,9 @@ def test_a_gateway_that_does_not_answer_is_retried_with_the_same_key(
         return TechnicalFailure("read timed out")
 
     monkeypatch.setattr(gateway, "charge_saved_card", charged_but_lost)
-    assert run_all(app, payments.AUTOPAY_KIND) == ["retry"]
+    assert run_all(app, billing_documents.AUTOPAY_KIND) == ["retry"]
     monkeypatch.setattr(gateway, "charge_saved_card", real)
-    assert run_all(app, payments.AUTOPAY_KIND) == ["done"]
+    assert run_all(app, billing_documents.AUTOPAY_KIND) == ["done"]
     (attempt,) = attempts_of(app, invoice_id)
     (charge,) = gateway_payments(app, invoice_id)
     assert charge.idempotency_key == attempt.idempotency_key and charge.off_session
@@ -232,11 +234,11 @@ def test_an_invoice_paid_or_voided_before_the_charge_is_not_charged(
     issue(app, tenant, voided)
     with app.app_context(), get_database(app).sessions() as s:
         partner = s.get_one(Partner, tenant.partner.id)
-        from portal.models.billing import Invoice
+        from portal.features.billing.models import Invoice
 
         billing_documents.void_invoice(s, partner, s.get_one(Invoice, voided), "staff:1", "error")
         s.commit()
-    assert run_all(app, payments.AUTOPAY_KIND) == ["done", "done"]
+    assert run_all(app, billing_documents.AUTOPAY_KIND) == ["done", "done"]
     assert [a.kind for a in attempts_of(app, paid)] == [AttemptKind.ON_SESSION]
     assert attempts_of(app, voided) == []
     assert len(ledger_of(app, paid)) == 1

@@ -15,9 +15,9 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from portal.db import get_database, utcnow
-from portal.models import AuditEvent
-from portal.models.payment_profiles import CardLink
+from portal.core.db import get_database, utcnow
+from portal.features.identity.models import AuditEvent
+from portal.features.payments.models import CardLink
 from tests.conftest import Mailbox
 from tests.integration.payments_support import (
     DECLINED,

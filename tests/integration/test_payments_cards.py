@@ -12,11 +12,11 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from portal.db import get_database
-from portal.domain.roles import CustomerRole
+from portal.core.db import get_database
+from portal.core.roles import CustomerRole
+from portal.features.billing.models import BillingContract
+from portal.features.payments.models import CardSetup, CardSetupState, PaymentCustomer
 from portal.integrations.results import Succeeded
-from portal.models.billing import BillingContract
-from portal.models.payment_profiles import CardSetup, CardSetupState, PaymentCustomer
 from tests.integration.payments_support import (
     ALWAYS_AUTHENTICATE,
     DECLINED,

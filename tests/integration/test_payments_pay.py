@@ -13,10 +13,10 @@ from urllib.parse import urlsplit
 import pytest
 from flask import Flask
 
-from portal.domain.roles import CustomerRole
+from portal.core.roles import CustomerRole
+from portal.features.billing.models import InvoiceState
+from portal.features.payments.models import AttemptState
 from portal.integrations.results import TechnicalFailure
-from portal.models.billing import InvoiceState
-from portal.models.payment_profiles import AttemptState
 from tests.integration.invoice_pages_support import Line, contract, invoice
 from tests.integration.payments_support import (
     ADMIN,
@@ -438,7 +438,7 @@ def _race(
     pages: int = 4,
 ) -> None:
     """Load the return page ``pages`` times while ``deliveries`` arrive, all at once."""
-    from portal.services import payment_events
+    from portal.features.payments.services import events as payment_events
 
     gateway = demo_gateway(app)
     barrier = threading.Barrier(pages + len(deliveries))
@@ -477,9 +477,9 @@ def test_the_return_page_racing_the_webhooks_records_one_payment_and_one_receipt
     row and one receipt, trial after trial."""
     import sqlalchemy as sa
 
-    from portal.db import get_database
-    from portal.models import OutboxItem
-    from portal.services import payment_events
+    from portal.core.db import get_database
+    from portal.features.payments.services import events as payment_events
+    from portal.outbox.models import OutboxItem
 
     gateway = demo_gateway(app)
     for _trial in range(15):

@@ -14,9 +14,8 @@ from urllib.parse import urlsplit
 import pytest
 from flask import Flask
 
-from portal.config import ROOT
-from portal.models.payment_profiles import AttemptState
-from portal.services import payments
+from portal.core.config import ROOT
+from portal.features.payments.models import AttemptState
 from tests.integration.payments_support import (
     ADMIN,
     attempts_of,
@@ -34,6 +33,7 @@ if importlib.util.find_spec("stripe_payments") is None:
 
 from stripe_payments.fake import REQUIRE_AUTHENTICATION, SUCCEED, FakeStripe
 
+from portal.features.billing.services import documents as billing_documents
 from portal.integrations.registry import integrations
 
 WEBHOOK_SECRET = "whsec_portal_payments_pages"
@@ -80,8 +80,8 @@ def setup_return(app: Flask, session: str) -> str:
     """Where Stripe sends the customer back after the setup-mode Checkout ``session``."""
     import sqlalchemy as sa
 
-    from portal.db import get_database
-    from portal.models.payment_profiles import CardSetup
+    from portal.core.db import get_database
+    from portal.features.payments.models import CardSetup
 
     with app.app_context(), get_database(app).sessions() as s:
         setup = s.scalars(sa.select(CardSetup).where(CardSetup.gateway_ref == session)).one()
@@ -179,7 +179,7 @@ def test_a_card_saved_on_setup_checkout_is_charged_by_autopay(
     assert card.card_ref.startswith("pm_") and card.gateway_customer_ref.startswith("cus_")
     invoice_id = draft_for(app, tenant, amount=4_200)
     issue(app, tenant, invoice_id)
-    assert run_all(app, payments.AUTOPAY_KIND) == ["done"]
+    assert run_all(app, billing_documents.AUTOPAY_KIND) == ["done"]
     (attempt,) = attempts_of(app, invoice_id)
     assert attempt.state is AttemptState.SUCCEEDED
     (row,) = ledger_of(app, invoice_id)
@@ -197,7 +197,7 @@ def test_autopay_that_needs_authentication_asks_the_customer_to_pay(
     finance.get(setup_return(app, session))
     invoice_id = draft_for(app, tenant, amount=4_200)
     issue(app, tenant, invoice_id)
-    assert run_all(app, payments.AUTOPAY_KIND) == ["done"]
+    assert run_all(app, billing_documents.AUTOPAY_KIND) == ["done"]
     (attempt,) = attempts_of(app, invoice_id)
     assert (attempt.state, attempt.failure_code) == (
         AttemptState.FAILED,

@@ -10,8 +10,9 @@ import time_machine
 from flask import Flask
 from sqlalchemy import select
 
-from portal.db import get_database
-from portal.models import AuditEvent, Customer, Membership
+from portal.core.db import get_database
+from portal.features.identity.models import AuditEvent, Membership
+from portal.features.tenancy.models import Customer
 from tests.conftest import Mailbox
 from tests.support import HttpsClient, Tenant, csrf_token, post_form, sign_in
 

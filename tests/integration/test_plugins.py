@@ -23,12 +23,12 @@ import sqlalchemy as sa
 from flask import Flask
 
 from portal import create_app
-from portal.db import get_database
+from portal.core.db import get_database
+from portal.features.tenancy.models import Customer, Partner
 from portal.integrations.events import PaymentRecorded
 from portal.integrations.notifications import Notification
 from portal.integrations.registry import PluginError, integrations
 from portal.integrations.results import Result, Succeeded
-from portal.models import Customer, Partner
 from portal.plugins import plugin_infos
 from portal.testing.contracts import (
     AccountingSystemContract,
@@ -266,7 +266,7 @@ def _ui_plugin(make_plugin: MakePlugin, name: str) -> Path:
         name,
         f"""
         from portal import hookimpl
-        from portal.domain.roles import Permission
+        from portal.core.roles import Permission
         from portal.integrations.ui import NavItem
 
         @hookimpl
@@ -371,7 +371,7 @@ def test_a_plugin_blueprint_is_mounted_under_p_and_its_name(
         """
         from flask import Blueprint
         from portal import hookimpl
-        from portal.branding import render_page
+        from portal.features.tenancy.branding import render_page
         from portal.web.access import public
 
         bp = Blueprint("plugintest_web", __name__, template_folder="templates")

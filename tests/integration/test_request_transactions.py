@@ -11,9 +11,9 @@ import pytest
 from flask import Flask, abort
 from sqlalchemy import Connection, event, select, text
 
-from portal import db
-from portal.db import get_database
-from portal.models import Partner
+from portal.core import db
+from portal.core.db import get_database
+from portal.features.tenancy.models import Partner
 from portal.web.access import public
 from tests.support import HttpsClient, Tenant, sign_in
 

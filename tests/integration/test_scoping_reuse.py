@@ -8,10 +8,11 @@ from typing import Any
 from flask import Flask
 from sqlalchemy import Executable, bindparam, select, update
 
-from portal import db
-from portal.db import get_database
-from portal.models import Customer, Membership, User
-from portal.scoping import Scope, set_scope
+from portal.core import db
+from portal.core.db import get_database
+from portal.core.scoping import Scope, set_scope
+from portal.features.identity.models import Membership, User
+from portal.features.tenancy.models import Customer
 from tests.support import HttpsClient, Tenant, sign_in
 
 # built once, as the pages' own statements are (a membership has no partner of its own: the

@@ -8,11 +8,12 @@ from alembic.migration import MigrationContext
 from flask import Flask
 from sqlalchemy import func, select
 
-from portal import config as portal_config
 from portal import create_app
-from portal.db import Base, get_database
-from portal.models import Customer, Membership, Partner, StaffUser, User
-from portal.services.demo import DEMO_PASSWORD
+from portal.core import config as portal_config
+from portal.core.db import Base, get_database
+from portal.demo import DEMO_PASSWORD
+from portal.features.identity.models import Membership, StaffUser, User
+from portal.features.tenancy.models import Customer, Partner
 from tests.support import HttpsClient, sign_in
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from flask import Flask
 from sqlalchemy import select
 
-from portal.db import get_database
-from portal.models import AuditEvent, Customer
+from portal.core.db import get_database
+from portal.features.identity.models import AuditEvent
+from portal.features.tenancy.models import Customer
 from tests.support import HttpsClient, Tenant, post_form, sign_in
 
 

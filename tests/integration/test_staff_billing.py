@@ -16,19 +16,22 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from portal.db import get_database, utcnow
-from portal.models import AuditEvent, OutboxItem, OutboxState
-from portal.models.billing import (
+from portal.core.db import get_database, utcnow
+from portal.features.billing.models import (
     BillingRun,
     BillingSettings,
-    ContractFrequency,
     CreditNote,
     CreditNoteKind,
     Invoice,
     InvoiceState,
 )
-from portal.services import billing
-from portal.tasks.outbox import run_item
+from portal.features.billing.rules.invoicing import ContractFrequency
+from portal.features.billing.services import documents as billing_documents
+from portal.features.billing.services import run as billing_run
+from portal.features.billing.services import schedule as billing_schedule
+from portal.features.identity.models import AuditEvent
+from portal.outbox.items import run_item
+from portal.outbox.models import OutboxItem, OutboxState
 from tests.integration.billing_support import buy, make_contract, make_product
 from tests.integration.invoice_pages_support import Line, contract, invoice, pdf_text
 from tests.integration.test_invoice_pages import rows, text
@@ -108,8 +111,8 @@ def test_staff_start_a_run_and_see_its_progress_and_results(
     assert "Queued" in text(row) and "Waiting for a worker" in text(row)
     # the table reloads itself while the run is not finished
     assert 'hx-get="/staff/billing/runs"' in queued and 'hx-trigger="every 2s"' in queued
-    assert _count(app, OutboxItem, OutboxItem.kind == billing.RUN_KIND) == 1
-    _run_pending(app, billing.RUN_KIND)
+    assert _count(app, OutboxItem, OutboxItem.kind == billing_schedule.RUN_KIND) == 1
+    _run_pending(app, billing_schedule.RUN_KIND)
     done = staff.get("/staff/billing/runs").get_data(as_text=True)
     (row,) = re.findall(r'<tr id="run-\d+">(.*?)</tr>', done, re.S)
     words = text(row)
@@ -124,7 +127,7 @@ def test_staff_start_a_run_and_see_its_progress_and_results(
     )
     # the same day again: a second run that creates nothing
     post_form(staff, "/staff/billing/run", {"on": first.isoformat()}, "/staff/billing")
-    _run_pending(app, billing.RUN_KIND)
+    _run_pending(app, billing_schedule.RUN_KIND)
     latest = re.findall(
         r'<tr id="run-\d+">(.*?)</tr>',
         staff.get("/staff/billing/runs").get_data(as_text=True),
@@ -212,7 +215,7 @@ def test_staff_without_billing_rights_are_refused(
 
 def _drafts(app: Flask, tenant: Tenant) -> list[int]:
     with app.app_context():
-        billing.run_billing(TODAY.replace(day=1), "test", partner_id=tenant.partner.id)
+        billing_run.run_billing(TODAY.replace(day=1), "test", partner_id=tenant.partner.id)
     with app.app_context(), get_database(app).sessions() as s:
         return list(
             s.scalars(
@@ -257,7 +260,7 @@ def test_review_a_draft_then_issue_it(
     assert _invoice(app, draft_a).number == "INV-000001"
     # the customer sees it now, and their Finance Manager is emailed a link
     assert customer.get(f"/invoices/{draft_a}").status_code == 200
-    _run_pending(app, billing.ISSUED_KIND)
+    _run_pending(app, billing_documents.ISSUED_KIND)
     assert f"/invoices/{draft_a}" in mailbox.body(
         mailbox.last_to("finance_manager@a.alpha.example")
     )

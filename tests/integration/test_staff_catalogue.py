@@ -11,15 +11,17 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from portal.db import get_database
-from portal.domain.catalog import (
+from portal.core.db import get_database
+from portal.features.catalogue.models import Product, ProductPrice
+from portal.features.catalogue.rules import (
     BillingFrequency,
     ProductClass,
     ReductionBehaviour,
     SubscriptionType,
     Term,
 )
-from portal.models import AuditEvent, Product, ProductPrice, Subscription, SubscriptionStatus
+from portal.features.identity.models import AuditEvent
+from portal.features.licences.models import Subscription, SubscriptionStatus
 from tests.support import HttpsClient, Tenant, post_form, sign_in
 
 NEW = "/staff/catalogue/new"

@@ -14,23 +14,19 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from portal.db import get_database, utcnow
-from portal.domain.catalog import (
+from portal.core.db import get_database, utcnow
+from portal.features.catalogue.models import Product
+from portal.features.catalogue.rules import (
     BillingFrequency,
     ProductClass,
     ReductionBehaviour,
     SubscriptionType,
     Term,
 )
-from portal.domain.licences import ChangeKind, ChangeState, HoldReason
-from portal.models import (
-    AuditEvent,
-    LicenceChange,
-    OutboxItem,
-    Product,
-    Subscription,
-    SubscriptionStatus,
-)
+from portal.features.identity.models import AuditEvent
+from portal.features.licences.models import LicenceChange, Subscription, SubscriptionStatus
+from portal.features.licences.rules import ChangeKind, ChangeState, HoldReason
+from portal.outbox.models import OutboxItem
 from tests.support import HttpsClient, Tenant, post_form, sign_in
 
 QUEUE = "/staff/licence-changes"

@@ -6,8 +6,8 @@ from datetime import timedelta
 
 from flask import Flask
 
-from portal.db import get_database, utcnow
-from portal.models import OutboxItem, OutboxState
+from portal.core.db import get_database, utcnow
+from portal.outbox.models import OutboxItem, OutboxState
 from tests.support import HttpsClient, Tenant, sign_in
 
 

@@ -12,7 +12,7 @@ from flask import Flask
 from jinja2 import Environment
 from markupsafe import Markup
 
-from portal.extensions import _request_translations, rendering_in
+from portal.core.extensions import _request_translations, rendering_in
 from tests.support import HttpsClient, Tenant
 
 SOURCES = [

@@ -9,11 +9,11 @@ from types import SimpleNamespace
 from flask import Flask
 from kombu import Producer
 
-from portal.db import get_database
-from portal.models import OutboxItem
-from portal.models.billing import Invoice
-from portal.models.payments import PaymentWebhookEvent
-from portal.tasks.celery_app import celery_for
+from portal.core.db import get_database
+from portal.features.billing.models import Invoice
+from portal.features.payments.models import PaymentWebhookEvent
+from portal.outbox.broker import celery_for
+from portal.outbox.models import OutboxItem
 from portal.warmup import connect, warm_up
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -33,8 +33,8 @@ from flask import Flask
 
 from portal import create_app
 from portal.cli import migrate
-from portal.db import get_database
-from portal.models import OutboxItem, OutboxState
+from portal.core.db import get_database
+from portal.outbox.models import OutboxItem, OutboxState
 from tests.conftest import _ensure_pg_database, _reset_schema
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -312,7 +312,7 @@ class Workers:
         command = [
             str(CELERY),
             "-A",
-            "portal.tasks.worker",
+            "portal.worker",
             "worker",
             "--pool",
             pool,

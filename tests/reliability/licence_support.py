@@ -1,6 +1,6 @@
 """In-process licence provisioning against the Partner Center fake, for B1, B2 and B4.
 
-No Celery worker runs here: the tests drive :func:`portal.tasks.outbox.run_item` themselves (in
+No Celery worker runs here: the tests drive :func:`portal.outbox.items.run_item` themselves (in
 the test process, in threads, or in forked children that are SIGKILLed), which is what a worker
 does with a message. The portal is a real app on the reliability database with the
 ``partner_center_provider`` plugin pointed at a :class:`FakePartnerCenter` with the plugin's
@@ -31,35 +31,30 @@ from partner_center_provider.fake import FakePartnerCenter
 from sqlalchemy.orm import Session
 
 from portal import create_app
-from portal.db import get_database, utcnow
-from portal.domain.catalog import (
+from portal.core.db import get_database, utcnow
+from portal.core.extensions import rendering_in
+from portal.core.roles import CustomerRole
+from portal.features.catalogue.models import Product, ProductPrice
+from portal.features.catalogue.rules import (
     BillingFrequency,
     ProductClass,
     ReductionBehaviour,
     SubscriptionType,
     Term,
 )
-from portal.domain.licences import ChangeState
-from portal.domain.roles import CustomerRole
-from portal.extensions import rendering_in
-from portal.models import (
+from portal.features.identity.models import Membership, User
+from portal.features.licences.models import (
     AgreementAcceptance,
     AttestationState,
-    Customer,
     LicenceChange,
-    Membership,
-    OutboxItem,
-    OutboxState,
-    Partner,
-    PartnerHost,
-    Product,
-    ProductPrice,
     Subscription,
     SubscriptionStatus,
-    User,
 )
-from portal.services.licences import PROVISION_KIND, request_quantity
-from portal.tasks.outbox import run_item
+from portal.features.licences.rules import ChangeState
+from portal.features.licences.services.subscriptions import PROVISION_KIND, request_quantity
+from portal.features.tenancy.models import Customer, Partner, PartnerHost
+from portal.outbox.items import run_item
+from portal.outbox.models import OutboxItem, OutboxState
 from portal.testing.fake_server import FakeResponse, RecordedRequest
 
 OFFER_ID = "CFQ7TTC0LH18:0001"

@@ -26,11 +26,11 @@ from sqlalchemy import select
 
 from portal import create_app
 from portal.cli import migrate
-from portal.config import ROOT
-from portal.db import get_database
-from portal.models import OutboxItem
-from portal.models.payments import PaymentWebhookEvent
-from portal.services.payment_events import RECEIPT_KIND
+from portal.core.config import ROOT
+from portal.core.db import get_database
+from portal.features.payments.models import PaymentWebhookEvent
+from portal.features.payments.services.events import RECEIPT_KIND
+from portal.outbox.models import OutboxItem
 from portal.testing.support import SeededPartner, seed_partner
 from tests.reliability.conftest import PG_URL, _fresh_database, free_port, require_services
 
@@ -72,7 +72,7 @@ class World:
             items = s.scalars(select(OutboxItem).where(OutboxItem.kind == RECEIPT_KIND)).all()
             if invoice_ids is None:
                 return len(items)
-            from portal.models.billing import InvoicePayment
+            from portal.features.billing.models import InvoicePayment
 
             ids = set(
                 s.scalars(

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from portal.db import get_database
-from portal.tasks.outbox import enqueue
+from portal.core.db import get_database
+from portal.outbox.items import enqueue
 from tests.reliability.conftest import (
     REDIS_URL,
     FakeExternal,

@@ -16,9 +16,9 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from portal.db import get_database
-from portal.models import OutboxItem, OutboxState
-from portal.tasks.outbox import enqueue, sweep
+from portal.core.db import get_database
+from portal.outbox.items import enqueue, sweep
+from portal.outbox.models import OutboxItem, OutboxState
 from tests.reliability.conftest import (
     FakeExternal,
     PrivateRedis,
@@ -53,7 +53,7 @@ def test_work_enqueued_while_the_broker_is_down_is_done_once_it_is_back(
     wait_until(lambda: all_done(app, 1), 30, lambda: f"{state_counts(app)}\n{workers.logs()}")
 
     private_redis.stop()
-    with caplog.at_level(logging.ERROR, logger="portal.tasks.outbox"):
+    with caplog.at_level(logging.ERROR, logger="portal.outbox.items"):
         during = [i for _ in range(5) for i in _enqueue(app, external.url, WHILE_DOWN // 5)]
     assert caplog.text.count("could not dispatch") == 5
     assert sweep(app) == 0, "nothing can be sent while the broker is down"

@@ -1,7 +1,7 @@
 """B1 (reliability notes §6): the relay SIGKILLed mid-provisioning, 50 randomised trials per
 crash point, on PostgreSQL, in seconds rather than minutes.
 
-The relay is a forked child of the test process running :func:`portal.tasks.outbox.run_item`
+The relay is a forked child of the test process running :func:`portal.outbox.items.run_item`
 for one licence change, as a worker does with the change's message. It is killed with SIGKILL at
 the trial's crash point:
 
@@ -56,10 +56,10 @@ from partner_center_provider.fake import FakePartnerCenter, Fault
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from portal.db import get_database
-from portal.domain.licences import ChangeState
-from portal.models import OutboxState
-from portal.tasks.outbox import run_item
+from portal.core.db import get_database
+from portal.features.licences.rules import ChangeState
+from portal.outbox.items import run_item
+from portal.outbox.models import OutboxState
 from portal.testing.fake_server import FakeResponse, RecordedRequest
 from tests.reliability.licence_support import (
     FakeTap,

@@ -15,9 +15,9 @@ import redis
 import sqlalchemy as sa
 from flask import Flask
 
-from portal.db import get_database
-from portal.models import OutboxItem
-from portal.tasks.outbox import dispatch_ids, enqueue
+from portal.core.db import get_database
+from portal.outbox.items import dispatch_ids, enqueue
+from portal.outbox.models import OutboxItem
 from tests.reliability.conftest import (
     REDIS_URL,
     FakeExternal,

@@ -6,7 +6,7 @@ another, so a tenant's pause after a ``429`` meets a neighbour) driven by these 
 - ``request``: the customer asks for a new quantity (more or fewer seats), through the use case
   (while fewer than :data:`OPEN_LIMIT` changes are open);
 - ``run`` / ``run_most_overdue``: the relay runs one subscription's next outbox item in this
-  process, as a worker does with its message (:func:`portal.tasks.outbox.run_item`, against the
+  process, as a worker does with its message (:func:`portal.outbox.items.run_item`, against the
   Partner Center fake at latency 0; the subscription's next change may run in the same call).
   One run in five (20 %; which ones, and the order of the faults, drawn per example) meets a
   fault injected at the fake for that subscription, each kind in turn: ``429`` with
@@ -69,11 +69,12 @@ from hypothesis.stateful import (
 from partner_center_provider.client import ms_request_id
 from partner_center_provider.fake import FakePartnerCenter, Fault
 
-from portal.db import get_database, utcnow
-from portal.domain.licences import HOLDING_STATES, ChangeState
-from portal.models import LicenceChange, OutboxItem, OutboxState
-from portal.services.licences import PROVISION_KIND
-from portal.tasks.outbox import run_item
+from portal.core.db import get_database, utcnow
+from portal.features.licences.models import LicenceChange
+from portal.features.licences.rules import HOLDING_STATES, ChangeState
+from portal.features.licences.services.subscriptions import PROVISION_KIND
+from portal.outbox.items import run_item
+from portal.outbox.models import OutboxItem, OutboxState
 from tests.reliability.licence_support import (
     FakeTap,
     Requested,

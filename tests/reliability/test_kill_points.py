@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from portal.db import get_database
-from portal.models import OutboxItem
-from portal.tasks.outbox import enqueue, sweep
+from portal.core.db import get_database
+from portal.outbox.items import enqueue, sweep
+from portal.outbox.models import OutboxItem
 from tests.reliability.conftest import (
     REDIS_URL,
     FakeExternal,

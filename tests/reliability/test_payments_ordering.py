@@ -1,6 +1,6 @@
 """A2 and A8 of the reliability notes, on PostgreSQL, through the real webhook path
-(:func:`portal.services.payment_events.receive_webhook`: signature verified by the SDK, the
-event and its effect in one transaction) with events made and signed by the fake Stripe.
+(:func:`portal.features.payments.services.events.receive_webhook`: signature verified by the SDK,
+the event and its effect in one transaction) with events made and signed by the fake Stripe.
 
 - A2 out of order: every permutation Hypothesis draws of a payment's events (an attempt that
   failed, the success, Checkout's completion, two partial refunds and their events, a dispute),
@@ -22,13 +22,13 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 from stripe_payments.fake import DECLINE, SUCCEED
 
-from portal.db import get_database
+from portal.core.db import get_database
+from portal.features.billing.models import Invoice, InvoicePayment, InvoiceState, InvoiceStatus
+from portal.features.billing.services.queries import invoice_detail, invoice_status, list_invoices
+from portal.features.payments.models import PaymentDispute
+from portal.features.payments.services.events import receive_webhook
 from portal.integrations.payments import PaymentRequest
 from portal.integrations.results import Succeeded
-from portal.models.billing import Invoice, InvoicePayment, InvoiceState, InvoiceStatus
-from portal.models.payments import PaymentDispute
-from portal.services.billing_queries import invoice_detail, invoice_status, list_invoices
-from portal.services.payment_events import receive_webhook
 from tests.plugins.stripe_payments.support import make_invoice
 from tests.reliability import payments_support as support
 from tests.reliability.payments_support import World

@@ -17,7 +17,8 @@ import pytest
 from stripe_payments import StripeGateway, StripeSettings
 from stripe_payments.fake import SUCCEED, FakeStripe, Fault
 
-from portal.db import utcnow
+from portal.core.db import utcnow
+from portal.features.payments.services.events import reconcile
 from portal.integrations.payments import (
     IDEMPOTENCY_KEY_REUSED,
     CardSetupRequest,
@@ -27,7 +28,6 @@ from portal.integrations.payments import (
     SavedCardCharge,
 )
 from portal.integrations.results import BusinessRejection, Succeeded, TechnicalFailure
-from portal.services.payment_events import reconcile
 from tests.plugins.stripe_payments.support import ledger, make_invoice
 from tests.reliability import payments_support as support
 from tests.reliability.payments_support import World

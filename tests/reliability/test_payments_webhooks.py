@@ -29,11 +29,11 @@ import requests
 from sqlalchemy import select
 from stripe_payments.fake import SUCCEED, signature_header
 
-from portal.db import get_database
+from portal.core.db import get_database
+from portal.features.billing.models import InvoicePayment, PaymentKind
+from portal.features.payments.services.events import record_payment_outcome
 from portal.integrations.payments import PaymentRequest
 from portal.integrations.results import Succeeded
-from portal.models.billing import InvoicePayment, PaymentKind
-from portal.services.payment_events import record_payment_outcome
 from tests.plugins.stripe_payments.support import make_invoice
 from tests.reliability import payments_support as support
 from tests.reliability.payments_support import WEBHOOK, WEBHOOK_SECRET, World, event_of

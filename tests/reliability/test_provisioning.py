@@ -44,33 +44,29 @@ from partner_center_provider.client import ms_request_id
 from partner_center_provider.fake import FakePartnerCenter, Fault
 
 from portal import create_app
-from portal.db import get_database, utcnow
-from portal.domain.catalog import (
+from portal.core.db import get_database, utcnow
+from portal.core.extensions import rendering_in
+from portal.core.roles import CustomerRole
+from portal.features.catalogue.models import Product, ProductPrice
+from portal.features.catalogue.rules import (
     BillingFrequency,
     ProductClass,
     ReductionBehaviour,
     SubscriptionType,
     Term,
 )
-from portal.domain.licences import ChangeState
-from portal.domain.roles import CustomerRole
-from portal.extensions import rendering_in
-from portal.models import (
+from portal.features.identity.models import Membership, User
+from portal.features.licences.models import (
     AgreementAcceptance,
     AttestationState,
-    Customer,
     LicenceChange,
-    Membership,
-    OutboxItem,
-    Partner,
-    PartnerHost,
-    Product,
-    ProductPrice,
     Subscription,
     SubscriptionStatus,
-    User,
 )
-from portal.services.licences import request_quantity
+from portal.features.licences.rules import ChangeState
+from portal.features.licences.services.subscriptions import request_quantity
+from portal.features.tenancy.models import Customer, Partner, PartnerHost
+from portal.outbox.models import OutboxItem
 from tests.reliability.conftest import (
     REDIS_URL,
     ROOT,
@@ -99,9 +95,9 @@ if markers:
     def kill_after_commit(args=None, retval=None, **_):
         if retval != "done" or not args:
             return
-        from portal.db import get_database
-        from portal.models import OutboxItem
-        from portal.tasks.worker import flask_app
+        from portal.core.db import get_database
+        from portal.outbox.models import OutboxItem
+        from portal.worker import flask_app
         with get_database(flask_app).sessions() as session:
             item = session.get(OutboxItem, int(args[0]))
         if item is None or item.kind != "licences.provision":
@@ -130,7 +126,7 @@ class PartnerCenterWorkers(Workers):
             "-c",
             WORKER_BOOT,
             "-A",
-            "portal.tasks.worker",
+            "portal.worker",
             "worker",
             "--pool",
             pool,
@@ -413,7 +409,7 @@ def recover(
 ) -> int:
     """Restart the worker whenever it died and sweep, until every change finished; returns the
     number of restarts."""
-    from portal.tasks.outbox import sweep
+    from portal.outbox.items import sweep
 
     restarts = 0
     last_sweep = 0.0
@@ -485,7 +481,7 @@ def test_a_worker_killed_while_provisioning_loses_nothing_and_applies_once(
         killed = sorted(int(p.name.removeprefix("killed-")) for p in markers.glob("killed-*"))
         assert len(killed) == TRIALS
         # their messages were never acknowledged: Redis would deliver them again
-        from portal.tasks.outbox import dispatch_ids
+        from portal.outbox.items import dispatch_ids
 
         dispatch_ids(pc.app, killed)
         time.sleep(1.5)  # the running worker takes them: the claim must refuse

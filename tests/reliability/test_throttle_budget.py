@@ -4,7 +4,7 @@ the tenant's call budget, and a ``429`` pauses the tenant instead of starting a 
 500 subscriptions of one customer tenant each get one quantity change (through the use case, in
 one transaction): 500 provisioning items are due at once. :data:`RELAYS` threads of this process
 relay them as that many workers would (each claims due items and runs them with
-:func:`portal.tasks.outbox.run_item`), sharing the per-tenant budget in Redis
+:func:`portal.outbox.items.run_item`), sharing the per-tenant budget in Redis
 (``PORTAL_PROVIDER_CALL_LIMIT`` = :data:`BUDGET` per second, moving window, on
 ``PORTAL_TEST_REDIS_URL``). The Partner Center fake timestamps every request it answers. The
 burst runs once per module (about 15 s) and each test reads a side of it.
@@ -48,12 +48,12 @@ import sqlalchemy as sa
 from flask import Flask
 from partner_center_provider.fake import FakePartnerCenter, Fault
 
-from portal.db import get_database, utcnow
-from portal.domain.licences import ChangeState
-from portal.models import OutboxItem, OutboxState
-from portal.services.licences import PROVISION_KIND
-from portal.services.pacing import ProviderPacing
-from portal.tasks.outbox import run_item
+from portal.core.db import get_database, utcnow
+from portal.features.licences.rules import ChangeState
+from portal.features.licences.services.pacing import ProviderPacing
+from portal.features.licences.services.subscriptions import PROVISION_KIND
+from portal.outbox.items import run_item
+from portal.outbox.models import OutboxItem, OutboxState
 from portal.testing.fake_server import FakeResponse, RecordedRequest
 from tests.reliability.conftest import REDIS_URL
 from tests.reliability.licence_support import (

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from portal.services.pacing import CallSlots, call_slot
+from portal.features.licences.services.pacing import CallSlots, call_slot
 
 HOLD_SECONDS = 0.3
 _fork = multiprocessing.get_context("fork")

@@ -8,10 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from portal.domain.colours import contrast_ratio, is_hex_colour, readable_button
-from portal.domain.money import exponent, to_major
-from portal.domain.passwords import PasswordProblem, password_problems
-from portal.domain.roles import (
+from portal.core.money import exponent, to_major
+from portal.core.roles import (
     CUSTOMER_PERMISSIONS,
     CustomerRole,
     Permission,
@@ -19,6 +17,8 @@ from portal.domain.roles import (
     customer_may,
     staff_may,
 )
+from portal.features.identity.rules import PasswordProblem, password_problems
+from portal.features.tenancy.rules import contrast_ratio, is_hex_colour, readable_button
 
 hex_colours = st.from_regex(r"\A#[0-9a-f]{6}\Z")
 

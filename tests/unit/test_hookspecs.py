@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 
 import portal.hookspecs
-from portal.config import ROOT
-from portal.hookspecs import PROJECT, spec_modules
+from portal.core.config import ROOT
+from portal.hookspecs import PROJECT
+from portal.plugins import SPEC_MODULES
 
 GUIDE = ROOT / "docs" / "plugins.md"
 FIELD = re.compile(r"^(:param (?P<param>\w+):|:returns:|Calling rule:)")
@@ -89,7 +90,7 @@ def parse(module: ModuleType, name: str, function: Callable[..., Any]) -> Spec:
 
 
 def hookspec_modules() -> list[ModuleType]:
-    """Every module in ``portal/hookspecs/`` (not only the ones ``spec_modules`` names)."""
+    """Every module in ``portal/hookspecs/`` (not only the ones ``SPEC_MODULES`` names)."""
     return [
         importlib.import_module(f"portal.hookspecs.{info.name}")
         for info in pkgutil.iter_modules(portal.hookspecs.__path__)
@@ -130,7 +131,7 @@ def guide_sections() -> dict[str, str]:
 
 def test_there_are_hookspecs_and_every_module_is_registered() -> None:
     assert len(SPECS) >= 10
-    assert {m.__name__ for m in hookspec_modules()} == {m.__name__ for m in spec_modules()}
+    assert {m.__name__ for m in hookspec_modules()} == {m.__name__ for m in SPEC_MODULES}
 
 
 def test_every_portal_function_in_a_hookspec_module_is_a_hookspec() -> None:

@@ -27,7 +27,9 @@ from dateutil.relativedelta import relativedelta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from portal.domain.invoicing import (
+from portal.core.money import exponent, to_major, to_minor
+from portal.core.proration import Period
+from portal.features.billing.rules.invoicing import (
     BilledSubscription,
     ContractTerms,
     DraftDocument,
@@ -37,9 +39,7 @@ from portal.domain.invoicing import (
     assemble,
     credit_for_void,
 )
-from portal.domain.money import exponent, to_major, to_minor
-from portal.domain.proration import Period
-from portal.domain.revenue import deferred_revenue
+from portal.features.billing.rules.revenue import deferred_revenue
 
 settings.register_profile(
     "billing-dev",

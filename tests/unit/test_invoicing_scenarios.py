@@ -13,7 +13,8 @@ from decimal import Decimal
 
 import pytest
 
-from portal.domain.invoicing import (
+from portal.core.proration import Period
+from portal.features.billing.rules.invoicing import (
     BilledSubscription,
     ContractTerms,
     DraftDocument,
@@ -25,8 +26,7 @@ from portal.domain.invoicing import (
     credit_for_void,
     price_document,
 )
-from portal.domain.proration import Period
-from portal.domain.revenue import MonthRevenue, deferred_revenue
+from portal.features.billing.rules.revenue import MonthRevenue, deferred_revenue
 
 ADVANCE = LineKind.ADVANCE
 ADDITION = LineKind.ADDITION

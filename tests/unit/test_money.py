@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from portal.domain.money import (
+from portal.core.money import (
     SUPPORTED_CURRENCIES,
     allocate,
     apply_rate,

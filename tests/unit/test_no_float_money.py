@@ -15,8 +15,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MONEY_MODULES = [
-    ROOT / "portal" / "domain" / name
-    for name in ("money.py", "proration.py", "invoicing.py", "revenue.py")
+    ROOT / "portal" / "core" / "money.py",
+    ROOT / "portal" / "core" / "proration.py",
+    ROOT / "portal" / "features" / "billing" / "rules" / "invoicing.py",
+    ROOT / "portal" / "features" / "billing" / "rules" / "revenue.py",
 ]
 
 

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from portal.domain.proration import Period, billing_period, prorated_minor, remaining_days
+from portal.core.proration import Period, billing_period, prorated_minor, remaining_days
 
 MARCH = Period(date(2025, 3, 1), date(2025, 4, 1))  # 31 days
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from flask import Blueprint, Flask
 
 from demo_payments.gateway import DemoPaymentGateway, DemoPaymentSettings, signature_header
-from portal import hookimpl
-from portal.db import get_database
+from portal.core.db import get_database
+from portal.hookspecs import hookimpl
 from portal.integrations.payments import PaymentGateway
 from portal.plugins import plugin_settings
 

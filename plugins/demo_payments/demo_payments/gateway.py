@@ -48,7 +48,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from demo_payments.models import DemoCard, DemoCustomer, DemoPayment, DemoSetup
-from portal.db import utcnow
+from portal.core.db import utcnow
 from portal.integrations.payments import (
     AUTHENTICATION_REQUIRED,
     CARD_DECLINED,

@@ -12,7 +12,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, Boolean, Integer, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from portal.db import NAMING_CONVENTION, UTCDateTime, utcnow
+from portal.core.db import NAMING_CONVENTION, UTCDateTime, utcnow
 
 
 class DemoPaymentsBase(DeclarativeBase):

@@ -14,8 +14,8 @@ from pathlib import Path
 from flask import Flask
 
 from demo_provider.adapter import DemoProvider, DemoProviderSettings
-from portal import hookimpl
-from portal.db import get_database
+from portal.core.db import get_database
+from portal.hookspecs import hookimpl
 from portal.integrations.providers import ProviderAdapter
 from portal.plugins import plugin_settings
 

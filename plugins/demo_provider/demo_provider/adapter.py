@@ -29,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from demo_provider.models import DemoRequest, DemoSubscription
-from portal.db import utcnow
+from portal.core.db import utcnow
 from portal.integrations.providers import (
     AgreementAttestation,
     AgreementConfirmation,

@@ -16,7 +16,7 @@ from partner_center_provider.adapter import PartnerCenterProvider
 from partner_center_provider.auth import MsalTokenProvider, StaticTokenProvider, TokenProvider
 from partner_center_provider.client import PartnerCenterClient, ms_request_id
 from partner_center_provider.settings import SETTINGS_NAME, PartnerCenterSettings
-from portal import hookimpl
+from portal.hookspecs import hookimpl
 from portal.integrations.providers import ProviderAdapter
 from portal.plugins import plugin_settings
 

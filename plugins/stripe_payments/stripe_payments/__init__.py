@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask
 
-from portal import hookimpl
+from portal.hookspecs import hookimpl
 from portal.integrations.payments import PaymentGateway
 from portal.plugins import plugin_settings
 from stripe_payments.adapter import StripeGateway

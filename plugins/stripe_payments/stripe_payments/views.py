@@ -1,7 +1,7 @@
 """``POST /p/stripe/webhook``: Stripe's deliveries. Authenticated by their signature (so exempt
 from CSRF), verified before anything else is read or written: a delivery that does not verify
 is answered 400 and changes nothing. A verified one is recorded once
-(:func:`portal.services.payment_events.receive_webhook`) and answered 200, a duplicate too
+(:func:`portal.integrations.payments.receive_webhook`) and answered 200, a duplicate too
 (Stripe stops delivering it); 503 when the event needed Stripe and Stripe did not answer (it
 delivers again later)."""
 
@@ -13,9 +13,7 @@ from typing import cast
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.wrappers import Response
 
-from portal.extensions import csrf
-from portal.integrations.payments import SignatureError
-from portal.services.payment_events import GatewayUnavailable, receive_webhook
+from portal.integrations.payments import GatewayUnavailable, SignatureError, receive_webhook
 from portal.web.access import machine_to_machine, public
 from stripe_payments.adapter import StripeGateway
 
@@ -44,6 +42,3 @@ def webhook() -> tuple[Response, int]:
         log.warning("stripe webhook put off: %s", error)
         return jsonify(error="try again later"), 503
     return jsonify(received=receipt.event_id, duplicate=receipt.duplicate), 200
-
-
-csrf.exempt(webhook)  # this view only (not the blueprint): the signature is its authentication

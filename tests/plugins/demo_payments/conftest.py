@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from portal.config import ROOT
+from portal.core.config import ROOT
 from portal.integrations.payments import PaymentRequest, PaymentSession
 from portal.integrations.registry import integrations
 from portal.integrations.results import Succeeded

@@ -22,7 +22,7 @@ from demo_payments.gateway import (
 from demo_payments.models import DemoPaymentsBase
 from flask import Flask
 
-from portal.db import Base, get_database
+from portal.core.db import Base, get_database
 from portal.integrations.payments import (
     PaymentRequest,
     PaymentSession,

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from portal.config import ROOT
+from portal.core.config import ROOT
 from portal.integrations.providers import ProviderAdapter
 from portal.integrations.registry import integrations
 

@@ -9,11 +9,13 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from portal.db import get_database
-from portal.domain.licences import ChangeKind, ChangeState, HoldReason
-from portal.models import Customer, LicenceChange, OutboxItem, OutboxState, Subscription
-from portal.services.demo import create_demo_data
-from portal.tasks.outbox import run_item
+from portal.core.db import get_database
+from portal.demo import create_demo_data
+from portal.features.licences.models import LicenceChange, Subscription
+from portal.features.licences.rules import ChangeKind, ChangeState, HoldReason
+from portal.features.tenancy.models import Customer
+from portal.outbox.items import run_item
+from portal.outbox.models import OutboxItem, OutboxState
 from portal.testing.support import SeededPartner
 
 

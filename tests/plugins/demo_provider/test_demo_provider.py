@@ -22,7 +22,7 @@ from demo_provider.models import DemoProviderBase, DemoRequest, DemoSubscription
 from flask import Flask
 
 from portal import create_app
-from portal.db import Base, get_database
+from portal.core.db import Base, get_database
 from portal.integrations.providers import QuantityChange
 from portal.integrations.registry import PluginError, integrations
 from portal.integrations.results import BusinessRejection, Succeeded, TechnicalFailure

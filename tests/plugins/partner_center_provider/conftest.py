@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from portal.config import ROOT
+from portal.core.config import ROOT
 
 # importable like an installed distribution (make installs it editable; the portal's loader
 # puts the folder on sys.path the same way when it is not installed)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from portal.config import ROOT
+from portal.core.config import ROOT
 
 # importable like an installed distribution (make installs it editable; the portal's loader
 # puts the folder on sys.path the same way when it is not installed)

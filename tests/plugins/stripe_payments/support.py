@@ -7,15 +7,15 @@ from datetime import date, timedelta
 from flask import Flask
 from sqlalchemy import func, select
 
-from portal.db import get_database
-from portal.models.billing import (
+from portal.core.db import get_database
+from portal.features.billing.models import (
     BillingContract,
-    ContractFrequency,
     Invoice,
     InvoicePayment,
     InvoiceState,
     PaymentKind,
 )
+from portal.features.billing.rules.invoicing import ContractFrequency
 from portal.testing.support import SeededPartner
 
 INVOICE_TOTAL = 10_000

@@ -14,16 +14,16 @@ from sqlalchemy import select
 from stripe_payments import StripeGateway
 from stripe_payments.fake import DECLINE, SUCCEED, FakeStripe
 
-from portal import hookimpl
-from portal.db import get_database
+from portal.core.db import get_database
+from portal.features.billing.models import InvoiceState, PaymentKind
+from portal.features.payments.models import PaymentDispute, PaymentWebhookEvent, WebhookResult
+from portal.features.payments.services import events as payment_events
+from portal.hookspecs import hookimpl
 from portal.integrations.events import PaymentRecorded
 from portal.integrations.payments import PaymentRequest
 from portal.integrations.results import Succeeded
-from portal.models import OutboxItem, OutboxState
-from portal.models.billing import InvoiceState, PaymentKind
-from portal.models.payments import PaymentDispute, PaymentWebhookEvent, WebhookResult
-from portal.services import payment_events
-from portal.tasks.outbox import run_item
+from portal.outbox.items import run_item
+from portal.outbox.models import OutboxItem, OutboxState
 from portal.testing.support import PortalClient, SeededPartner
 from tests.plugins.stripe_payments.support import ledger, make_invoice, paid
 
@@ -330,7 +330,7 @@ def test_the_webhook_skips_the_hooks_for_people_and_keeps_the_security_headers(
     from flask import g, request_finished
     from stripe_payments.views import bp
 
-    from portal.extensions import csrf
+    from portal.core.extensions import csrf
     from portal.web.access import is_machine_request
 
     invoice = make_invoice(portal_app, portal_partner)

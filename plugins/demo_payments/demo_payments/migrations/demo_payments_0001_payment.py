@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import portal.db
+import portal.core.db
 
 revision: str = "demo_payments_0001"
 down_revision: str | None = None
@@ -32,8 +32,8 @@ def upgrade() -> None:
         sa.Column("return_url", sa.String(length=2000), nullable=False),
         sa.Column("status", sa.String(length=32), nullable=False),
         sa.Column("failure_reason", sa.String(length=500), nullable=True),
-        sa.Column("created_at", portal.db.UTCDateTime(), nullable=False),
-        sa.Column("updated_at", portal.db.UTCDateTime(), nullable=False),
+        sa.Column("created_at", portal.core.db.UTCDateTime(), nullable=False),
+        sa.Column("updated_at", portal.core.db.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_demo_payments_payment")),
         sa.UniqueConstraint("gateway_ref", name=op.f("uq_demo_payments_payment_gateway_ref")),
         sa.UniqueConstraint(

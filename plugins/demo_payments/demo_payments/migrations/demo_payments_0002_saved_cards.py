@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import portal.db
+import portal.core.db
 
 revision: str = "demo_payments_0002"
 down_revision: str | None = "demo_payments_0001"
@@ -41,7 +41,7 @@ def upgrade() -> None:
         sa.Column("customer_ref", sa.String(length=128), nullable=False),
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("email", sa.String(length=254), nullable=True),
-        sa.Column("created_at", portal.db.UTCDateTime(), nullable=False),
+        sa.Column("created_at", portal.core.db.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_demo_payments_customer")),
         sa.UniqueConstraint(
             "gateway_customer_ref", name=op.f("uq_demo_payments_customer_gateway_customer_ref")
@@ -60,8 +60,8 @@ def upgrade() -> None:
         sa.Column("exp_month", sa.Integer(), nullable=False),
         sa.Column("exp_year", sa.Integer(), nullable=False),
         sa.Column("behaviour", sa.String(length=32), nullable=False),
-        sa.Column("created_at", portal.db.UTCDateTime(), nullable=False),
-        sa.Column("detached_at", portal.db.UTCDateTime(), nullable=True),
+        sa.Column("created_at", portal.core.db.UTCDateTime(), nullable=False),
+        sa.Column("detached_at", portal.core.db.UTCDateTime(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_demo_payments_card")),
         sa.UniqueConstraint("card_ref", name=op.f("uq_demo_payments_card_card_ref")),
     )
@@ -84,8 +84,8 @@ def upgrade() -> None:
         sa.Column("pending_behaviour", sa.String(length=32), nullable=True),
         sa.Column("pending_last4", sa.String(length=4), nullable=True),
         sa.Column("failure_reason", sa.String(length=500), nullable=True),
-        sa.Column("created_at", portal.db.UTCDateTime(), nullable=False),
-        sa.Column("updated_at", portal.db.UTCDateTime(), nullable=False),
+        sa.Column("created_at", portal.core.db.UTCDateTime(), nullable=False),
+        sa.Column("updated_at", portal.core.db.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_demo_payments_setup")),
         sa.UniqueConstraint("gateway_ref", name=op.f("uq_demo_payments_setup_gateway_ref")),
         sa.UniqueConstraint("idempotency_key", name=op.f("uq_demo_payments_setup_idempotency_key")),

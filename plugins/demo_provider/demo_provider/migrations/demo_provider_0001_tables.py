@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import portal.db
+import portal.core.db
 
 revision: str = "demo_provider_0001"
 down_revision: str | None = None
@@ -28,7 +28,7 @@ def upgrade() -> None:
         sa.Column("quantity", sa.Integer(), nullable=False),
         sa.Column("status", sa.String(length=32), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
-        sa.Column("updated_at", portal.db.UTCDateTime(), nullable=False),
+        sa.Column("updated_at", portal.core.db.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_demo_provider_subscription")),
         sa.UniqueConstraint(
             "customer_tenant_id",
@@ -49,8 +49,8 @@ def upgrade() -> None:
         sa.Column("result_status", sa.String(length=32), nullable=True),
         sa.Column("reason", sa.String(length=500), nullable=True),
         sa.Column("code", sa.String(length=64), nullable=True),
-        sa.Column("created_at", portal.db.UTCDateTime(), nullable=False),
-        sa.Column("finished_at", portal.db.UTCDateTime(), nullable=True),
+        sa.Column("created_at", portal.core.db.UTCDateTime(), nullable=False),
+        sa.Column("finished_at", portal.core.db.UTCDateTime(), nullable=True),
         sa.PrimaryKeyConstraint("request_id", name=op.f("pk_demo_provider_request")),
     )
 

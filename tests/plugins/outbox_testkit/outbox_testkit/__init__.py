@@ -27,11 +27,11 @@ from typing import Any
 from sqlalchemy import Column, DateTime, Engine, Integer, MetaData, String, Table, event, func
 from sqlalchemy.orm import Session
 
-from portal import hookimpl
-from portal.models import OutboxItem
-from portal.scoping import get_scope
-from portal.tasks.handlers import Done, GiveUp, Outcome, RetryLater
-from portal.tasks.outbox import claim, enqueue
+from portal.core.scoping import get_scope
+from portal.hookspecs import hookimpl
+from portal.outbox.handlers import Done, GiveUp, Outcome, RetryLater
+from portal.outbox.items import claim, enqueue
+from portal.outbox.models import OutboxItem
 
 metadata = MetaData()
 effect_table = Table(

@@ -8,9 +8,9 @@ from typing import Any
 from flask import Blueprint, Flask
 from flask_babel import lazy_gettext as _l
 
-from portal import hookimpl
-from portal.branding import render_page
-from portal.domain.roles import Permission
+from portal.core.roles import Permission
+from portal.features.tenancy.branding.themes import render_page
+from portal.hookspecs import hookimpl
 from portal.integrations.ui import NavItem
 from portal.web.access import customer_required
 

@@ -1,0 +1,703 @@
+"""Payments the gateways confirm, recorded exactly once whatever the network does (issue 6;
+reliability notes §1.2, block A).
+
+Three paths learn that money arrived, and all three end in :func:`record_payment_outcome`:
+
+- the gateway's **webhook** (:func:`receive_webhook`): the signature is verified before
+  anything else, then, in ONE transaction, the event is inserted once by its id (``ON CONFLICT
+  DO NOTHING``: a duplicate delivery, concurrent or later, stops there) together with its
+  effect on the ledger;
+- the **return page** (the payments UX), which asks the gateway for the payment's true state
+  and records it if it succeeded, racing the webhook (A4);
+- the daily **reconciliation** (:func:`reconcile`), which lists the gateway's recent payments
+  and records those no webhook announced (A7).
+
+Each effect is keyed by the gateway's own id under a unique constraint: a payment by its
+PaymentIntent (``invoice_payment (gateway_key, gateway_reference)``), a refund by its refund id,
+a dispute by its dispute id. Whichever path comes first records it; the others find it there
+and do nothing, so exactly one ledger row, one receipt and one ``portal_on_payment_recorded``
+follow. The receipt is an outbox item added in the recording transaction (sent after the
+commit, never for a rolled-back one); once it is mailed, its handler queues the event for the
+plugins.
+
+The ledger only grows and an invoice's status is derived from it, so events arriving out of
+order cannot move an invoice backwards: a ``payment_failed`` after the ``succeeded`` has nothing
+to undo, a refund that arrives before its payment records the payment first (the refund event
+carries it, or the gateway is asked), and the final state is that of the ordered sequence (A2).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any, cast
+
+from flask import Flask, current_app
+from sqlalchemy import Connection, Table, bindparam, select
+from sqlalchemy.orm import Session
+
+from portal.core.db import get_database, insert_ignoring, utcnow
+from portal.features.billing.models import Invoice, InvoicePayment, InvoiceState, PaymentKind
+from portal.features.billing.services.documents import insert_ledger_row
+from portal.features.billing.services.queries import invoice_detail
+from portal.features.payments.models import PaymentDispute, PaymentWebhookEvent, WebhookResult
+from portal.features.tenancy import mail
+from portal.features.tenancy.models import Customer, Partner
+from portal.features.tenancy.services import local_today
+from portal.integrations.events import PaymentRecorded
+from portal.integrations.payments import (
+    Dispute,
+    EventKind,
+    GatewayUnavailable,
+    PaymentGateway,
+    PaymentOutcome,
+    PaymentStatus,
+    Refund,
+    RefundStatus,
+    WebhookEvent,
+)
+from portal.integrations.registry import integrations
+from portal.integrations.results import Succeeded
+from portal.outbox.handlers import Done, Outcome
+from portal.outbox.items import enqueue, enqueue_row
+from portal.outbox.models import OutboxItem
+
+log = logging.getLogger(__name__)
+
+RECEIPT_KIND = "payments.receipt"
+RECORDED_KIND = "payments.recorded"
+RECONCILE_DAYS = 30  # the gateways keep events for about this long (Stripe: 30 days)
+NOTE_LIMIT = 500
+
+_EVENT = cast(Table, PaymentWebhookEvent.__table__)
+_INVOICE = cast(Table, Invoice.__table__)
+_PAYMENT = cast(Table, InvoicePayment.__table__)
+_DISPUTE = cast(Table, PaymentDispute.__table__)
+
+
+# -- recording one payment ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recording:
+    """What :func:`record_payment_outcome` did.
+
+    ``recorded`` is True only for the one call that added the payment to the ledger;
+    ``payment_id`` is the ledger row whoever added it; ``unmatched`` says why money could not
+    be taken for an invoice (no such invoice, another currency, a void invoice...).
+    """
+
+    recorded: bool
+    payment_id: int | None = None
+    invoice_id: int | None = None
+    unmatched: str | None = None
+
+
+def record_payment_outcome(
+    db_session: Session,
+    gateway_key: str,
+    outcome: PaymentOutcome,
+    *,
+    source: str,
+    invoice_id: int | None = None,
+) -> Recording:
+    """Record a payment the gateway confirmed, exactly once per gateway payment.
+
+    Call it with the gateway's answer (``get_payment``, a webhook's payment, a listed one):
+    anything but ``SUCCEEDED`` records nothing. The invoice is ``invoice_id`` when the caller
+    knows it (the return page), else the outcome's ``invoice_ref``; both given and different is
+    refused. The caller's transaction is the recording one (this never commits): the ledger row,
+    its audit event, the receipt and the ``portal_on_payment_recorded`` outbox items go together.
+    Safe to call concurrently from several processes: the ledger's unique constraint lets one
+    insert win, and the others return ``recorded=False`` with the winner's row.
+    """
+    if outcome.status is not PaymentStatus.SUCCEEDED:
+        return Recording(False)
+    invoice = _invoice_for(db_session, outcome, invoice_id)
+    if isinstance(invoice, str):
+        return Recording(False, unmatched=invoice)
+    return _record(db_session, gateway_key, invoice, outcome, source)
+
+
+@dataclass(frozen=True)
+class _InvoiceRow:
+    """What recording needs of an invoice (one light Core row, not the ORM object)."""
+
+    id: int
+    partner_id: int
+    customer_id: int
+    state: InvoiceState
+    currency: str
+    number: str | None
+
+
+_INVOICE_COLUMNS = (
+    _INVOICE.c.id,
+    _INVOICE.c.partner_id,
+    _INVOICE.c.customer_id,
+    _INVOICE.c.state,
+    _INVOICE.c.currency,
+    _INVOICE.c.number,
+)
+
+
+# The webhook's statements, built once: building one costs about what sending it does.
+_INVOICE_BY_ID = select(*_INVOICE_COLUMNS).where(_INVOICE.c.id == bindparam("invoice_id"))
+_LEDGER_ID = select(_PAYMENT.c.id).where(
+    _PAYMENT.c.gateway_key == bindparam("gateway_key"),
+    _PAYMENT.c.gateway_reference == bindparam("reference"),
+)
+_INSERTS: dict[tuple[str, str], Any] = {}
+
+
+def _insert_once(connection: Connection, table: Table, conflict: tuple[str, ...]) -> Any:
+    """``INSERT … ON CONFLICT (conflict) DO NOTHING RETURNING id`` for the connection's engine
+    (built once per engine kind and table)."""
+    key = (connection.dialect.name, table.name)
+    statement = _INSERTS.get(key)
+    if statement is None:
+        statement = insert_ignoring(connection, table, conflict).returning(table.c.id)
+        _INSERTS[key] = statement
+    return statement
+
+
+def _invoice_row(db_session: Session, invoice_id: int) -> _InvoiceRow | None:
+    row = db_session.connection().execute(_INVOICE_BY_ID, {"invoice_id": invoice_id}).first()
+    return None if row is None else _InvoiceRow(*row)
+
+
+def _invoice_for(
+    db_session: Session, outcome: PaymentOutcome, invoice_id: int | None
+) -> _InvoiceRow | str:
+    """The invoice the payment is for, or why there is none (a note for staff)."""
+    ref = (outcome.invoice_ref or "").strip()
+    if ref and not ref.isdigit():
+        return f"the payment names invoice {ref[:60]!r}, which is not a portal invoice id"
+    if invoice_id is not None and ref and int(ref) != invoice_id:
+        return f"the payment is for invoice {ref}, not {invoice_id}"
+    wanted = invoice_id if invoice_id is not None else (int(ref) if ref else None)
+    if wanted is None:
+        return "the payment names no invoice"
+    invoice = _invoice_row(db_session, wanted)
+    if invoice is None:
+        return f"invoice {wanted} does not exist"
+    customer_ref = (outcome.customer_ref or "").strip()
+    if customer_ref and customer_ref != str(invoice.customer_id):
+        return f"invoice {wanted} is not customer {customer_ref[:60]}'s"
+    return invoice
+
+
+def _record(
+    db_session: Session,
+    gateway_key: str,
+    invoice: _InvoiceRow,
+    outcome: PaymentOutcome,
+    source: str,
+) -> Recording:
+    if invoice.state is not InvoiceState.ISSUED:
+        return Recording(
+            False, invoice_id=invoice.id, unmatched=f"invoice {invoice.id} is {invoice.state}"
+        )
+    if outcome.currency.upper() != invoice.currency:
+        return Recording(
+            False,
+            invoice_id=invoice.id,
+            unmatched=f"the payment is in {outcome.currency}, invoice {invoice.id} in "
+            f"{invoice.currency}",
+        )
+    payment_id = _ledger_insert(
+        db_session,
+        invoice,
+        PaymentKind.PAYMENT,
+        outcome.amount_minor,
+        gateway_key,
+        outcome.reference,
+        outcome.created_at,
+        f"{source}:{gateway_key}",
+    )
+    if payment_id is None:
+        return Recording(False, _ledger_id(db_session, gateway_key, outcome.reference), invoice.id)
+    # one outbox item per payment: its handler mails the receipt, then queues the event for
+    # the accounting plugins (one message to send from the webhook's request, not two)
+    enqueue_row(
+        db_session,
+        RECEIPT_KIND,
+        {"payment_id": payment_id},
+        partner_id=invoice.partner_id,
+        customer_id=invoice.customer_id,
+    )
+    return Recording(True, payment_id, invoice.id)
+
+
+def _ledger_insert(
+    db_session: Session,
+    invoice: _InvoiceRow,
+    kind: PaymentKind,
+    amount_minor: int,
+    gateway_key: str,
+    reference: str,
+    received_at: datetime | None,
+    recorded_by: str,
+) -> int | None:
+    """One ledger row, once per ``(gateway_key, reference)``, audited; None when it was there.
+
+    The webhook path's check of the amount; the row itself is
+    :func:`portal.features.billing.services.documents.insert_ledger_row`, as for every other
+    payment.
+    """
+    if isinstance(amount_minor, bool) or not isinstance(amount_minor, int) or amount_minor <= 0:
+        raise ValueError(f"{gateway_key} {reference}: {amount_minor!r} is not a positive amount")
+    return insert_ledger_row(
+        db_session,
+        partner_id=invoice.partner_id,
+        customer_id=invoice.customer_id,
+        invoice_id=invoice.id,
+        invoice_number=invoice.number,
+        currency=invoice.currency,
+        kind=kind,
+        amount_minor=amount_minor,
+        gateway_key=gateway_key,
+        gateway_reference=reference,
+        received_at=received_at or utcnow(),
+        recorded_by=recorded_by,
+    )
+
+
+def _ledger_id(db_session: Session, gateway_key: str, reference: str) -> int | None:
+    # on the connection: the ledger row whichever tenant's it is (the caller matched the invoice)
+    found = db_session.connection().execute(
+        _LEDGER_ID, {"gateway_key": gateway_key, "reference": reference}
+    )
+    return found.scalar()
+
+
+def _ledger_invoice(db_session: Session, gateway_key: str, payment_ref: str) -> _InvoiceRow | None:
+    """The invoice a payment already in the ledger was recorded for."""
+    row = (
+        db_session.connection()
+        .execute(
+            select(*_INVOICE_COLUMNS)
+            .join(_PAYMENT, _PAYMENT.c.invoice_id == _INVOICE.c.id)
+            .where(
+                _PAYMENT.c.gateway_key == gateway_key,
+                _PAYMENT.c.gateway_reference == payment_ref,
+                _PAYMENT.c.kind == PaymentKind.PAYMENT,
+            )
+        )
+        .first()
+    )
+    return None if row is None else _InvoiceRow(*row)
+
+
+# -- refunds and disputes ---------------------------------------------------------------------
+
+
+def _record_refunds(
+    db_session: Session,
+    gateway_key: str,
+    invoice: _InvoiceRow,
+    refunds: Iterable[Refund],
+    source: str,
+) -> int:
+    """Add each succeeded refund to the ledger once (by its refund id); how many were new."""
+    added = 0
+    for refund in refunds:
+        if refund.status is not RefundStatus.SUCCEEDED:
+            continue  # pending ones come back as succeeded (or failed) in a later event
+        if refund.currency.upper() != invoice.currency:
+            continue  # cannot happen for a refund of a payment recorded for this invoice
+        row = _ledger_insert(
+            db_session,
+            invoice,
+            PaymentKind.REFUND,
+            refund.amount_minor,
+            gateway_key,
+            refund.refund_ref,
+            refund.created_at,
+            f"{source}:{gateway_key}",
+        )
+        added += row is not None
+    return added
+
+
+def _record_dispute(
+    db_session: Session, gateway_key: str, invoice: _InvoiceRow, dispute: Dispute
+) -> bool:
+    connection = db_session.connection()
+    inserted = connection.execute(
+        _insert_once(connection, _DISPUTE, ("gateway_key", "dispute_ref")),
+        {
+            "partner_id": invoice.partner_id,
+            "customer_id": invoice.customer_id,
+            "invoice_id": invoice.id,
+            "gateway_key": gateway_key,
+            "dispute_ref": dispute.dispute_ref,
+            "payment_ref": dispute.payment_ref,
+            "amount_minor": dispute.amount_minor,
+            "currency": dispute.currency.upper(),
+            "reason": (dispute.reason or "unknown")[:100],
+            "status": (dispute.status or "unknown")[:40],
+            "opened_at": dispute.created_at or utcnow(),
+            "recorded_at": utcnow(),
+        },
+    ).scalar()
+    return inserted is not None
+
+
+def disputes_of(db_session: Session, invoice_id: int) -> list[PaymentDispute]:
+    """The disputes opened against an invoice's payments, oldest first (for its page)."""
+    return list(
+        db_session.scalars(
+            select(PaymentDispute)
+            .where(PaymentDispute.invoice_id == invoice_id)
+            .order_by(PaymentDispute.opened_at, PaymentDispute.id)
+        )
+    )
+
+
+# -- webhooks -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WebhookReceipt:
+    """What one delivery did: ``duplicate`` when the event was already recorded (nothing
+    happened this time); otherwise the event's :class:`WebhookResult`."""
+
+    event_id: str
+    duplicate: bool
+    result: WebhookResult | None = None
+    invoice_id: int | None = None
+    note: str | None = None
+
+
+@dataclass
+class _Effect:
+    result: WebhookResult = WebhookResult.NO_EFFECT
+    invoice_id: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def recorded(self, invoice_id: int | None) -> None:
+        self.result = WebhookResult.RECORDED
+        self.invoice_id = self.invoice_id or invoice_id
+
+    def unmatched(self, note: str, invoice_id: int | None = None) -> None:
+        if self.result is not WebhookResult.RECORDED:
+            self.result = WebhookResult.UNMATCHED
+        self.invoice_id = self.invoice_id or invoice_id
+        self.notes.append(note)
+
+
+def receive_webhook(
+    gateway: PaymentGateway,
+    body: bytes,
+    headers: Mapping[str, str],
+    app: Flask | None = None,
+) -> WebhookReceipt:
+    """Verify a delivery, then record its event and effect once, in one transaction.
+
+    Raises :class:`~portal.integrations.payments.SignatureError` (answer 400) before anything
+    is read or written when the signature does not verify, and :class:`GatewayUnavailable`
+    (answer 5xx, nothing written) when the event needs the gateway and it cannot answer; any
+    other failure rolls the whole delivery back too, so the gateway's next delivery retries it.
+    """
+    event = gateway.parse_webhook(body, headers)
+    flask_app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    payment_ref = _payment_ref(event)
+    key = {"gateway_key": gateway.key, "event_id": event.event_id[:255]}
+    with get_database(flask_app).sessions() as db_session:
+        try:
+            with db_session.begin():
+                if event.payment is None and _known_event(db_session, key):
+                    # a refund or a dispute may need the gateway: a known one need not ask
+                    raise _Duplicate
+                # the effect first, then the event: whichever delivery inserts the event row
+                # commits both; a duplicate finds the row taken and rolls its effect back (a
+                # concurrent one waited on the ledger's unique key and had none anyway)
+                effect = _apply(db_session, gateway, event)
+                note = "; ".join(effect.notes)[:NOTE_LIMIT] or None
+                connection = db_session.connection()
+                inserted = connection.execute(
+                    _insert_once(connection, _EVENT, ("gateway_key", "event_id")),
+                    {
+                        **key,
+                        "type": event.type[:100],
+                        "kind": event.kind.value,
+                        "occurred_at": event.occurred_at,
+                        "received_at": utcnow(),
+                        "payment_ref": payment_ref[:255] if payment_ref else None,
+                        "invoice_id": effect.invoice_id,
+                        "result": effect.result,
+                        "note": note,
+                    },
+                ).scalar()
+                if inserted is None:
+                    raise _Duplicate
+        except _Duplicate:
+            return WebhookReceipt(event.event_id, duplicate=True)
+    if effect.result is WebhookResult.UNMATCHED:
+        log.warning(
+            "payment event %s (%s) matched no invoice: %s", event.event_id, event.type, note
+        )
+    return WebhookReceipt(event.event_id, False, effect.result, effect.invoice_id, note)
+
+
+class _Duplicate(Exception):
+    """The event was recorded by another delivery: roll this one back."""
+
+
+_KNOWN_EVENT = select(_EVENT.c.id).where(
+    _EVENT.c.gateway_key == bindparam("gateway_key"), _EVENT.c.event_id == bindparam("event_id")
+)
+
+
+def _known_event(db_session: Session, key: dict[str, str]) -> bool:
+    return db_session.connection().execute(_KNOWN_EVENT, key).first() is not None
+
+
+def _payment_ref(event: WebhookEvent) -> str | None:
+    if event.payment is not None:
+        return event.payment.reference
+    if event.dispute is not None:
+        return event.dispute.payment_ref
+    if event.refunds:
+        return event.refunds[0].payment_ref
+    return None
+
+
+def _apply(db_session: Session, gateway: PaymentGateway, event: WebhookEvent) -> _Effect:
+    """The event's effect on the ledger and disputes; each part is idempotent on its own."""
+    effect = _Effect()
+    source = "webhook"
+    invoice: _InvoiceRow | None = None
+    if event.payment is not None:
+        recording = record_payment_outcome(db_session, gateway.key, event.payment, source=source)
+        if recording.recorded:
+            effect.recorded(recording.invoice_id)
+        elif recording.unmatched:
+            effect.unmatched(recording.unmatched, recording.invoice_id)
+        else:
+            effect.invoice_id = recording.invoice_id
+    about_refunds = event.refunds is not None or event.kind is EventKind.CHARGE_REFUNDED
+    if event.dispute is None and not about_refunds:
+        return effect
+    payment_ref = (
+        event.dispute.payment_ref
+        if event.dispute is not None
+        else (event.payment.reference if event.payment is not None else None)
+    ) or (event.refunds[0].payment_ref if event.refunds else None)
+    if not payment_ref:
+        effect.unmatched("the event names no payment")
+        return effect
+    invoice = _ledger_invoice(db_session, gateway.key, payment_ref)
+    refunds = event.refunds
+    if invoice is None or refunds is None:
+        # the payment is not in the ledger yet (its own event is late or lost), or the event
+        # does not list the refunds: the gateway's current state of the payment has both
+        found = gateway.get_payment(payment_ref)
+        if not isinstance(found, Succeeded):
+            raise GatewayUnavailable(f"the gateway could not read payment {payment_ref}: {found}")
+        current: PaymentOutcome = found.value
+        recording = record_payment_outcome(db_session, gateway.key, current, source=source)
+        if recording.recorded:
+            effect.recorded(recording.invoice_id)
+        if refunds is None:
+            refunds = current.refunds
+        invoice = invoice or _ledger_invoice(db_session, gateway.key, payment_ref)
+        if invoice is None:
+            effect.unmatched(
+                recording.unmatched or f"payment {payment_ref} is not one the portal recorded"
+            )
+            return effect
+    if (
+        about_refunds
+        and refunds
+        and _record_refunds(db_session, gateway.key, invoice, refunds, source)
+    ):
+        effect.recorded(invoice.id)
+    if event.dispute is not None and _record_dispute(
+        db_session, gateway.key, invoice, event.dispute
+    ):
+        effect.recorded(invoice.id)
+    effect.invoice_id = effect.invoice_id or invoice.id
+    return effect
+
+
+# -- reconciliation -------------------------------------------------------------------------------
+
+
+@dataclass
+class ReconcileReport:
+    """One reconciliation run over the gateways: what they listed and what was recorded."""
+
+    since: datetime
+    listed: int = 0
+    succeeded: int = 0
+    recorded: int = 0  # payments no webhook had recorded: the discrepancies found
+    refunds_recorded: int = 0
+    unmatched: list[str] = field(default_factory=list)
+    failed_gateways: dict[str, str] = field(default_factory=dict)
+
+    def line(self) -> str:
+        text = (
+            f"since {self.since.isoformat(timespec='seconds')}: {self.listed} payments listed, "
+            f"{self.succeeded} succeeded, {self.recorded} recorded now, "
+            f"{self.refunds_recorded} refunds recorded now, {len(self.unmatched)} unmatched"
+        )
+        for key, reason in sorted(self.failed_gateways.items()):
+            text += f"; gateway {key} failed: {reason}"
+        return text
+
+
+def reconcile(
+    app: Flask,
+    *,
+    gateway_keys: Iterable[str] | None = None,
+    since: datetime | None = None,
+    now: datetime | None = None,
+) -> ReconcileReport:
+    """Ask each gateway for its payments since ``since`` (default: the last
+    :data:`RECONCILE_DAYS` days) and record the succeeded ones (and their refunds) that the
+    ledger lacks, each in its own transaction. Running it twice records nothing the second
+    time; a gateway that fails is reported and the others still run."""
+    start = since or (now or utcnow()) - timedelta(days=RECONCILE_DAYS)
+    report = ReconcileReport(since=start)
+    registry = integrations(app).payment_gateways
+    for key in list(gateway_keys) if gateway_keys is not None else registry.keys():
+        gateway = registry.get(key)
+        listed = gateway.list_payments(start)
+        if not isinstance(listed, Succeeded):
+            report.failed_gateways[key] = str(listed)
+            log.warning("reconciliation: gateway %s failed: %s", key, listed)
+            continue
+        outcomes: list[PaymentOutcome] = listed.value
+        report.listed += len(outcomes)
+        succeeded = [o for o in outcomes if o.status is PaymentStatus.SUCCEEDED]
+        report.succeeded += len(succeeded)
+        with get_database(app).sessions() as db_session:
+            known = _known_references(db_session, key, succeeded)
+        for outcome in succeeded:
+            missing_refunds = [r for r in outcome.refunds if r.refund_ref not in known]
+            if outcome.reference in known and not missing_refunds:
+                continue
+            _reconcile_one(app, key, outcome, missing_refunds, report)
+    return report
+
+
+def _known_references(
+    db_session: Session, gateway_key: str, outcomes: list[PaymentOutcome]
+) -> set[str]:
+    references = [o.reference for o in outcomes] + [
+        r.refund_ref for o in outcomes for r in o.refunds
+    ]
+    known: set[str] = set()
+    for start in range(0, len(references), 500):
+        chunk = references[start : start + 500]
+        known.update(
+            db_session.scalars(
+                select(InvoicePayment.gateway_reference).where(
+                    InvoicePayment.gateway_key == gateway_key,
+                    InvoicePayment.gateway_reference.in_(chunk),
+                )
+            )
+        )
+    return known
+
+
+def _reconcile_one(
+    app: Flask,
+    gateway_key: str,
+    outcome: PaymentOutcome,
+    refunds: list[Refund],
+    report: ReconcileReport,
+) -> None:
+    with get_database(app).sessions() as db_session, db_session.begin():
+        recording = record_payment_outcome(
+            db_session, gateway_key, outcome, source="reconciliation"
+        )
+        if recording.unmatched:
+            report.unmatched.append(f"{gateway_key} {outcome.reference}: {recording.unmatched}")
+            return
+        report.recorded += recording.recorded
+        invoice = _ledger_invoice(db_session, gateway_key, outcome.reference)
+        if invoice is not None and refunds:
+            report.refunds_recorded += _record_refunds(
+                db_session, gateway_key, invoice, refunds, "reconciliation"
+            )
+
+
+# -- after the commit: the receipt and the event for accounting plugins ----------------------------
+
+
+def _payment(session: Session, item: OutboxItem) -> InvoicePayment | None:
+    payment_id = int(str(item.payload["payment_id"]))
+    return session.scalars(
+        select(InvoicePayment)
+        .where(InvoicePayment.id == payment_id)
+        .execution_options(unscoped=True)
+    ).first()
+
+
+def send_receipt(item: OutboxItem, session: Session) -> Outcome:
+    """Outbox handler for ``payments.receipt``: mail the customer's Finance Managers (its
+    Administrators when it has none) a receipt, each in their language, then queue
+    ``payments.recorded`` (the event for the accounting plugins). Enqueued once per ledger row,
+    by the transaction that recorded it."""
+    from portal.features.identity.services.people import finance_contacts
+    from portal.features.tenancy.services import portal_base_url
+
+    payment = _payment(session, item)
+    if payment is None or payment.kind is not PaymentKind.PAYMENT:
+        return Done({"skipped": "no such payment"})
+    partner = session.get_one(Partner, payment.partner_id)
+    customer = session.get_one(Customer, payment.customer_id)
+    today: date = local_today(partner, utcnow())
+    detail = invoice_detail(session, payment.invoice_id, today=today)
+    if detail is None:
+        return Done({"skipped": "no such invoice"})
+    link = f"{portal_base_url(session, partner)}/invoices/{payment.invoice_id}"
+    recipients = finance_contacts(session, customer.id)
+    for user in recipients:
+        mail.send(
+            mail.render_mail(
+                "payment_receipt",
+                partner,
+                user.locale,
+                to=user.email,
+                payment=payment,
+                invoice=detail.invoice,
+                balance_minor=max(detail.balance_minor, 0),
+                customer=customer,
+                link=link,
+            ),
+            partner,
+        )
+    announce = enqueue(
+        session,
+        RECORDED_KIND,
+        {"payment_id": payment.id},
+        partner_id=payment.partner_id,
+        customer_id=payment.customer_id,
+    )
+    return Done({"told": len(recipients)}, follow_up=announce)
+
+
+def announce_recorded(item: OutboxItem, session: Session) -> Outcome:
+    """Outbox handler for ``payments.recorded``: ``portal_on_payment_recorded`` for the
+    accounting plugins (each isolated: one that fails is logged, the others still run)."""
+    payment = _payment(session, item)
+    if payment is None:
+        return Done({"skipped": "no such payment"})
+    failed = integrations().fire(
+        "portal_on_payment_recorded",
+        event=PaymentRecorded(
+            payment_id=payment.id,
+            invoice_id=payment.invoice_id,
+            customer_id=payment.customer_id,
+            amount_minor=payment.amount_minor,
+            currency=payment.currency,
+        ),
+    )
+    result: dict[str, Any] = {"failed_plugins": failed} if failed else {}
+    return Done(result)

@@ -1,0 +1,836 @@
+"""Paying invoices by card (issue 6): "Pay now" for the balance or part of it, the page the
+customer comes back to, and autopay (the default card charged off-session when an invoice of
+an autocharge contract is issued).
+
+Why it is built this way (reliability notes §1.1, A4-A6):
+
+- **An attempt row before any gateway call.** :func:`pay_invoice` first claims a
+  :class:`~portal.features.payments.models.PaymentAttempt` and commits it, with the idempotency
+  key every gateway call for it will carry. At most one on-session attempt per invoice is open
+  (a partial unique index), so ten "Pay" clicks at once find the same row, send the same key,
+  and the gateway opens one session; the other nine get the same page. A declined or expired
+  attempt is closed and never reused: the next click is a new attempt with a new key.
+- **Paid only when the gateway says so.** The return page asks the gateway for the payment's
+  state (the query string the customer comes back with proves nothing) and shows "Processing"
+  until it is confirmed; a confirmed payment goes to the ledger through
+  :func:`portal.features.payments.services.events.record_payment_outcome`, the one place that
+  records a payment once whoever reports it first (this page, the webhook or the reconciliation).
+- **Autopay once per invoice.** Issuing an invoice of an autocharge contract enqueues
+  :data:`AUTOPAY_KIND` (outbox, same transaction). The handler charges the default card with
+  attempt number 0 of the invoice, a row committed before the charge, so a retry or a second
+  item re-sends the same key and the card is charged at most once. A charge that needs the
+  customer to authenticate, a decline, or no card at all is kept on the attempt (the dashboard
+  shows it) and the Finance Managers are emailed a link to pay on-session (its own outbox item,
+  enqueued with the state change, so the mail goes once).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any, cast
+
+from flask import Flask, current_app
+from sqlalchemy import Table, func, select, update
+from sqlalchemy.orm import Session
+
+from portal.core.db import get_database, insert_ignoring, utcnow
+from portal.core.errors import ServiceError, _
+from portal.core.roles import CustomerRole
+from portal.features.billing.models import (
+    BillingContract,
+    Invoice,
+    InvoicePayment,
+    InvoiceState,
+    InvoiceStatus,
+)
+from portal.features.billing.services import queries
+from portal.features.identity import audit
+from portal.features.payments.models import (
+    AUTOPAY_NUMBER,
+    AttemptKind,
+    AttemptState,
+    PaymentAttempt,
+    PaymentProfile,
+)
+from portal.features.payments.services.gateway import (
+    gateway_for,
+    minor_units,
+    new_key,
+    require_paying_role,
+)
+from portal.features.tenancy import mail
+from portal.features.tenancy.models import Customer, Partner
+from portal.integrations.payments import (
+    AUTHENTICATION_REQUIRED,
+    PaymentGateway,
+    PaymentOutcome,
+    PaymentRequest,
+    PaymentStatus,
+    SavedCardCharge,
+    SavedCardGateway,
+)
+from portal.integrations.registry import PluginError, integrations
+from portal.integrations.results import BusinessRejection, Succeeded, TechnicalFailure
+from portal.outbox.handlers import Done, GiveUp, Outcome, RetryLater
+from portal.outbox.items import enqueue
+from portal.outbox.models import OutboxItem
+
+log = logging.getLogger(__name__)
+
+AUTOPAY_FAILED_KIND = "payments.autopay_failed"
+# Stripe keeps an idempotency key at least 24 hours and a Checkout Session lives 24 hours: an
+# open attempt older than this is not reused (its key may be forgotten, its page gone)
+REUSE_LIMIT = timedelta(hours=23)
+CLAIM_ROUNDS = 6
+NO_CARD = "no_card"  # failure_code of an autopay that found no card to charge
+NO_CARD_GATEWAY = "gateway_keeps_no_cards"
+REASON_LIMIT = 500
+
+_ATTEMPT = cast(Table, PaymentAttempt.__table__)
+
+
+# -- small shared pieces -------------------------------------------------------------------------
+
+
+def _attempt(db_session: Session, attempt_id: int) -> PaymentAttempt | None:
+    """The attempt as stored now (within the session's tenant scope)."""
+    return db_session.scalars(
+        select(PaymentAttempt)
+        .where(PaymentAttempt.id == attempt_id)
+        .execution_options(populate_existing=True)
+    ).first()
+
+
+def _finish_attempt(
+    db_session: Session,
+    attempt_id: int,
+    state: AttemptState,
+    *,
+    outcome: PaymentOutcome | None = None,
+    code: str | None = None,
+    reason: str | None = None,
+) -> bool:
+    """Move an open attempt to ``state``; False when it was no longer open (someone else
+    finished it first: the caller does nothing more)."""
+    values: dict[str, Any] = {"state": state, "updated_at": utcnow(), "finished_at": utcnow()}
+    if outcome is not None:
+        values["payment_ref"] = outcome.reference  # what the ledger records it under
+        code = code or outcome.failure_code
+        reason = reason or outcome.failure_reason
+    if code is not None:
+        values["failure_code"] = code[:100]
+    if reason is not None:
+        values["failure_reason"] = reason[:REASON_LIMIT]
+    done = db_session.connection().execute(
+        update(_ATTEMPT)
+        .where(_ATTEMPT.c.id == attempt_id, _ATTEMPT.c.state == AttemptState.OPEN)
+        .values(**values)
+    )
+    return bool(done.rowcount == 1)
+
+
+def record_confirmed(
+    db_session: Session,
+    gateway_key: str,
+    outcome: PaymentOutcome,
+    attempt: PaymentAttempt,
+    source: str,
+) -> bool:
+    """Put a payment the gateway confirmed in the ledger, once: the shared recording service,
+    which the webhook and the reconciliation call too (whoever comes first records it, with its
+    receipt and event). True when this call recorded it."""
+    from portal.features.payments.services import events as payment_events
+
+    recording = payment_events.record_payment_outcome(
+        db_session, gateway_key, outcome, source=source, invoice_id=attempt.invoice_id
+    )
+    if recording.unmatched:
+        # money arrived that cannot go on the invoice: staff see it in the customer's activity
+        log.warning(
+            "payments: attempt %s was paid but not recorded: %s", attempt.id, recording.unmatched
+        )
+        audit.record(
+            db_session,
+            partner_id=attempt.partner_id,
+            customer_id=attempt.customer_id,
+            actor=source,
+            action="payment.unmatched",
+            invoice=attempt.invoice_id,
+            reference=outcome.reference,
+            amount_minor=outcome.amount_minor,
+            currency=outcome.currency,
+            reason=recording.unmatched,
+        )
+    return recording.recorded
+
+
+def recorded_payment(
+    db_session: Session, gateway_key: str, outcome_or_ref: PaymentOutcome | str | None
+) -> InvoicePayment | None:
+    """The ledger row of a payment, if it is recorded."""
+    if outcome_or_ref is None:
+        return None
+    reference = (
+        outcome_or_ref.reference if isinstance(outcome_or_ref, PaymentOutcome) else outcome_or_ref
+    )
+    return db_session.scalars(
+        select(InvoicePayment).where(
+            InvoicePayment.gateway_key == gateway_key,
+            InvoicePayment.gateway_reference == reference,
+        )
+    ).first()
+
+
+# -- paying on-session ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PayStart:
+    """Where to send the payer: the gateway's page, or (``redirect_url`` None) straight to the
+    attempt's own page, because the gateway already confirmed that payment."""
+
+    attempt_id: int
+    redirect_url: str | None
+
+
+def payable(db_session: Session, invoice_id: int, today: date) -> tuple[queries.InvoiceDetail, int]:
+    """The invoice and its balance, when it can be paid now; ServiceError says why not."""
+    detail = queries.invoice_detail(db_session, invoice_id, today=today)
+    if detail is None:
+        raise ServiceError(_("There is no such invoice."))
+    if detail.invoice.state is InvoiceState.VOID:
+        raise ServiceError(_("This invoice is void: there is nothing to pay."))
+    if detail.invoice.state is not InvoiceState.ISSUED:
+        raise ServiceError(_("This invoice is not issued yet."))
+    if detail.status is InvoiceStatus.PAID or detail.balance_minor <= 0:
+        raise ServiceError(_("This invoice is paid: there is nothing left to pay."))
+    return detail, detail.balance_minor
+
+
+def pay_invoice(
+    db_session: Session,
+    *,
+    partner: Partner,
+    invoice_id: int,
+    role: CustomerRole | str | None,
+    actor: str,
+    amount: Decimal | None,
+    return_url: Callable[[int], str],
+    today: date,
+    currency: str | None = None,
+    save_card: bool = False,
+) -> PayStart:
+    """Open (or reopen) a card payment of ``amount`` (major units; None: the whole balance) of
+    an invoice in the session's scope; commits. Every refusal is a ServiceError with the
+    reason, and changes nothing. ``return_url(attempt_id)`` is where the gateway sends the
+    payer back."""
+    require_paying_role(role)
+    detail, balance = payable(db_session, invoice_id, today)
+    invoice = detail.invoice
+    if currency is not None and currency.strip().upper() != invoice.currency:
+        raise ServiceError(
+            _("Pay this invoice in %(currency)s, its currency.", currency=invoice.currency),
+            "amount",
+        )
+    wanted = balance if amount is None else minor_units(amount, invoice.currency)
+    _check_amount(wanted, balance, invoice.currency)
+    gateway = gateway_for(partner)
+    keeps_cards = isinstance(gateway, SavedCardGateway)
+    save_card = bool(save_card and keeps_cards)
+    for _round in range(CLAIM_ROUNDS):
+        attempt = _claim_attempt(db_session, invoice, wanted, gateway.key, save_card, actor)
+        if attempt.gateway_ref is None:
+            return _open_session(db_session, partner, gateway, attempt, invoice, return_url)
+        answer = gateway.get_payment(attempt.gateway_ref)
+        if isinstance(answer, Succeeded) and answer.value.status is PaymentStatus.SUCCEEDED:
+            # paid already (the webhook may not have come yet): record it, then see whether
+            # what was asked for is still owed
+            _settle(db_session, gateway.key, attempt, answer.value, "payment_page")
+            db_session.commit()
+            still, balance = payable_or_none(db_session, invoice_id, today)
+            if still is None or wanted > balance:
+                return PayStart(attempt.id, None)
+            continue
+        if isinstance(answer, Succeeded) and answer.value.status is PaymentStatus.FAILED:
+            _finish_attempt(db_session, attempt.id, AttemptState.FAILED, outcome=answer.value)
+            db_session.commit()
+            continue
+        if isinstance(answer, BusinessRejection):
+            _finish_attempt(
+                db_session, attempt.id, AttemptState.FAILED, code=answer.code, reason=answer.reason
+            )
+            db_session.commit()
+            continue
+        # processing, waiting for the payer, or the gateway did not answer: the same page
+        return PayStart(attempt.id, attempt.redirect_url)
+    raise ServiceError(_("Someone else is paying this invoice right now. Try again in a moment."))
+
+
+def payable_or_none(
+    db_session: Session, invoice_id: int, today: date
+) -> tuple[queries.InvoiceDetail | None, int]:
+    try:
+        return payable(db_session, invoice_id, today)
+    except ServiceError:
+        return None, 0
+
+
+def _check_amount(amount_minor: int, balance_minor: int, currency: str) -> None:
+    # the one way amounts are written for people (ISO decimals in the reader's language)
+    from portal.core.formatting import money
+
+    if amount_minor <= 0:
+        raise ServiceError(_("Enter an amount greater than zero."), "amount")
+    if amount_minor > balance_minor:
+        raise ServiceError(
+            _(
+                "You can pay at most the balance due, %(balance)s.",
+                balance=money(balance_minor, currency),
+            ),
+            "amount",
+        )
+
+
+def _open_attempt(db_session: Session, invoice_id: int) -> PaymentAttempt | None:
+    return db_session.scalars(
+        select(PaymentAttempt)
+        .where(
+            PaymentAttempt.invoice_id == invoice_id,
+            PaymentAttempt.state == AttemptState.OPEN,
+            PaymentAttempt.number > AUTOPAY_NUMBER,
+        )
+        .execution_options(populate_existing=True)
+    ).first()
+
+
+def _claim_attempt(
+    db_session: Session,
+    invoice: Invoice,
+    amount_minor: int,
+    gateway_key: str,
+    save_card: bool,
+    actor: str,
+) -> PaymentAttempt:
+    """The invoice's open attempt for this amount, made if there is none; committed.
+
+    Concurrent callers race on the unique constraints (the attempt number, one open attempt
+    per invoice): the loser's insert does nothing, and it takes the winner's row next round.
+    """
+    for _round in range(CLAIM_ROUNDS):
+        current = _open_attempt(db_session, invoice.id)
+        now = utcnow()
+        if current is not None:
+            fresh = current.created_at > now - REUSE_LIMIT
+            if (
+                fresh
+                and current.amount_minor == amount_minor
+                and current.gateway_key == gateway_key
+                and current.save_card == save_card
+            ):
+                return current
+            # asked for another amount (or too old to reuse): this one is closed; its page, if
+            # the payer still finishes it, is recorded all the same (the gateway tells us)
+            _finish_attempt(
+                db_session,
+                current.id,
+                AttemptState.SUPERSEDED if fresh else AttemptState.EXPIRED,
+            )
+            db_session.commit()
+            continue
+        connection = db_session.connection()
+        last = connection.scalar(
+            select(func.coalesce(func.max(_ATTEMPT.c.number), AUTOPAY_NUMBER)).where(
+                _ATTEMPT.c.invoice_id == invoice.id
+            )
+        )
+        number = max(int(last or 0), AUTOPAY_NUMBER) + 1
+        inserted = connection.execute(
+            insert_ignoring(connection, _ATTEMPT).returning(_ATTEMPT.c.id),
+            {
+                "partner_id": invoice.partner_id,
+                "customer_id": invoice.customer_id,
+                "invoice_id": invoice.id,
+                "number": number,
+                "kind": AttemptKind.ON_SESSION,
+                "state": AttemptState.OPEN,
+                "amount_minor": amount_minor,
+                "currency": invoice.currency,
+                "gateway_key": gateway_key,
+                "idempotency_key": new_key(f"invoice-{invoice.id}-attempt-{number}"),
+                "save_card": save_card,
+                "created_by": actor,
+                "created_at": now,
+                "updated_at": now,
+            },
+        ).scalar()
+        if inserted is not None:
+            audit.record(
+                db_session,
+                partner_id=invoice.partner_id,
+                customer_id=invoice.customer_id,
+                actor=actor,
+                action="payment.started",
+                invoice=invoice.id,
+                number=invoice.number,
+                attempt=number,
+                amount_minor=amount_minor,
+                currency=invoice.currency,
+            )
+        db_session.commit()
+        if inserted is not None:
+            found = _attempt(db_session, int(inserted))
+            assert found is not None
+            return found
+    raise ServiceError(_("Someone else is paying this invoice right now. Try again in a moment."))
+
+
+def _open_session(
+    db_session: Session,
+    partner: Partner,
+    gateway: PaymentGateway,
+    attempt: PaymentAttempt,
+    invoice: Invoice,
+    return_url: Callable[[int], str],
+) -> PayStart:
+    """Ask the gateway for its payment page, with the attempt's key (a second caller with the
+    same attempt gets the same page back from the gateway)."""
+    customer_ref: str | None = None
+    if attempt.save_card and isinstance(gateway, SavedCardGateway):
+        from portal.features.payments.services import cards as payment_profiles
+
+        customer = db_session.scalars(
+            select(Customer).where(Customer.id == attempt.customer_id)
+        ).one()
+        customer_ref = payment_profiles.gateway_customer(db_session, gateway, customer)
+    started = gateway.start_payment(
+        PaymentRequest(
+            idempotency_key=attempt.idempotency_key,
+            invoice_ref=str(invoice.id),
+            customer_ref=str(invoice.customer_id),
+            amount_minor=attempt.amount_minor,
+            currency=attempt.currency,
+            description=_description(partner, invoice),
+            return_url=return_url(attempt.id),
+            save_card=attempt.save_card,
+            gateway_customer_ref=customer_ref,
+        )
+    )
+    if isinstance(started, TechnicalFailure):
+        # the attempt (and its key) stays: the next click asks again with the same key
+        raise ServiceError(
+            _("The payment service did not answer, and nothing was charged. Try again in a moment.")
+        )
+    if isinstance(started, BusinessRejection):
+        _finish_attempt(
+            db_session,
+            attempt.id,
+            AttemptState.FAILED,
+            code=started.code,
+            reason=started.reason,
+        )
+        db_session.commit()
+        log.warning("payments: the gateway refused to open a payment (%s)", started.code)
+        raise ServiceError(
+            _("The payment service refused this payment: %(reason)s", reason=started.reason)
+        )
+    session = started.value
+    db_session.connection().execute(
+        update(_ATTEMPT)
+        .where(_ATTEMPT.c.id == attempt.id, _ATTEMPT.c.gateway_ref.is_(None))
+        .values(
+            gateway_ref=session.gateway_ref,
+            redirect_url=session.redirect_url,
+            updated_at=utcnow(),
+        )
+    )
+    db_session.commit()
+    return PayStart(attempt.id, session.redirect_url)
+
+
+def _description(partner: Partner, invoice: Invoice) -> str:
+    # the gateway shows it on its page and the card statement: the partner and the number,
+    # in no particular language (it is stored with the payment once, for every reader)
+    return f"{partner.name} invoice {invoice.number}"[:500]
+
+
+def _settle(
+    db_session: Session,
+    gateway_key: str,
+    attempt: PaymentAttempt,
+    outcome: PaymentOutcome,
+    source: str,
+) -> bool:
+    """A confirmed payment: into the ledger (once), the attempt succeeded, its card saved when
+    the payer asked for that. The caller commits."""
+    recorded = record_confirmed(db_session, gateway_key, outcome, attempt, source)
+    _finish_attempt(db_session, attempt.id, AttemptState.SUCCEEDED, outcome=outcome)
+    if attempt.save_card and outcome.card is not None:
+        from portal.features.payments.services import cards as payment_profiles
+
+        payment_profiles.keep_card(
+            db_session,
+            partner_id=attempt.partner_id,
+            customer_id=attempt.customer_id,
+            gateway_key=gateway_key,
+            card=outcome.card,
+            actor=attempt.created_by,
+        )
+    return recorded
+
+
+# -- the page the payer comes back to -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttemptView:
+    """An attempt as its page shows it, after asking the gateway how it stands."""
+
+    attempt: PaymentAttempt
+    invoice: Invoice
+    status: PaymentStatus | None  # the gateway's answer now; None when not asked or no answer
+    recorded: InvoicePayment | None  # the ledger row: the receipt
+    balance_minor: int
+
+    @property
+    def paid(self) -> bool:
+        return self.recorded is not None
+
+    @property
+    def failed(self) -> bool:
+        return not self.paid and self.attempt.state is AttemptState.FAILED
+
+    @property
+    def processing(self) -> bool:
+        """Not known to be finished: the page keeps asking."""
+        return not self.paid and self.attempt.state is AttemptState.OPEN
+
+    @property
+    def confirmed_unrecorded(self) -> bool:
+        """The gateway confirmed it, but it could not be taken for this invoice (voided
+        meanwhile, say): staff match it by hand."""
+        return not self.paid and self.attempt.state is AttemptState.SUCCEEDED
+
+    @property
+    def abandoned(self) -> bool:
+        """Replaced by a newer attempt, or too old, and never paid."""
+        return not self.paid and self.attempt.state in (
+            AttemptState.SUPERSEDED,
+            AttemptState.EXPIRED,
+        )
+
+
+FINISHED = frozenset({AttemptState.SUCCEEDED, AttemptState.FAILED})
+
+
+def attempt_view(db_session: Session, attempt_id: int, today: date) -> AttemptView | None:
+    """The attempt (in the session's scope) as it truly stands: asked of the gateway until it
+    is known to be finished, recorded in the ledger (once) when the gateway confirms it;
+    commits what it learnt. None when there is no such attempt."""
+    attempt = _attempt(db_session, attempt_id)
+    if attempt is None:
+        return None
+    status: PaymentStatus | None = None
+    recorded = recorded_payment(db_session, attempt.gateway_key, attempt.payment_ref)
+    if recorded is None and attempt.gateway_ref is not None and attempt.state not in FINISHED:
+        gateway = _gateway_or_none(db_session, attempt)
+        answer = gateway.get_payment(attempt.gateway_ref) if gateway else None
+        if isinstance(answer, Succeeded):
+            outcome = answer.value
+            status = outcome.status
+            if outcome.status is PaymentStatus.SUCCEEDED:
+                _settle(db_session, attempt.gateway_key, attempt, outcome, "return_page")
+                recorded = recorded_payment(db_session, attempt.gateway_key, outcome)
+            elif outcome.status is PaymentStatus.FAILED:
+                _finish_attempt(db_session, attempt.id, AttemptState.FAILED, outcome=outcome)
+            db_session.commit()
+            attempt = _attempt(db_session, attempt_id) or attempt
+    detail = queries.invoice_detail(db_session, attempt.invoice_id, today=today)
+    if detail is None:
+        return None
+    return AttemptView(attempt, detail.invoice, status, recorded, detail.balance_minor)
+
+
+def _gateway_or_none(db_session: Session, attempt: PaymentAttempt) -> PaymentGateway | None:
+    try:
+        return integrations().payment_gateways.get(attempt.gateway_key)
+    except PluginError:
+        log.warning(
+            "payments: gateway %r of attempt %s is not loaded", attempt.gateway_key, attempt.id
+        )
+        return None
+
+
+# -- autopay ----------------------------------------------------------------------------------
+
+
+def autopay(item: OutboxItem, session: Session) -> Outcome:
+    """Outbox handler for :data:`AUTOPAY_KIND`: charge the invoice's balance to the customer's
+    default card, off-session, at most once per invoice (see the module's notes)."""
+    invoice_id = int(str(item.payload["invoice_id"]))
+    invoice = session.scalars(select(Invoice).where(Invoice.id == invoice_id)).first()
+    if invoice is None or invoice.state is not InvoiceState.ISSUED:
+        return Done({"skipped": "not issued"})
+    contract = session.scalars(
+        select(BillingContract).where(BillingContract.id == invoice.billing_contract_id)
+    ).one()
+    if not contract.autocharge:
+        return Done({"skipped": "not autocharge"})
+    partner = session.get_one(Partner, invoice.partner_id)
+    try:
+        gateway = integrations().payment_gateway(partner.payment_gateway_key)
+    except PluginError as error:
+        return RetryLater(f"no payment gateway is loaded: {error}", timedelta(hours=1))
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    attempt = _autopay_attempt(app, invoice, gateway, session)
+    if attempt is None:
+        return Done({"skipped": "nothing to pay"})
+    if attempt.state is not AttemptState.OPEN:
+        return Done({"skipped": attempt.state.value})
+    if attempt.card_ref is None or not isinstance(gateway, SavedCardGateway):
+        code = NO_CARD if isinstance(gateway, SavedCardGateway) else NO_CARD_GATEWAY
+        _autopay_failed(session, attempt, code, None, app)
+        return Done({"failed": code})
+    profile = session.scalars(
+        select(PaymentProfile).where(
+            PaymentProfile.gateway_key == gateway.key,
+            PaymentProfile.card_ref == attempt.card_ref,
+        )
+    ).first()
+    customer_ref = profile.gateway_customer_ref if profile is not None else ""
+    charged = gateway.charge_saved_card(
+        SavedCardCharge(
+            idempotency_key=attempt.idempotency_key,
+            invoice_ref=str(invoice.id),
+            customer_ref=str(invoice.customer_id),
+            gateway_customer_ref=customer_ref,
+            card_ref=attempt.card_ref,
+            amount_minor=attempt.amount_minor,
+            currency=attempt.currency,
+            description=_description(partner, invoice),
+        )
+    )
+    if isinstance(charged, TechnicalFailure):
+        return RetryLater(charged.message, charged.retry_after)
+    if isinstance(charged, BusinessRejection):
+        _autopay_failed(session, attempt, charged.code or "rejected", charged.reason, app)
+        return Done({"failed": charged.code or "rejected"})
+    outcome = charged.value
+    _store_gateway_refs(session, attempt, outcome)
+    if outcome.status is PaymentStatus.SUCCEEDED:
+        _settle(session, gateway.key, attempt, outcome, "autopay")
+        return Done({"paid": attempt.amount_minor})
+    if outcome.status is PaymentStatus.PROCESSING:
+        return Done({"processing": outcome.reference})  # the webhook records it when it clears
+    code = outcome.failure_code or (
+        AUTHENTICATION_REQUIRED if outcome.status is PaymentStatus.REQUIRES_ACTION else "declined"
+    )
+    _autopay_failed(session, attempt, code, outcome.failure_reason, app, outcome)
+    return Done({"failed": code})
+
+
+def _autopay_attempt(
+    app: Flask, invoice: Invoice, gateway: PaymentGateway, session: Session
+) -> PaymentAttempt | None:
+    """The invoice's autopay attempt (number 0), made and committed on its own connection
+    before the charge, with the balance and the default card as they are now; a retry finds
+    the same row, and so sends the same key and the same amount."""
+    existing = _autopay_row(session, invoice.id)
+    if existing is not None:
+        return existing
+    # the balance only (today decides "overdue", which does not matter here)
+    detail = queries.invoice_detail(session, invoice.id, today=date.max)
+    if detail is None or detail.balance_minor <= 0:
+        return None
+    card = None
+    if isinstance(gateway, SavedCardGateway):
+        card = session.scalars(
+            select(PaymentProfile).where(
+                PaymentProfile.customer_id == invoice.customer_id,
+                PaymentProfile.gateway_key == gateway.key,
+                PaymentProfile.default_for.is_not(None),
+            )
+        ).first()
+    now = utcnow()
+    with get_database(app).sessions() as own:
+        connection = own.connection()
+        connection.execute(
+            insert_ignoring(connection, _ATTEMPT),
+            {
+                "partner_id": invoice.partner_id,
+                "customer_id": invoice.customer_id,
+                "invoice_id": invoice.id,
+                "number": AUTOPAY_NUMBER,
+                "kind": AttemptKind.AUTOPAY,
+                "state": AttemptState.OPEN,
+                "amount_minor": detail.balance_minor,
+                "currency": invoice.currency,
+                "gateway_key": gateway.key,
+                "idempotency_key": new_key(f"invoice-{invoice.id}-autopay"),
+                "card_ref": card.card_ref if card is not None else None,
+                "save_card": False,
+                "created_by": "autopay",
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+        own.commit()
+    return _autopay_row(session, invoice.id)
+
+
+def _autopay_row(session: Session, invoice_id: int) -> PaymentAttempt | None:
+    return session.scalars(
+        select(PaymentAttempt)
+        .where(PaymentAttempt.invoice_id == invoice_id, PaymentAttempt.number == AUTOPAY_NUMBER)
+        .execution_options(populate_existing=True)
+    ).first()
+
+
+def _store_gateway_refs(session: Session, attempt: PaymentAttempt, outcome: PaymentOutcome) -> None:
+    session.connection().execute(
+        update(_ATTEMPT)
+        .where(_ATTEMPT.c.id == attempt.id)
+        .values(
+            gateway_ref=outcome.gateway_ref,
+            payment_ref=outcome.payment_ref,
+            updated_at=utcnow(),
+        )
+    )
+
+
+def _autopay_failed(
+    session: Session,
+    attempt: PaymentAttempt,
+    code: str,
+    reason: str | None,
+    app: Flask,
+    outcome: PaymentOutcome | None = None,
+) -> None:
+    """The charge did not go through: kept on the attempt, audited, and (once: only the caller
+    that closes the attempt) the Finance Managers are told by mail."""
+    if not _finish_attempt(
+        session, attempt.id, AttemptState.FAILED, outcome=outcome, code=code, reason=reason
+    ):
+        return
+    audit.record(
+        session,
+        partner_id=attempt.partner_id,
+        customer_id=attempt.customer_id,
+        actor="autopay",
+        action="payment.autopay_failed",
+        invoice=attempt.invoice_id,
+        amount_minor=attempt.amount_minor,
+        currency=attempt.currency,
+        code=code,
+    )
+    enqueue(
+        session,
+        AUTOPAY_FAILED_KIND,
+        {"attempt_id": attempt.id},
+        partner_id=attempt.partner_id,
+        customer_id=attempt.customer_id,
+        app=app,
+    )
+
+
+def notify_autopay_failed(item: OutboxItem, session: Session) -> Outcome:
+    """Outbox handler for :data:`AUTOPAY_FAILED_KIND`: mail the Finance Managers (Administrators
+    when there are none) that the automatic payment failed, why, and a link to pay it now."""
+    from portal.features.identity.services.people import finance_contacts
+    from portal.features.tenancy.services import portal_base_url
+
+    attempt_id = int(str(item.payload["attempt_id"]))
+    attempt = session.scalars(select(PaymentAttempt).where(PaymentAttempt.id == attempt_id)).first()
+    if attempt is None:
+        return GiveUp(f"payment attempt {attempt_id} does not exist")
+    invoice = session.scalars(select(Invoice).where(Invoice.id == attempt.invoice_id)).one()
+    partner = session.get_one(Partner, attempt.partner_id)
+    customer = session.get_one(Customer, attempt.customer_id)
+    base = portal_base_url(session, partner)
+    recipients = finance_contacts(session, customer.id)
+    for user in recipients:
+        mail.send(
+            mail.render_mail(
+                "payment_autopay_failed",
+                partner,
+                user.locale,
+                to=user.email,
+                attempt=attempt,
+                invoice=invoice,
+                customer=customer,
+                link=f"{base}/invoices/{invoice.id}",
+                cards_link=f"{base}/payment-methods",
+            ),
+            partner,
+        )
+    return Done({"told": len(recipients)})
+
+
+# -- what the dashboard and the invoice page show ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FailedCharge:
+    """An automatic payment that did not go through, on an invoice still owing."""
+
+    attempt: PaymentAttempt
+    invoice: Invoice
+    balance_minor: int
+
+
+def failed_charges(
+    db_session: Session, customer_id: int, today: date, limit: int = 5
+) -> list[FailedCharge]:
+    """The customer's failed automatic payments whose invoices still have a balance, newest
+    first (the dashboard's card; usually none, and then one indexed query)."""
+    attempts = list(
+        db_session.scalars(
+            select(PaymentAttempt)
+            .where(
+                PaymentAttempt.customer_id == customer_id,
+                PaymentAttempt.kind == AttemptKind.AUTOPAY,
+                PaymentAttempt.state == AttemptState.FAILED,
+            )
+            .order_by(PaymentAttempt.created_at.desc(), PaymentAttempt.id.desc())
+            .limit(limit * 4)
+        )
+    )
+    found: list[FailedCharge] = []
+    for attempt in attempts:
+        detail = queries.invoice_detail(db_session, attempt.invoice_id, today=today)
+        if detail is None or detail.invoice.state is not InvoiceState.ISSUED:
+            continue
+        if detail.balance_minor > 0:
+            found.append(FailedCharge(attempt, detail.invoice, detail.balance_minor))
+        if len(found) >= limit:
+            break
+    return found
+
+
+def failed_autopay(db_session: Session, invoice_id: int) -> PaymentAttempt | None:
+    """The invoice's automatic payment when it failed (the invoice page says so)."""
+    return db_session.scalars(
+        select(PaymentAttempt).where(
+            PaymentAttempt.invoice_id == invoice_id,
+            PaymentAttempt.number == AUTOPAY_NUMBER,
+            PaymentAttempt.state == AttemptState.FAILED,
+        )
+    ).first()
+
+
+def failure_message(code: str | None, reason: str | None) -> str:
+    """Why a charge failed, in the reader's language (the gateway's own words as detail)."""
+    if code == AUTHENTICATION_REQUIRED:
+        return _(
+            "Your bank asked you to confirm this payment, so it could not be made automatically."
+        )
+    if code == NO_CARD:
+        return _("No card was saved to charge automatically.")
+    if code == NO_CARD_GATEWAY:
+        return _("The payment service in use cannot charge saved cards.")
+    if reason:
+        return _("The card was declined: %(reason)s", reason=reason)
+    return _("The card was declined.")

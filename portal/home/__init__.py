@@ -1,0 +1,1 @@
+"""Pages that gather several capabilities: the customer dashboard and the staff home."""
