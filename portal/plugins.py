@@ -38,6 +38,22 @@ CORE_PLUGINS: tuple[str, ...] = (
     "portal.default_plugin.outbox_kinds",
     "portal.default_plugin.payments",
 )
+# What a plugin may import of the portal, the one list (docs/plugins.md says the same, and a
+# test holds every first-party plugin to it). "x.*" is a package and everything in it.
+PUBLIC_SURFACE: tuple[str, ...] = (
+    "portal",  # hookimpl
+    "portal.hookspecs",
+    "portal.integrations.*",  # the adapters' contracts, events, results, the registry
+    "portal.testing.*",  # fixtures, fake servers, contract suites for the plugin's tests
+    "portal.plugins",  # plugin_settings
+    "portal.web.access",  # the access decorators a plugin's blueprint needs
+    "portal.outbox.*",  # enqueue, the handler contract, OutboxItem
+    "portal.core.db",  # Base, the session, column types
+    "portal.core.config",
+    "portal.core.roles",  # Permission, for nav items and access decorators
+    "portal.core.money",
+    "portal.features.tenancy.branding",  # render_page: a page in the partner's theme
+)
 # every module of hook specifications
 SPEC_MODULES: tuple[ModuleType, ...] = (app_hooks, providers, payments, accounting, notifications)
 NAME = re.compile(r"[a-z][a-z0-9_]*")
@@ -215,3 +231,15 @@ def masked(settings: Mapping[str, Any]) -> dict[str, str]:
 
 def plugin_infos(app: Flask | None = None) -> dict[str, PluginInfo]:
     return cast(dict[str, PluginInfo], (app or current_app).extensions["portal_plugin_infos"])
+
+
+def is_public(module: str) -> bool:
+    """Whether a plugin may import ``module`` (see :data:`PUBLIC_SURFACE`)."""
+    for entry in PUBLIC_SURFACE:
+        if entry.endswith(".*"):
+            package = entry.removesuffix(".*")
+            if module == package or module.startswith(f"{package}."):
+                return True
+        elif module == entry:
+            return True
+    return False

@@ -20,6 +20,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from portal.plugins import is_public
+
 PASSWORD = "plugin-test-password-2026"  # noqa: S105  (test users only)
 DEFAULT_HOST = "portal.test"
 CSRF_TOKEN = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
@@ -233,29 +235,9 @@ def client_for(app: Flask, host: str = DEFAULT_HOST) -> PortalClient:
     return client
 
 
-# what a plugin may import from the portal: the hook marker, the integration types, database
-# helpers, plugin settings, access decorators, page rendering, roles and money, the models
-# (to read) and the outbox (to queue background work and write its handlers)
-PUBLIC_PORTAL_MODULES = frozenset(
-    {
-        "portal",
-        "portal.core.db",
-        "portal.plugins",
-        "portal.features.tenancy.branding",
-        "portal.web.access",
-        "portal.core.roles",
-        "portal.core.money",
-        "portal.integrations",
-        "portal.models",
-        "portal.outbox.models",
-        "portal.outbox.handlers",
-        "portal.outbox.items",
-    }
-)
-
-
 def private_portal_imports(package: Path) -> list[str]:
-    """The imports of the portal's private modules in a plugin package (``[]`` when none).
+    """The imports of the portal's private modules in a plugin package (``[]`` when none):
+    anything outside :data:`portal.plugins.PUBLIC_SURFACE`.
 
     The package's ``migrations`` folder is not checked: Alembic scripts use the portal's column
     types, like the core's own.
@@ -273,7 +255,7 @@ def private_portal_imports(package: Path) -> list[str]:
             for module in modules:
                 if module.split(".")[0] != "portal":
                     continue
-                if module in PUBLIC_PORTAL_MODULES or module.startswith("portal.integrations."):
+                if is_public(module):
                     continue
                 private.append(f"{path.relative_to(package)}: {module}")
     return private

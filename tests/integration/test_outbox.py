@@ -272,7 +272,7 @@ def test_a_batch_goes_out_as_one_message_that_a_worker_fans_out(outbox_app: Flas
     assert sorted(sent_ids(outbox_app)) == ids  # each sent on its commit, as usual
     fan_out(outbox_app, ids)
     assert messages(outbox_app) == [(FAN_OUT_TASK, [ids])]
-    assert celery_for(outbox_app).tasks[FAN_OUT_TASK](ids) == 3  # the worker's side
+    assert make_celery(outbox_app).tasks[FAN_OUT_TASK](ids) == 3  # the worker's side
     assert sent_ids(outbox_app) == ids
 
 
@@ -553,7 +553,7 @@ def test_sweep_sends_a_bounded_batch(outbox_app: Flask) -> None:
 
 
 def test_celery_app_settings_and_schedule(outbox_app: Flask) -> None:
-    celery = celery_for(outbox_app)
+    celery = make_celery(outbox_app)  # the worker's
     conf = celery.conf
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.worker_prefetch_multiplier == 1 and conf.task_ignore_result
@@ -569,7 +569,7 @@ def test_celery_app_settings_and_schedule(outbox_app: Flask) -> None:
 
 
 def test_the_tasks_run_and_sweep_outbox_items(outbox_app: Flask) -> None:
-    celery = celery_for(outbox_app)
+    celery = make_celery(outbox_app)  # the worker's
     item_id = add(outbox_app)
     assert sent_ids(outbox_app) == [item_id]
     assert celery.tasks[RUN_TASK](item_id) == "done"  # what a worker runs for the message

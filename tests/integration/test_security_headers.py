@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from portal.core.extensions import csrf
+from portal.web.csrf import csrf
 from portal.web.access import access_of
 from tests.integration.routes import OBJECT_ROUTES, add_invitations, add_invoices
 from tests.support import HttpsClient, Tenant, seed_licences, sign_in

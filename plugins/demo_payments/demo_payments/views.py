@@ -12,7 +12,7 @@ from werkzeug.wrappers import Response
 
 from demo_payments.forms import AuthenticateForm, CardForm
 from demo_payments.gateway import DemoPaymentGateway, PaymentView, SetupView
-from portal.features.tenancy.branding.themes import render_page
+from portal.features.tenancy.branding import render_page
 from portal.integrations.payments import PaymentStatus
 from portal.web.access import public
 

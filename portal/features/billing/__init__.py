@@ -1,1 +1,1 @@
-"""billing."""
+"""Billing: contracts, billing runs, invoices and credit notes, their PDFs, deferred revenue."""

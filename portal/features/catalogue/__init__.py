@@ -1,1 +1,1 @@
-"""catalogue."""
+"""The catalogue: the partner's products and their prices."""

@@ -1,1 +1,1 @@
-"""identity."""
+"""People: sign-in, sessions, passwords, invitations, roles and the audit trail."""

@@ -1,1 +1,2 @@
-"""licences."""
+"""Licences: subscriptions, licence changes and their provisioning, the customer agreement,
+credit hold."""

@@ -1,1 +1,1 @@
-"""payments."""
+"""Payments: pay now, autopay, saved cards, and the gateways' payment events."""

@@ -330,7 +330,7 @@ def test_the_webhook_skips_the_hooks_for_people_and_keeps_the_security_headers(
     from flask import g, request_finished
     from stripe_payments.views import bp
 
-    from portal.core.extensions import csrf
+    from portal.web.csrf import csrf
     from portal.web.access import is_machine_request
 
     invoice = make_invoice(portal_app, portal_partner)

@@ -1,1 +1,1 @@
-"""rules."""
+"""Pure billing rules: assembling an invoice, deferred revenue (no Flask, no database)."""

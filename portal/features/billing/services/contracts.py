@@ -1,18 +1,11 @@
-"""Billing use cases (issue 5): contracts, billing runs (the schedule, the staff button, the
-CLI), issuing and voiding invoices, the payment ledger, and the mail to Finance Managers.
+"""Billing contracts: creating them and assigning subscriptions to them.
 
-The pieces live in three modules and are all importable from here:
-
-- :mod:`portal.features.billing.services.run` makes invoices (one per contract and period, by
-  database constraint);
-- :mod:`portal.features.billing.services.documents` numbers, issues, voids and discards them, and
-  records payments;
-- :mod:`portal.features.billing.services.queries` reads them for the pages (derived status,
-  balance).
-
-Background work goes through the outbox (DESIGN §7): ``billing.run`` runs a queued
-:class:`~portal.features.billing.models.BillingRun` (the staff button, the daily schedule), and
-``billing.invoice_issued`` emails an issued invoice to the customer's Finance Managers.
+The rest of billing has a module each: :mod:`~portal.features.billing.services.schedule` (when
+runs happen: the daily schedule, the staff button, the queued run),
+:mod:`~portal.features.billing.services.run` (the billing run makes invoices, one per contract
+and period by database constraint), :mod:`~portal.features.billing.services.documents`
+(numbering, issuing, voiding, discarding, recording payments, the issued-invoice mail) and
+:mod:`~portal.features.billing.services.queries` (what the pages read: derived status, balance).
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""services."""
+"""Licence use cases: subscriptions and changes, the agreement, provisioning, pacing."""

@@ -1,1 +1,1 @@
-"""services."""
+"""Payment use cases: the gateway, pay now and autopay, saved cards, payment events."""
