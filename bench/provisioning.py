@@ -47,7 +47,7 @@ tasks reach and left nothing for its own work; it held only on a fast, quiet mac
 the measured baseline leaves the portal 30 % for what it does around each call (its database
 reads and two commits, pacing, notifications). The baseline is bound by the fake's latency, not
 by the CPU: it barely moves with the machine's speed or load (115-121/s from load average 1 to
-8), whereas the portal, which needs 2-2.5 times the baseline's worker CPU per change plus
+8), whereas the portal, which needs 2-2.7 times the baseline's worker CPU per change plus
 PostgreSQL's, is CPU-bound on two cores. So the ratio still falls on a slow or busy machine:
 read it beside the CPU time per change of both, which the load moves far less.
 
