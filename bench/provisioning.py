@@ -41,12 +41,12 @@ change, final quantities, never more than 16 calls at once at the fake).
 **Target: ratio >= 0.7, where ratio = the portal's changes/s / the baseline's changes/s**, and
 lost = duplicated = 0. The baseline measures what the run's shape allows (chains of 5, the first
 reads, the start, the last round of chains that cannot fill every slot): bare tasks reach
-115-121 changes/s, 0.72-0.76 of the theoretical 16 calls / 0.1 s = 160/s, so the former
-target, 0.7 of that theoretical limit (112/s), asked the portal for 0.93-0.97 of what bare
+110-121 changes/s, 0.69-0.76 of the theoretical 16 calls / 0.1 s = 160/s, so the former
+target, 0.7 of that theoretical limit (112/s), asked the portal for 0.93-1.02 of what bare
 tasks reach and left nothing for its own work; it held only on a fast, quiet machine. 0.7 of
 the measured baseline leaves the portal 30 % for what it does around each call (its database
 reads and two commits, pacing, notifications). The baseline is bound by the fake's latency, not
-by the CPU: it barely moves with the machine's speed or load (115-121/s from load average 1 to
+by the CPU: it barely moves with the machine's speed or load (110-121/s from load average 1 to
 8), whereas the portal, which needs 2-2.7 times the baseline's worker CPU per change plus
 PostgreSQL's, is CPU-bound on two cores. So the ratio still falls on a slow or busy machine:
 read it beside the CPU time per change of both, which the load moves far less.
