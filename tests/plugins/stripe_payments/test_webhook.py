@@ -330,8 +330,8 @@ def test_the_webhook_skips_the_hooks_for_people_and_keeps_the_security_headers(
     from flask import g, request_finished
     from stripe_payments.views import bp
 
-    from portal.web.csrf import csrf
     from portal.web.access import is_machine_request
+    from portal.web.csrf import csrf
 
     invoice = make_invoice(portal_app, portal_partner)
     intent = pay(fake, invoice, portal_partner, 4_000)
