@@ -17,7 +17,8 @@ process and seeds 200 subscriptions (40 customer tenants of 5, MCA accepted, pro
   connections than the engine's default pool (5 + 10 overflow), since a run holds its
   connection across the provider calls;
 - it records 1,000 quantity changes (5 per subscription, in order) through
-  :func:`portal.features.licences.services.subscriptions.request_quantity`, as the subscription page does, all in one
+  :func:`portal.features.licences.services.subscriptions.request_quantity`, as the subscription
+  page does, all in one
   transaction: the first change of each subscription is queued, the 4 later ones wait as
   ``awaiting`` (``earlier_change``) and each is released by the provisioning of the one before;
 - the clock runs from that commit (which dispatches the first 200) until every change is
