@@ -39,7 +39,7 @@ from portal.web.access import staff_required
 from portal.web.forms import role_label
 from portal.web.rate_limits import rate_limited
 
-bp = Blueprint("staff", __name__, url_prefix="/staff")
+bp = Blueprint("staff", __name__, url_prefix="/staff", template_folder="templates")
 PAGE_SIZE = 25
 
 

@@ -16,7 +16,7 @@ from portal.integrations.registry import integrations
 from portal.web.access import customer_required
 from portal.web.forms import ConfirmForm, role_label
 
-bp = Blueprint("pages", __name__)
+bp = Blueprint("pages", __name__, template_folder="templates")
 
 ROLE_HELP = {
     CustomerRole.ADMINISTRATOR: _l("You can manage users, subscriptions, usage and invoices."),

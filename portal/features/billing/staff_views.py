@@ -46,7 +46,7 @@ from portal.features.tenancy.services import partner_today
 from portal.web.access import staff_required
 from portal.web.forms import ConfirmForm
 
-bp = Blueprint("staff_billing", __name__, url_prefix="/staff")
+bp = Blueprint("staff_billing", __name__, url_prefix="/staff", template_folder="templates")
 PER_PAGE = 25
 STAFF_STATUSES = (InvoiceStatus.DRAFT, *(s for s in InvoiceStatus if s is not InvoiceStatus.DRAFT))
 REPORT_MONTHS = 12

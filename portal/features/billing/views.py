@@ -44,7 +44,7 @@ from portal.features.tenancy.branding.themes import render_page
 from portal.features.tenancy.services import partner_today
 from portal.web.access import customer_required
 
-bp = Blueprint("invoices", __name__)
+bp = Blueprint("invoices", __name__, template_folder="templates")
 register_template_helpers(bp)
 PER_PAGE = 25
 

@@ -37,7 +37,7 @@ from portal.features.catalogue.rules import (
 from portal.features.tenancy.models import Partner
 from portal.web.access import staff_required
 
-bp = Blueprint("staff_catalogue", __name__, url_prefix="/staff")
+bp = Blueprint("staff_catalogue", __name__, url_prefix="/staff", template_folder="templates")
 
 
 def _partner() -> Partner:

@@ -39,7 +39,7 @@ from portal.web.access import customer_required
 from portal.web.forms import ConfirmForm, role_label
 from portal.web.rate_limits import rate_limited
 
-bp = Blueprint("account", __name__, url_prefix="/account")
+bp = Blueprint("account", __name__, url_prefix="/account", template_folder="templates")
 
 
 def _partner() -> Partner:

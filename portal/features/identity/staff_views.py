@@ -25,7 +25,7 @@ from portal.web.forms import ConfirmForm
 from portal.web.rate_limits import rate_limited
 from portal.web.redirects import safe_next
 
-bp = Blueprint("staff_auth", __name__, url_prefix="/staff")
+bp = Blueprint("staff_auth", __name__, url_prefix="/staff", template_folder="templates")
 
 
 def _partner() -> Partner:

@@ -27,7 +27,7 @@ from portal.web.forms import ConfirmForm, role_label
 from portal.web.rate_limits import rate_limited
 from portal.web.redirects import safe_next
 
-bp = Blueprint("auth", __name__)
+bp = Blueprint("auth", __name__, template_folder="templates")
 
 
 def current_partner() -> Partner:

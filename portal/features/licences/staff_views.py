@@ -32,7 +32,7 @@ from portal.features.tenancy.models import Customer, Partner
 from portal.web.access import staff_required
 from portal.web.forms import ConfirmForm
 
-bp = Blueprint("staff_licences", __name__, url_prefix="/staff")
+bp = Blueprint("staff_licences", __name__, url_prefix="/staff", template_folder="templates")
 PAGE_SIZE = 25
 
 

@@ -31,7 +31,7 @@ from portal.features.tenancy.models import Partner
 from portal.features.tenancy.services import local_today
 from portal.web.access import customer_required
 
-bp = Blueprint("subscriptions", __name__)
+bp = Blueprint("subscriptions", __name__, template_folder="templates")
 
 Page = str | tuple[str, int]
 

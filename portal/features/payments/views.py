@@ -35,8 +35,8 @@ from portal.web.access import customer_required, public
 from portal.web.forms import ConfirmForm
 from portal.web.rate_limits import rate_limited
 
-bp = Blueprint("payments", __name__)
-links = Blueprint("card_links", __name__)
+bp = Blueprint("payments", __name__, template_folder="templates")
+links = Blueprint("card_links", __name__, template_folder="templates")
 
 
 def _partner() -> Partner:
