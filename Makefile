@@ -59,6 +59,7 @@ bench: setup
 	$(BIN)/python bench/outbox.py
 	$(BIN)/python bench/billing.py
 	$(BIN)/python bench/webhooks.py
+	$(BIN)/python bench/provisioning.py
 
 # Re-extract the catalogue after changing user-visible text, then translate translations/es.
 messages: $(STAMP)

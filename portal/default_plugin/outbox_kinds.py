@@ -12,6 +12,7 @@ from portal.features.billing.services import documents, schedule
 from portal.features.licences.services import agreements, provisioning, subscriptions
 from portal.features.payments.services import events, pay
 from portal.hookspecs import hookimpl
+from portal.integrations import delivery
 from portal.outbox.handlers import Done, Outcome
 
 if TYPE_CHECKING:
@@ -36,7 +37,8 @@ def portal_outbox_handlers() -> dict[str, OutboxHandler]:
         provisioning.NOTIFY_KIND: provisioning.notify,
         agreements.ATTEST_KIND: agreements.attest,
         events.RECEIPT_KIND: events.send_receipt,
-        events.RECORDED_KIND: events.announce_recorded,
+        events.RECORDED_KIND: events.announce_recorded,  # pending before the upgrade
+        delivery.DELIVER_KIND: delivery.deliver,
         documents.AUTOPAY_KIND: pay.autopay,
         pay.AUTOPAY_FAILED_KIND: pay.notify_autopay_failed,
     }

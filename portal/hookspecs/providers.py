@@ -8,9 +8,11 @@ from portal.hookspecs import hookspec
 
 if TYPE_CHECKING:
     from flask import Flask
+    from sqlalchemy.orm import Session
 
     from portal.integrations.events import LicenceChangeFinished
     from portal.integrations.providers import ProviderAdapter
+    from portal.outbox.handlers import Outcome
 
 
 @hookspec
@@ -25,11 +27,23 @@ def portal_register_providers(app: Flask) -> list[ProviderAdapter] | None:
 
 
 @hookspec
-def portal_on_licence_change_finished(event: LicenceChangeFinished) -> None:
+def portal_on_licence_change_finished(
+    event: LicenceChangeFinished, session: Session, delivery_id: int
+) -> Outcome | None:
     """A licence change reached a final state (provisioned, rejected or failed).
 
-    :param event: what changed, for whom, and how it ended.
-    :returns: nothing.
-    Calling rule: every implementation is called; one that raises is logged and skipped, and
-        never stops the others.
+    A failed change that staff then resolve is announced again, with its final state.
+
+    :param event: :class:`portal.integrations.events.LicenceChangeFinished`: what changed, for
+        which partner, customer and product, and how it ended.
+    :param session: the delivery's database transaction (optional).
+    :param delivery_id: the delivery's id, the same on every retry (optional).
+    :returns: nothing, or an outbox outcome.
+    Calling rule: queued once per plugin when the change commits, and run by a background
+        worker (an outbox item of its own, ``plugins.deliver``) until it succeeds: one that
+        raises is retried later with backoff, alone; it may return ``RetryLater`` or
+        ``GiveUp`` (:mod:`portal.outbox.handlers`). Declare ``session`` to write in the
+        transaction that marks the delivery done (your bookkeeping, and follow-up work you
+        ``enqueue`` there: exactly once; never commit it yourself), ``delivery_id`` for the
+        idempotency key of calls out, which may repeat (a worker can die after a call).
     """

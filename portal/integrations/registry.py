@@ -1,5 +1,6 @@
-"""Registries of adapters, collected from the plugins' registration hooks, and the fan-out of
-events with per-plugin error isolation. The only place that calls ``pm.hook``."""
+"""Registries of adapters, collected from the plugins' registration hooks, the UI slots, and
+the calls that deliver an event to one plugin (:mod:`portal.integrations.delivery`). The only
+place that calls ``pm.hook``."""
 
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ A = TypeVar("A")
 
 class PluginError(RuntimeError):
     """A plugin set-up the portal refuses to start with; the message says how to fix it."""
+
+
+class PluginNotLoaded(RuntimeError):
+    """Work for a plugin that this process has not loaded (taken out, or not yet deployed)."""
 
 
 def _results(pm: pluggy.PluginManager, hook: str, **kwargs: Any) -> Iterator[tuple[str, Any]]:
@@ -137,21 +142,21 @@ class Integrations:
 
     # -- events and UI slots ---------------------------------------------------------------
 
-    def fire(self, hook: str, **kwargs: Any) -> list[str]:
-        """Call every implementation of an event hook; a failing plugin is logged and skipped.
-
-        Returns the names of the plugins that failed.
-        """
-        failed: list[str] = []
+    def subscribers(self, hook: str) -> list[str]:
+        """The names of the plugins that implement the event hook ``hook``, in registration
+        order."""
         caller = getattr(self.pm.hook, hook)
-        for impl in caller.get_hookimpls():
-            name = self.pm.get_name(impl.plugin) or "?"
-            try:
-                impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
-            except Exception:
-                log.exception("plugin %s failed in %s; the other plugins still run", name, hook)
-                failed.append(name)
-        return failed
+        return [self.pm.get_name(impl.plugin) or "?" for impl in caller.get_hookimpls()]
+
+    def call_one(self, plugin: str, hook: str, **kwargs: Any) -> Any:
+        """Call the implementation of ``hook`` of one plugin, with the arguments it declares;
+        raises :class:`PluginNotLoaded` when that plugin (no longer) implements it."""
+        caller = getattr(self.pm.hook, hook)
+        found = [i for i in caller.get_hookimpls() if self.pm.get_name(i.plugin) == plugin]
+        if not found:
+            raise PluginNotLoaded(f"plugin {plugin!r} does not implement {hook} (is it loaded?)")
+        impl = found[0]
+        return impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
 
     def nav_items(self) -> list[NavItem]:
         return [item for _, items in _results(self.pm, "portal_nav_items") for item in items]

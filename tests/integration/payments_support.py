@@ -47,7 +47,7 @@ if importlib.util.find_spec("demo_payments") is None:
 
 from demo_payments import MIGRATIONS as DEMO_PAYMENTS_MIGRATIONS
 from demo_payments.gateway import DemoPaymentGateway
-from demo_payments.models import DemoPayment
+from demo_payments.models import DemoPayment, DemoPaymentsBase
 
 FINANCE = "finance_manager@a.alpha.example"
 ADMIN = "administrator@a.alpha.example"
@@ -93,6 +93,7 @@ def payments_apps(
         app.test_client_class = HttpsClient
         if not made:
             _empty_tables(app)
+            _empty_demo_gateway(app)
         made.append(app)
         return app
 
@@ -115,6 +116,15 @@ def payments_app(app_factory: Callable[..., Flask], **overrides: Any) -> Flask:
     )
     assert integrations(app).migration_locations in ([], [str(DEMO_PAYMENTS_MIGRATIONS)])
     return app
+
+
+def _empty_demo_gateway(app: Flask) -> None:
+    """The demo gateway's own tables too: its customers are found again by an idempotency key
+    made of the portal customer's id and creation second, both of which repeat from one test
+    to the next once the portal's tables are emptied, and would bring the last test's cards."""
+    with get_database(app).engine.begin() as connection:
+        for table in reversed(DemoPaymentsBase.metadata.sorted_tables):
+            connection.execute(table.delete())
 
 
 def demo_gateway(app: Flask) -> DemoPaymentGateway:

@@ -1,6 +1,6 @@
-"""Loading plugins: what makes the portal refuse to start, event fan-out with error isolation,
-the ``flask portal plugins`` listing, settings, blueprints, adapter choice by configuration,
-and the test kit shipped to plugin authors (fixtures, fake servers, contract suites).
+"""Loading plugins: what makes the portal refuse to start, the ``flask portal plugins``
+listing, settings, blueprints, adapter choice by configuration, and the test kit shipped to
+plugin authors (fixtures, fake servers, contract suites). Events to plugins: test_events.py.
 
 The small plugins here are first-party-style projects written to a temporary folder named in
 ``PORTAL_PLUGIN_PATHS``: exactly how the portal finds its own ``plugins/``.
@@ -9,12 +9,9 @@ The small plugins here are first-party-style projects written to a temporary fol
 from __future__ import annotations
 
 import json
-import logging
-import sys
-import textwrap
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +22,6 @@ from flask import Flask
 from portal import create_app
 from portal.core.db import get_database
 from portal.features.tenancy.models import Customer, Partner
-from portal.integrations.events import PaymentRecorded
 from portal.integrations.notifications import Notification
 from portal.integrations.registry import PluginError, integrations
 from portal.integrations.results import Result, Succeeded
@@ -46,43 +42,8 @@ from portal.testing.fakes import (
     FakeProvider,
 )
 from portal.testing.support import app_config
+from tests.integration.conftest import MakePlugin
 from tests.support import HttpsClient, seed_partner
-
-MakePlugin = Callable[..., Path]
-
-
-@pytest.fixture
-def make_plugin(tmp_path: Path) -> Iterator[MakePlugin]:
-    """Write a plugin project ``<folder>/<name>/<name>/__init__.py``; returns the folder.
-
-    At teardown the plugins' modules and paths are forgotten, so a later test may reuse a name.
-    """
-    folder = tmp_path / "plugins"
-    folder.mkdir()
-    made: list[tuple[str, Path]] = []
-
-    def make(
-        name: str, source: str, templates: dict[str, str] | None = None, version: str = "1.2.3"
-    ) -> Path:
-        project = folder / name
-        (project / name).mkdir(parents=True)
-        (project / "pyproject.toml").write_text(
-            f'[project]\nname = "{name.replace("_", "-")}"\nversion = "{version}"\n'
-        )
-        (project / name / "__init__.py").write_text(textwrap.dedent(source))
-        for relative, text in (templates or {}).items():
-            path = project / name / "templates" / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(textwrap.dedent(text))
-        made.append((name, project))
-        return folder
-
-    yield make
-    for name, project in made:
-        for module in [m for m in sys.modules if m == name or m.startswith(f"{name}.")]:
-            del sys.modules[module]
-        while str(project) in sys.path:
-            sys.path.remove(str(project))
 
 
 def start(plugins: list[str] | str, folder: Path | None = None, **config: Any) -> Flask:
@@ -209,50 +170,6 @@ def test_a_plugin_view_without_an_access_declaration_stops_the_start(
     with pytest.raises(RuntimeError, match="Every route must declare who may use it") as e:
         start(["plugintest_open"], folder)
     assert "plugintest_open.secret" in str(e.value)
-
-
-# -- events ------------------------------------------------------------------------------------
-
-LISTENER = """
-    from portal import hookimpl
-
-    received = []
-
-    @hookimpl
-    def portal_on_payment_recorded(event):
-        received.append(event)
-"""
-BROKEN = """
-    from portal import hookimpl
-
-    @hookimpl
-    def portal_on_payment_recorded(event):
-        raise RuntimeError("the notifier's server is down")
-"""
-
-
-@pytest.mark.parametrize(
-    "order",
-    [
-        ["plugintest_broken", "plugintest_listener"],
-        ["plugintest_listener", "plugintest_broken"],
-    ],
-)
-def test_hook_portal_on_payment_recorded_isolates_a_failing_plugin(
-    make_plugin: MakePlugin, caplog: pytest.LogCaptureFixture, order: list[str]
-) -> None:
-    make_plugin("plugintest_listener", LISTENER)
-    folder = make_plugin("plugintest_broken", BROKEN)
-    app = start(order, folder)
-    event = PaymentRecorded(
-        payment_id=1, invoice_id=2, customer_id=3, amount_minor=12_34, currency="USD"
-    )
-    with caplog.at_level(logging.ERROR, logger="portal.integrations.registry"):
-        failed = integrations(app).fire("portal_on_payment_recorded", event=event)
-    assert failed == ["plugintest_broken"]
-    assert sys.modules["plugintest_listener"].received == [event]
-    assert "plugin plugintest_broken failed in portal_on_payment_recorded" in caplog.text
-    assert "the notifier's server is down" in caplog.text  # the traceback is in the log
 
 
 # -- UI slots: the documented order ----------------------------------------------------------

@@ -19,6 +19,7 @@ from portal.features.billing.models import InvoiceState, PaymentKind
 from portal.features.payments.models import PaymentDispute, PaymentWebhookEvent, WebhookResult
 from portal.features.payments.services import events as payment_events
 from portal.hookspecs import hookimpl
+from portal.integrations.delivery import DELIVER_KIND
 from portal.integrations.events import PaymentRecorded
 from portal.integrations.payments import PaymentRequest
 from portal.integrations.results import Succeeded
@@ -265,16 +266,17 @@ def test_the_receipt_goes_to_the_finance_manager_and_the_event_to_plugins(
     intent = pay(fake, invoice, portal_partner, 4_000)
     post(portal_client, fake, event(fake, "payment_intent.succeeded", intent["id"]))
     capsys.readouterr()
-    with portal_app.app_context():  # as in the worker: the receipt, then the event it queued
+    with portal_app.app_context():  # as in the worker: the receipt and the plugin's delivery
         with get_database(portal_app).sessions() as s:
-            receipt = s.scalars(select(OutboxItem)).one()
-        assert receipt.kind == payment_events.RECEIPT_KIND
-        assert run_item(portal_app, receipt.id) == "done"
+            queued = {item.kind: item.id for item in s.scalars(select(OutboxItem))}
+        assert set(queued) == {payment_events.RECEIPT_KIND, DELIVER_KIND}
+        assert run_item(portal_app, queued[payment_events.RECEIPT_KIND]) == "done"
+        assert run_item(portal_app, queued[DELIVER_KIND]) == "done"
         with get_database(portal_app).sessions() as s:
             states = {item.kind: item.state for item in s.scalars(select(OutboxItem))}
         assert states == {
             payment_events.RECEIPT_KIND: OutboxState.DONE,
-            payment_events.RECORDED_KIND: OutboxState.DONE,  # run next by the same worker
+            DELIVER_KIND: OutboxState.DONE,  # one delivery: one subscribing plugin
         }
     mail = capsys.readouterr().err
     assert f"To: {portal_partner.users['finance_manager']}" in mail
@@ -287,7 +289,12 @@ def test_the_receipt_goes_to_the_finance_manager_and_the_event_to_plugins(
         4_000,
         "USD",
     )
-    assert recorded.customer_id == portal_partner.customer_id
+    assert recorded.customer.id == portal_partner.customer_id
+    assert (recorded.kind, recorded.gateway_key, recorded.gateway_reference) == (
+        "payment",
+        "stripe",
+        intent["id"],
+    )
 
 
 def test_reconciliation_records_what_no_webhook_did_once(

@@ -43,13 +43,12 @@ from portal.features.billing.rules.invoicing import (
     DraftLine,
     credit_for_void,
 )
+from portal.features.billing.services import announce
 from portal.features.identity import audit
 from portal.features.identity.services.people import finance_contacts
 from portal.features.tenancy import mail
 from portal.features.tenancy.models import Customer, Partner, PartnerHost
 from portal.features.tenancy.services import local_today, portal_base_url
-from portal.integrations.events import InvoiceIssued
-from portal.integrations.registry import integrations
 from portal.outbox.handlers import Done, Outcome
 from portal.outbox.items import enqueue
 from portal.outbox.models import OutboxItem
@@ -163,6 +162,20 @@ def insert_ledger_row(
         gateway=gateway_key,
         reference=gateway_reference,
     )
+    announce.payment_recorded(
+        db_session,
+        payment_id=int(inserted),
+        kind=kind,
+        partner_id=partner_id,
+        customer_id=customer_id,
+        invoice_id=invoice_id,
+        invoice_number=invoice_number,
+        amount_minor=amount_minor,
+        currency=currency,
+        gateway_key=gateway_key,
+        gateway_reference=gateway_reference[:255],
+        received_at=received_at,
+    )
     return int(inserted)
 
 
@@ -253,7 +266,7 @@ def issue_drafts(
         raise ConcurrentChange(
             _("Someone else issued or changed these invoices meanwhile; nothing was issued.")
         )
-    _issue_credit_notes(
+    credit_note_ids = _issue_credit_notes(
         connection, partner_id, [draft.invoice_id for draft in ordered], today, settings
     )
     for draft in ordered if notify else ():
@@ -274,6 +287,9 @@ def issue_drafts(
         # (portal.features.payments.services.pay)
 
         enqueue_autopay(db_session, [draft.invoice_id for draft in ordered], app=app)
+        announce.invoices_issued(
+            db_session, partner_id, [d.invoice_id for d in ordered], credit_note_ids, app=app
+        )
     return given
 
 
@@ -283,8 +299,9 @@ def _issue_credit_notes(
     invoice_ids: Sequence[int],
     today: date,
     settings: BillingSettings,
-) -> None:
-    """The draft credit notes of invoices being issued are issued with them."""
+) -> list[int]:
+    """The draft credit notes of invoices being issued are issued with them; returns their
+    ids."""
     ids = list(
         connection.scalars(
             select(_CREDIT_NOTE.c.id)
@@ -306,6 +323,7 @@ def _issue_credit_notes(
                 for cid, number in zip(ids, numbers, strict=True)
             ],
         )
+    return ids
 
 
 def issue_invoices(
@@ -474,6 +492,7 @@ def void_invoice(
         total_minor=invoice.total_minor,
         currency=invoice.currency,
     )
+    announce.credit_notes_issued(db_session, partner.id, [credit.id])
     return credit
 
 
@@ -625,8 +644,9 @@ def line_rows(lines: Sequence[DraftLine]) -> list[dict[str, Any]]:
 
 def notify_issued(item: OutboxItem, session: Session) -> Outcome:
     """Outbox handler for ``billing.invoice_issued``: mail the customer's Finance Managers (its
-    Administrators when it has none) a link to the invoice, each in their language, and tell
-    the plugins (``portal_on_invoice_issued``). A voided invoice is not announced."""
+    Administrators when it has none) a link to the invoice, each in their language. A voided
+    invoice is not mailed (the plugins heard of its issue in the issuing transaction,
+    :mod:`portal.features.billing.services.announce`)."""
     invoice_id = int(str(item.payload["invoice_id"]))
     invoice = session.scalars(select(Invoice).where(Invoice.id == invoice_id)).first()
     if invoice is None or invoice.state is not InvoiceState.ISSUED:
@@ -649,16 +669,6 @@ def notify_issued(item: OutboxItem, session: Session) -> Outcome:
             ),
             partner,
         )
-    integrations().fire(
-        "portal_on_invoice_issued",
-        event=InvoiceIssued(
-            invoice_id=invoice.id,
-            customer_id=invoice.customer_id,
-            number=invoice.number or "",
-            total_minor=invoice.total_minor,
-            currency=invoice.currency,
-        ),
-    )
     return Done({"told": len(recipients)})
 
 

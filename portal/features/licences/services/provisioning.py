@@ -20,6 +20,7 @@ from typing import cast
 from flask import current_app
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from portal.core.db import utcnow
 from portal.core.errors import ServiceError, _
@@ -33,7 +34,9 @@ from portal.features.licences.services.pacing import call_slot, pacing
 from portal.features.licences.services.subscriptions import _queue, release_next, release_next_of
 from portal.features.tenancy import mail
 from portal.features.tenancy.models import Customer, Partner
-from portal.integrations.events import LicenceChangeFinished
+from portal.features.tenancy.services import parties
+from portal.integrations.delivery import publish, subscribed
+from portal.integrations.events import LicenceChangeFinished, ProductRef
 from portal.integrations.providers import (
     CallCounting,
     NewSubscription,
@@ -48,6 +51,8 @@ from portal.outbox.items import enqueue
 from portal.outbox.models import OutboxItem
 
 log = logging.getLogger(__name__)
+
+FINISHED_HOOK = "portal_on_licence_change_finished"
 
 NOTIFY_KIND = "licences.notify"
 ANSWER_LIMIT = 2000
@@ -417,7 +422,7 @@ def notify(item: OutboxItem, session: Session) -> Outcome:
     if loaded is None:
         return Done({"skipped": "missing"})
     change, subscription, partner = loaded
-    done = list(
+    candidates = list(
         session.scalars(
             select(LicenceChange)
             .where(
@@ -431,6 +436,13 @@ def notify(item: OutboxItem, session: Session) -> Outcome:
             .execution_options(unscoped=True)
         )
     )
+    if change.state in (ChangeState.FAILED, ChangeState.REJECTED) and change.notified_at is None:
+        candidates.append(change)
+    # two notices of one subscription can run at once (a retried change queues another):
+    # each change is told once, by the notice whose conditional update marks it
+    told = _mark_told(session, candidates)
+    done = [c for c in told if c.state is ChangeState.PROVISIONED]
+    problems = [c for c in told if c.state is not ChangeState.PROVISIONED]
     requesters = _requesters(session, partner, done)
     for user_id, run in _by_requester(done).items():
         recipient = requesters.get(user_id) if user_id is not None else None
@@ -445,16 +457,32 @@ def notify(item: OutboxItem, session: Session) -> Outcome:
                 kind=run[0].kind,
                 quantity_from=run[0].quantity_from,
             )
-    problems = []
-    if change.state in (ChangeState.FAILED, ChangeState.REJECTED) and change.notified_at is None:
-        problems.append(change)
+    for problem in problems:
         for address in service_team(session, partner):
-            _send(partner, "licence_problem", address, "en", subscription, change=change)
-    now = utcnow()
-    for told in (*done, *problems):
-        told.notified_at = now
-        _announce(told, subscription)
+            _send(partner, "licence_problem", address, "en", subscription, change=problem)
+    _announce(session, told, subscription)
     return Done({"told": len(done) + len(problems)})
+
+
+def _mark_told(session: Session, changes: list[LicenceChange]) -> list[LicenceChange]:
+    """Mark ``changes`` told, those no one marked meanwhile; returns them. On PostgreSQL a
+    concurrent notice that marked one first holds its row until it commits, and the update
+    then finds it told."""
+    if not changes:
+        return []
+    now = utcnow()
+    marked = set(
+        session.execute(
+            update(_change)
+            .where(_change.c.id.in_([c.id for c in changes]), _change.c.notified_at.is_(None))
+            .values(notified_at=now)
+            .returning(_change.c.id)
+        ).scalars()
+    )
+    told = [c for c in changes if c.id in marked]
+    for change in told:
+        set_committed_value(change, "notified_at", now)
+    return told
 
 
 def _requesters(
@@ -479,19 +507,30 @@ def _by_requester(changes: list[LicenceChange]) -> dict[int | None, list[Licence
     return runs
 
 
-def _announce(change: LicenceChange, subscription: Subscription) -> None:
-    integrations().fire(
-        "portal_on_licence_change_finished",
-        event=LicenceChangeFinished(
+def _announce(session: Session, changes: list[LicenceChange], subscription: Subscription) -> None:
+    """``portal_on_licence_change_finished`` for each change, in the transaction that marks it
+    told (so once)."""
+    if not changes or not subscribed(FINISHED_HOOK):
+        return
+    partner, customers = parties(session, subscription.partner_id, [subscription.customer_id])
+    product = subscription.product
+    for change in changes:
+        event = LicenceChangeFinished(
             change_id=change.id,
-            customer_id=change.customer_id,
+            subscription_id=subscription.id,
             subscription_ref=subscription.provider_ref or "",
+            partner=partner,
+            customer=customers[subscription.customer_id],
+            product=ProductRef(
+                id=product.id, name=product.name, offer_id=product.provider_offer_id
+            ),
             state=change.state.value,
             quantity_from=change.quantity_from,
             quantity_to=change.quantity_to,
             reason=change.provider_answer if change.state is not ChangeState.PROVISIONED else None,
-        ),
-    )
+            finished_at=change.finished_at,
+        )
+        publish(session, event, partner_id=partner.id, customer_id=subscription.customer_id)
 
 
 def _send(
@@ -604,4 +643,5 @@ def resolve(
     customer = db_session.get(Customer, change.customer_id)
     assert customer is not None
     db_session.flush()
+    _announce(db_session, [change], subscription)  # its final state, after the failure's
     release_next(db_session, customer, change.subscription_id)

@@ -16,9 +16,10 @@ Each effect is keyed by the gateway's own id under a unique constraint: a paymen
 PaymentIntent (``invoice_payment (gateway_key, gateway_reference)``), a refund by its refund id,
 a dispute by its dispute id. Whichever path comes first records it; the others find it there
 and do nothing, so exactly one ledger row, one receipt and one ``portal_on_payment_recorded``
-follow. The receipt is an outbox item added in the recording transaction (sent after the
-commit, never for a rolled-back one); once it is mailed, its handler queues the event for the
-plugins.
+follow. The receipt and the event's deliveries (one per subscribing plugin) are outbox items
+added in the recording transaction, by the ledger itself
+(:func:`portal.features.billing.services.documents.insert_ledger_row`): sent after the commit,
+never for a rolled-back one, and neither waits for the other.
 
 The ledger only grows and an invoice's status is derived from it, so events arriving out of
 order cannot move an invoice backwards: a ``payment_failed`` after the ``succeeded`` has nothing
@@ -40,13 +41,13 @@ from sqlalchemy.orm import Session
 
 from portal.core.db import get_database, insert_ignoring, utcnow
 from portal.features.billing.models import Invoice, InvoicePayment, InvoiceState, PaymentKind
+from portal.features.billing.services import announce
 from portal.features.billing.services.documents import insert_ledger_row
 from portal.features.billing.services.queries import invoice_detail
 from portal.features.payments.models import PaymentDispute, PaymentWebhookEvent, WebhookResult
 from portal.features.tenancy import mail
 from portal.features.tenancy.models import Customer, Partner
 from portal.features.tenancy.services import local_today
-from portal.integrations.events import PaymentRecorded
 from portal.integrations.payments import (
     Dispute,
     EventKind,
@@ -61,13 +62,12 @@ from portal.integrations.payments import (
 from portal.integrations.registry import integrations
 from portal.integrations.results import Succeeded
 from portal.outbox.handlers import Done, Outcome
-from portal.outbox.items import enqueue, enqueue_row
+from portal.outbox.items import enqueue_row
 from portal.outbox.models import OutboxItem
 
 log = logging.getLogger(__name__)
 
 RECEIPT_KIND = "payments.receipt"
-RECORDED_KIND = "payments.recorded"
 RECONCILE_DAYS = 30  # the gateways keep events for about this long (Stripe: 30 days)
 NOTE_LIMIT = 500
 
@@ -219,8 +219,8 @@ def _record(
     )
     if payment_id is None:
         return Recording(False, _ledger_id(db_session, gateway_key, outcome.reference), invoice.id)
-    # one outbox item per payment: its handler mails the receipt, then queues the event for
-    # the accounting plugins (one message to send from the webhook's request, not two)
+    # one outbox item per payment for its receipt; the plugins' deliveries were queued with
+    # the ledger row (insert_ledger_row)
     enqueue_row(
         db_session,
         RECEIPT_KIND,
@@ -639,11 +639,38 @@ def _payment(session: Session, item: OutboxItem) -> InvoicePayment | None:
     ).first()
 
 
+RECORDED_KIND = "payments.recorded"
+
+
+def announce_recorded(item: OutboxItem, session: Session) -> Outcome:
+    """Outbox handler for ``payments.recorded``, which the receipt queued before the events
+    went through the outbox: such an item still pending after the upgrade queues the payment's
+    deliveries, as the ledger does now. Nothing queues this kind any more."""
+    payment = _payment(session, item)
+    if payment is None:
+        return Done({"skipped": "no such payment"})
+    number = session.scalar(select(Invoice.number).where(Invoice.id == payment.invoice_id))
+    announce.payment_recorded(
+        session,
+        payment_id=payment.id,
+        kind=payment.kind,
+        partner_id=payment.partner_id,
+        customer_id=payment.customer_id,
+        invoice_id=payment.invoice_id,
+        invoice_number=number,
+        amount_minor=payment.amount_minor,
+        currency=payment.currency,
+        gateway_key=payment.gateway_key,
+        gateway_reference=payment.gateway_reference,
+        received_at=payment.received_at,
+    )
+    return Done()
+
+
 def send_receipt(item: OutboxItem, session: Session) -> Outcome:
     """Outbox handler for ``payments.receipt``: mail the customer's Finance Managers (its
-    Administrators when it has none) a receipt, each in their language, then queue
-    ``payments.recorded`` (the event for the accounting plugins). Enqueued once per ledger row,
-    by the transaction that recorded it."""
+    Administrators when it has none) a receipt, each in their language. Enqueued once per
+    ledger row, by the transaction that recorded it."""
     from portal.features.identity.services.people import finance_contacts
     from portal.features.tenancy.services import portal_base_url
 
@@ -673,31 +700,4 @@ def send_receipt(item: OutboxItem, session: Session) -> Outcome:
             ),
             partner,
         )
-    announce = enqueue(
-        session,
-        RECORDED_KIND,
-        {"payment_id": payment.id},
-        partner_id=payment.partner_id,
-        customer_id=payment.customer_id,
-    )
-    return Done({"told": len(recipients)}, follow_up=announce)
-
-
-def announce_recorded(item: OutboxItem, session: Session) -> Outcome:
-    """Outbox handler for ``payments.recorded``: ``portal_on_payment_recorded`` for the
-    accounting plugins (each isolated: one that fails is logged, the others still run)."""
-    payment = _payment(session, item)
-    if payment is None:
-        return Done({"skipped": "no such payment"})
-    failed = integrations().fire(
-        "portal_on_payment_recorded",
-        event=PaymentRecorded(
-            payment_id=payment.id,
-            invoice_id=payment.invoice_id,
-            customer_id=payment.customer_id,
-            amount_minor=payment.amount_minor,
-            currency=payment.currency,
-        ),
-    )
-    result: dict[str, Any] = {"failed_plugins": failed} if failed else {}
-    return Done(result)
+    return Done({"told": len(recipients)})
