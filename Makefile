@@ -8,6 +8,8 @@ FLASK := $(BIN)/flask --app app
 CHROMIUM := /usr/bin/chromium
 HOST ?= 127.0.0.1
 PORT ?= 5000
+# pytest-xdist worker processes for `make test` (each has its own PostgreSQL database and Redis db)
+TEST_WORKERS ?= 2
 
 # the embedded default: SQLite under instance/, mail to the console, plain-http cookies
 DEV_ENV := PORTAL_ENV=development PORTAL_INSECURE_COOKIES=1 PORTAL_MAIL_BACKEND=console \
@@ -52,7 +54,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 test: setup chromium lint typecheck
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 bench: setup
 	$(BIN)/python bench/pages.py

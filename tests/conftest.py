@@ -1,9 +1,19 @@
 """Fixtures: an app per test on SQLite and (when configured, always in CI) PostgreSQL, seeded
-partners, signed-in clients, and a real SMTP server to read the mail the portal sends."""
+partners, signed-in clients, and a real SMTP server to read the mail the portal sends.
+
+Under pytest-xdist (``make test`` runs ``pytest -n``) every worker process (``gw0``, ``gw1``, …)
+has a PostgreSQL database and a Redis db of its own: this module rewrites
+``PORTAL_TEST_DATABASE_URL`` and ``PORTAL_TEST_REDIS_URL`` for the worker before anything else
+reads them, so the databases derived from the URL (``…_reliability``, ``…_payments``,
+``…_plugins``), the portal's pytest plugin and the Celery workers and gunicorn the tests start
+all use the worker's own. The browser tests, the reliability tests and the example plugin's
+tests each run as one unit, on one worker (see :data:`XDIST_GROUPS`).
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -11,6 +21,7 @@ from email import message_from_bytes
 from email.message import Message
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import sqlalchemy as sa
@@ -25,11 +36,43 @@ from tests.support import HttpsClient, Tenant, seed_partner
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_URL = os.environ.get("PORTAL_TEST_DATABASE_URL", "")
 REDIS_URL = os.environ.get("PORTAL_TEST_REDIS_URL", "")
+# the pytest-xdist worker this process is ("gw0", "gw1", …), "" when not distributing
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+REDIS_DATABASES = 16  # Redis's default number of databases (``databases`` in redis.conf)
 
 if IN_CI and not PG_URL:
     raise pytest.UsageError("CI=true: PORTAL_TEST_DATABASE_URL must point at PostgreSQL")
 if IN_CI and not REDIS_URL:
     raise pytest.UsageError("CI=true: PORTAL_TEST_REDIS_URL must point at Redis")
+
+
+def worker_database_url(url: str, worker: str) -> str:
+    """``url`` with the worker's id appended to the database's name (``portal_test_gw0``)."""
+    if not (url and worker):
+        return url
+    target = sa.make_url(url)
+    return target.set(database=f"{target.database}_{worker}").render_as_string(hide_password=False)
+
+
+def worker_redis_url(url: str, worker: str) -> str:
+    """``url`` on the Redis db ``(its db + the worker's number) mod 16``: distinct per worker."""
+    if not (url and worker):
+        return url
+    parts = urlsplit(url)
+    base = int(parts.path.strip("/") or 0)
+    number = int(worker.removeprefix("gw"))
+    return urlunsplit(parts._replace(path=f"/{(base + number) % REDIS_DATABASES}"))
+
+
+if WORKER:
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > REDIS_DATABASES:
+        raise pytest.UsageError(f"at most {REDIS_DATABASES} workers (-n): one Redis db each")
+    # the environment, not only these constants: tests/reliability reads it, the portal's pytest
+    # plugin reads it, and the processes the tests start inherit it
+    if PG_URL:
+        PG_URL = os.environ["PORTAL_TEST_DATABASE_URL"] = worker_database_url(PG_URL, WORKER)
+    if REDIS_URL:
+        REDIS_URL = os.environ["PORTAL_TEST_REDIS_URL"] = worker_redis_url(REDIS_URL, WORKER)
 
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 
@@ -130,8 +173,23 @@ def mailbox(smtp_server: tuple[int, Mailbox]) -> Mailbox:
     return smtp_server[1]
 
 
+_BROKER: dict[str, str] = {}  # "url": the tests' broker, set by the local_broker fixture
+
+
+@pytest.fixture(scope="session", autouse=True)
+def local_broker(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The Celery broker of the test apps that name none: a SQLite file of this process's own.
+    The portal's default, the checkout's ``instance/celery-broker.sqlite3``, would be shared by
+    the workers of a parallel run (and read by a ``make run`` worker of the checkout)."""
+    url = f"sqla+sqlite:///{tmp_path_factory.getbasetemp() / 'celery-broker.sqlite3'}"
+    _BROKER["url"] = url
+    return url
+
+
 def portal_test_config(database_url: str, smtp_port: int, **overrides: Any) -> dict[str, Any]:
+    broker = {"PORTAL_BROKER_URL": _BROKER["url"]} if "url" in _BROKER else {}
     return {
+        **broker,
         "PORTAL_ENV": "testing",
         "TESTING": True,
         "PORTAL_DATABASE_URL": database_url,
@@ -189,3 +247,55 @@ def client(app: Flask) -> HttpsClient:
 
 def pytest_configure(config: pytest.Config) -> None:
     Path("test-results").mkdir(exist_ok=True)
+    # pytest-playwright's artifacts folder, which it empties when its session starts: a
+    # subfolder per worker, so that one worker's start does not empty another's; the whole
+    # folder is emptied once, by the pytest-xdist controller, before the workers start
+    output = config.getoption("--output", None)
+    if output and WORKER:
+        config.option.output = str(Path(output) / WORKER)
+    elif output and getattr(config.option, "dist", "no") != "no" and config.getoption("tx"):
+        shutil.rmtree(output, ignore_errors=True)
+
+
+# Under pytest-xdist the tests of a folder named here form one unit of work: they run one after
+# another on one worker while the other workers share out the rest, test by test. The browser
+# tests: one Chromium and one live server per backend. The reliability tests: they start Celery
+# workers, gunicorn and redis-server processes, kill them and time what follows (lease expiry,
+# Retry-After, call budgets per second), and share module-wide set-ups (a 500-change burst, a
+# served portal) that would be made again on every worker that ran one of their tests. The
+# example plugin's tests: they pip-install it into the venv the workers share, and uninstall it.
+XDIST_GROUPS = {
+    "tests/browser/": "browser",
+    "tests/reliability/": "reliability",
+    "tests/plugins/example_plugin/": "example-plugin",
+}
+
+
+def xdist_unit(nodeid: str) -> str:
+    """The unit of work of a test under pytest-xdist: its group's name, or its own id."""
+    for prefix, group in XDIST_GROUPS.items():
+        if nodeid.startswith(prefix):
+            return group
+    return nodeid
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook, called in the controller process
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``-n``'s default distribution (``--dist load``), with :data:`XDIST_GROUPS` kept together.
+
+    pytest-xdist's own ``--dist loadgroup`` (``xdist_group`` marks) silently stops grouping on
+    pytest 9.2, which no longer lets it rename the tests (pytest-dev/pytest-xdist#1386); the
+    scheduler below groups by the test's id, in this process, and needs no renaming.
+    """
+    if config.getvalue("dist") not in ("load", "loadgroup"):
+        return None  # --dist each, loadfile, worksteal … as asked
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        """Load scope scheduling whose scopes are :func:`xdist_unit`: the biggest units (the
+        groups) are handed out first, then one test at a time to whichever worker is free."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_unit(nodeid)
+
+    return GroupScheduling(config, log)

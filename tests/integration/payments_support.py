@@ -84,7 +84,7 @@ def payments_apps(
 ) -> Iterator[Callable[..., Flask]]:
     """Like the ``app_factory`` fixture, on the payment tests' own database (a test module's
     parametrised fixture yields from it): the apps made for one test share it, emptied for
-    the first."""
+    the first, the demo gateway's tables too."""
     url = payments_database(backend, tmp_path_factory.getbasetemp())
     made: list[Flask] = []
 
@@ -100,6 +100,18 @@ def payments_apps(
     yield make
     for app in made:
         get_database(app).dispose()
+
+
+def _empty_demo_gateway(app: Flask) -> None:
+    """Empty the demo gateway's tables, as the portal's are for each test. Kept, a test's
+    gateway customers and cards would be found again by the next test's: the portal makes its
+    gateway customer with the key ``portal-customer-<customer id>-<created, in whole
+    seconds>``, and the customer ids start again for each test, so a test that seeds its
+    customers within the same second as the previous test did gets that test's customer, and
+    its saved cards, back from the gateway."""
+    with get_database(app).engine.begin() as connection:
+        for table in reversed(DemoPaymentsBase.metadata.sorted_tables):
+            connection.execute(table.delete())
 
 
 def payments_app(app_factory: Callable[..., Flask], **overrides: Any) -> Flask:
@@ -227,8 +239,7 @@ def ledger_of(app: Flask, invoice_id: int) -> list[InvoicePayment]:
 
 def gateway_payments(app: Flask, invoice_id: int) -> list[DemoPayment]:
     """What the demo gateway itself holds for the invoice's attempts (its payment sessions and
-    charges), found by the attempts' idempotency keys: its table outlives the portal's tables
-    between tests, and invoice ids start again."""
+    charges), found by the attempts' idempotency keys."""
     keys = [attempt.idempotency_key for attempt in attempts_of(app, invoice_id)]
     with get_database(app).engine.connect() as connection, sa.orm.Session(connection) as s:
         return list(
