@@ -130,15 +130,6 @@ def payments_app(app_factory: Callable[..., Flask], **overrides: Any) -> Flask:
     return app
 
 
-def _empty_demo_gateway(app: Flask) -> None:
-    """The demo gateway's own tables too: its customers are found again by an idempotency key
-    made of the portal customer's id and creation second, both of which repeat from one test
-    to the next once the portal's tables are emptied, and would bring the last test's cards."""
-    with get_database(app).engine.begin() as connection:
-        for table in reversed(DemoPaymentsBase.metadata.sorted_tables):
-            connection.execute(table.delete())
-
-
 def demo_gateway(app: Flask) -> DemoPaymentGateway:
     found = integrations(app).payment_gateways.get("demo")
     assert isinstance(found, DemoPaymentGateway)
