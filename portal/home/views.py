@@ -8,8 +8,8 @@ from werkzeug.wrappers import Response
 
 from portal.core import db
 from portal.core.roles import CustomerRole, Permission, customer_may
-from portal.features.billing.services import queries as billing_queries
 from portal.features.identity.services import people
+from portal.features.payments.services import gateway, pay
 from portal.features.tenancy.branding.themes import render_page
 from portal.features.tenancy.services import partner_today
 from portal.integrations.registry import integrations
@@ -31,12 +31,14 @@ def dashboard() -> str:
     user_count, invitations = people.headcount(db.session, g.customer.id)
     if g.membership.role != CustomerRole.ADMINISTRATOR:
         invitations = 0
-    billing = None
+    owed = None
     if customer_may(g.membership.role, Permission.VIEW_INVOICES):
-        billing = billing_queries.account_summary(db.session, g.customer.id, partner_today(g.brand))
+        may_pay = gateway.may_pay(g.membership.role)
+        owed = pay.owed(db.session, g.customer.id, partner_today(g.brand), failed=may_pay)
     return render_page(
         "portal/dashboard.html",
-        billing=billing,
+        billing=owed.summary if owed else None,
+        failed_charges=owed.failed if owed else [],
         panels=integrations().dashboard_panels(g.customer.id),
         user_count=user_count,
         pending_invitations=invitations,

@@ -27,12 +27,13 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, Final, cast
 
 from flask import Flask, current_app
-from sqlalchemy import Table, and_, bindparam, event, inspect, or_, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, event, inspect, or_, select, update
 from sqlalchemy.orm import Session, SessionTransaction
 
 from portal.core.db import get_database, utcnow
@@ -436,16 +437,13 @@ def run_item(app: Flask, item_id: int, worker_id: str | None = None) -> str:
     worker_id = worker_id or worker_identity()
     database = get_database(app)
     with database.engine.connect() as connection:
-        transactional = connection.default_isolation_level
         # the claim is one statement: in autocommit it is its own transaction, committed in
         # the same round trip
-        connection.execution_options(isolation_level="AUTOCOMMIT")
-        with database.sessions(bind=connection) as session:
+        with _autocommit(connection), database.sessions(bind=connection) as session:
             item = claim(session, item_id, worker_id, lease_duration(app))
             session.commit()
         if item is None:
             return "not-claimable"
-        connection.execution_options(isolation_level=transactional)
         with database.sessions(bind=connection) as session:
             outcome, follow_up = _run_handler(app, session, item, worker_id)
         for _ in range(FOLLOW_UP_LIMIT):
@@ -456,6 +454,18 @@ def run_item(app: Flask, item_id: int, worker_id: str | None = None) -> str:
     if follow_up is not None:
         _hand_over(app, follow_up)
     return outcome
+
+
+@contextmanager
+def _autocommit(connection: Connection) -> Iterator[None]:
+    """Run the block's statements on ``connection`` each in its own transaction (no BEGIN,
+    no COMMIT round trip), then give the connection back its usual isolation level."""
+    usual = connection.default_isolation_level
+    connection.execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        yield
+    finally:
+        connection.execution_options(isolation_level=usual)
 
 
 def _hand_over(app: Flask, item: OutboxItem) -> None:
@@ -510,6 +520,16 @@ def _finish(
     """
     now = utcnow()
     params = {"item_id": item.id, "worker_id": worker_id, "now": now, "result": outcome.result}
+    if not session.in_transaction() and isinstance(session.bind, Connection):
+        # the handler used no database: "done" is then the only statement, committed in its
+        # own round trip as the claim is, instead of BEGIN, UPDATE and COMMIT
+        with _autocommit(session.bind):
+            finished = session.connection().execute(_FINISH, params).rowcount == 1
+            session.commit()
+        if not finished:
+            log.warning("outbox item %s: lease lost before it was marked done", item.id)
+            return "lease-lost", None
+        return "done", None
     if session.connection().execute(_FINISH, params).rowcount != 1:
         session.rollback()
         log.warning("outbox item %s: lease lost before commit; its writes are undone", item.id)

@@ -428,6 +428,29 @@ def test_a_lost_lease_undoes_the_handlers_writes(outbox_app: Flask) -> None:
     assert item.state == OutboxState.RUNNING and item.lease_owner == "thief"
 
 
+def test_a_handler_that_uses_no_database_is_marked_done_with_its_result(
+    outbox_app: Flask,
+) -> None:
+    """Its "done" is committed on its own (autocommit), and the connection is transactional
+    again for whatever runs on it next."""
+    item_id = add(outbox_app, "testkit.scope")
+    assert run_item(outbox_app, item_id, "w") == "done"
+    item = load(outbox_app, item_id)
+    assert (item.state, item.lease_owner, item.result) == (OutboxState.DONE, None, {"scope": None})
+    # a leaked autocommit would keep this handler's write although its lease was lost
+    stolen = add(outbox_app, "testkit.steal")
+    assert run_item(outbox_app, stolen, "w") == "lease-lost"
+    assert effects(outbox_app) == [], "the connection stayed in autocommit after the finish"
+
+
+def test_a_lost_lease_is_noticed_when_the_handler_used_no_database(outbox_app: Flask) -> None:
+    item_id = add(outbox_app, "testkit.steal_quietly")
+    assert run_item(outbox_app, item_id, "slow-worker") == "lease-lost"
+    item = load(outbox_app, item_id)
+    assert item.state == OutboxState.RUNNING and item.lease_owner == "thief"
+    assert item.result is None
+
+
 def test_retry_later_reschedules_no_earlier_than_retry_after(outbox_app: Flask) -> None:
     item_id = add(outbox_app, "testkit.retry", payload={"retry_after": 120})
     before = utcnow()

@@ -78,18 +78,10 @@ def failed_autopay_for(invoice_id: int) -> PaymentAttempt | None:
     return payments.failed_autopay(db.session, invoice_id)
 
 
-def dashboard_failed_charges() -> list[payments.FailedCharge]:
-    customer = g.get("customer")
-    if customer is None or not may_pay():
-        return []
-    return payments.failed_charges(db.session, customer.id, partner_today(g.brand))
-
-
 bp.add_app_template_global(pay_form_for, "pay_form_for")
 bp.add_app_template_global(may_pay, "may_pay_invoices")
 bp.add_app_template_global(gateway_keeps_cards, "gateway_keeps_cards")
 bp.add_app_template_global(failed_autopay_for, "failed_autopay_for")
-bp.add_app_template_global(dashboard_failed_charges, "failed_charges")
 bp.add_app_template_global(payments.failure_message, "payment_failure_message")
 bp.add_app_template_filter(payment_profiles.brand_label, "card_brand")
 

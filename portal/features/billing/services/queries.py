@@ -21,7 +21,7 @@ from datetime import date
 from typing import Any
 
 from dateutil.relativedelta import relativedelta
-from sqlalchemy import ColumnElement, case, func, literal, select
+from sqlalchemy import ColumnElement, Integer, Select, bindparam, case, func, literal, select
 from sqlalchemy.orm import Session, selectinload
 
 from portal.core.proration import Period
@@ -302,27 +302,46 @@ class AccountSummary:
     next_due_on: date | None = None
 
 
-def account_summary(db_session: Session, customer_id: int, today: date) -> AccountSummary:
-    """The customer's issued, unpaid invoices summed (one query over their unpaid invoices)."""
+def unpaid_invoices() -> Select[Any]:
+    """The issued invoices of the customer bound as ``customer_id`` that still have a balance:
+    id, currency, due date and balance. Built once by its callers with the bound parameter
+    (building it per dashboard view cost more than running it); the payments capability adds
+    its own column to it so the dashboard reads both cards in one round trip."""
     credited, paid = _credited(), _paid()
     balance = (Invoice.total_minor - credited - paid).label("balance")
-    unpaid = (
-        select(Invoice.currency, Invoice.due_on, balance)
-        .where(Invoice.customer_id == customer_id, Invoice.state == InvoiceState.ISSUED)
+    issued = (
+        select(Invoice.id, Invoice.currency, Invoice.due_on, balance)
+        .where(
+            Invoice.customer_id == bindparam("customer_id", type_=Integer),
+            Invoice.state == InvoiceState.ISSUED,
+        )
         .subquery()
     )
-    rows = db_session.execute(
-        select(unpaid.c.currency, unpaid.c.due_on, unpaid.c.balance).where(unpaid.c.balance > 0)
-    ).all()
+    return select(issued.c.id, issued.c.currency, issued.c.due_on, issued.c.balance).where(
+        issued.c.balance > 0
+    )
+
+
+_UNPAID_INVOICES = unpaid_invoices()
+
+
+def account_summary(db_session: Session, customer_id: int, today: date) -> AccountSummary:
+    """The customer's issued, unpaid invoices summed (one query over their unpaid invoices)."""
+    rows = db_session.execute(_UNPAID_INVOICES, {"customer_id": customer_id}).all()
+    return summarize_unpaid([(row.currency, row.due_on, int(row.balance)) for row in rows], today)
+
+
+def summarize_unpaid(rows: Collection[tuple[str, date, int]], today: date) -> AccountSummary:
+    """Sum unpaid invoices given as (currency, due date, balance) into the dashboard's card."""
     open_balance: dict[str, int] = defaultdict(int)
     overdue: dict[str, int] = defaultdict(int)
     overdue_count = 0
     next_due: date | None = None
     for currency, due_on, owed in rows:
-        open_balance[currency] += int(owed)
+        open_balance[currency] += owed
         if due_on < today:
             overdue_count += 1
-            overdue[currency] += int(owed)
+            overdue[currency] += owed
         elif next_due is None or due_on < next_due:
             next_due = due_on
     return AccountSummary(

@@ -34,7 +34,7 @@ from decimal import Decimal
 from typing import Any, cast
 
 from flask import Flask, current_app
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import Select, Table, func, select, update
 from sqlalchemy.orm import Session
 
 from portal.core.db import get_database, insert_ignoring, utcnow
@@ -772,6 +772,32 @@ def notify_autopay_failed(item: OutboxItem, session: Session) -> Outcome:
 # -- what the dashboard and the invoice page show ------------------------------------------------
 
 
+def _unpaid_with_failed_autopay_query() -> Select[Any]:
+    """The customer's unpaid invoices (billing's query) with the id of each one's automatic
+    payment when it failed: the dashboard's two cards in one round trip. Built once with the
+    bound ``customer_id`` (building it per view cost more than running it)."""
+    unpaid = queries.unpaid_invoices().subquery()
+    failed_autopay = (
+        select(PaymentAttempt.id)
+        .where(
+            PaymentAttempt.invoice_id == unpaid.c.id,
+            PaymentAttempt.number == AUTOPAY_NUMBER,
+            PaymentAttempt.state == AttemptState.FAILED,
+        )
+        .correlate(unpaid)
+        .scalar_subquery()
+    )
+    return select(
+        unpaid.c.currency,
+        unpaid.c.due_on,
+        unpaid.c.balance,
+        failed_autopay.label("failed_autopay_id"),
+    )
+
+
+_UNPAID_WITH_FAILED_AUTOPAY = _unpaid_with_failed_autopay_query()
+
+
 @dataclass(frozen=True)
 class FailedCharge:
     """An automatic payment that did not go through, on an invoice still owing."""
@@ -781,33 +807,55 @@ class FailedCharge:
     balance_minor: int
 
 
+@dataclass(frozen=True)
+class Owed:
+    """What the dashboard shows about money: the billing card and the failed automatic
+    payments on invoices still owing (empty unless asked for)."""
+
+    summary: queries.AccountSummary
+    failed: list[FailedCharge]
+
+
+def owed(
+    db_session: Session, customer_id: int, today: date, *, failed: bool = True, limit: int = 5
+) -> Owed:
+    """The customer's unpaid invoices summed, and (when ``failed``) up to ``limit`` failed
+    automatic payments on them, newest first: one query, and a second only when an automatic
+    payment failed."""
+    rows = db_session.execute(_UNPAID_WITH_FAILED_AUTOPAY, {"customer_id": customer_id}).all()
+    summary = queries.summarize_unpaid(
+        [(row.currency, row.due_on, int(row.balance)) for row in rows], today
+    )
+    if not failed:
+        return Owed(summary, [])
+    balances = {
+        row.failed_autopay_id: int(row.balance) for row in rows if row.failed_autopay_id is not None
+    }
+    return Owed(summary, _failed_charges(db_session, balances, limit))
+
+
 def failed_charges(
     db_session: Session, customer_id: int, today: date, limit: int = 5
 ) -> list[FailedCharge]:
     """The customer's failed automatic payments whose invoices still have a balance, newest
-    first (the dashboard's card; usually none, and then one indexed query)."""
-    attempts = list(
-        db_session.scalars(
-            select(PaymentAttempt)
-            .where(
-                PaymentAttempt.customer_id == customer_id,
-                PaymentAttempt.kind == AttemptKind.AUTOPAY,
-                PaymentAttempt.state == AttemptState.FAILED,
-            )
-            .order_by(PaymentAttempt.created_at.desc(), PaymentAttempt.id.desc())
-            .limit(limit * 4)
-        )
-    )
-    found: list[FailedCharge] = []
-    for attempt in attempts:
-        detail = queries.invoice_detail(db_session, attempt.invoice_id, today=today)
-        if detail is None or detail.invoice.state is not InvoiceState.ISSUED:
-            continue
-        if detail.balance_minor > 0:
-            found.append(FailedCharge(attempt, detail.invoice, detail.balance_minor))
-        if len(found) >= limit:
-            break
-    return found
+    first (the payment methods page's list)."""
+    return owed(db_session, customer_id, today, limit=limit).failed
+
+
+def _failed_charges(
+    db_session: Session, balances: dict[int, int], limit: int
+) -> list[FailedCharge]:
+    """The failed attempts ``balances`` names (attempt id -> its invoice's balance)."""
+    if not balances:
+        return []
+    pairs = db_session.execute(
+        select(PaymentAttempt, Invoice)
+        .join(Invoice, Invoice.id == PaymentAttempt.invoice_id)
+        .where(PaymentAttempt.id.in_(balances))
+        .order_by(PaymentAttempt.created_at.desc(), PaymentAttempt.id.desc())
+        .limit(limit)
+    ).all()
+    return [FailedCharge(attempt, invoice, balances[attempt.id]) for attempt, invoice in pairs]
 
 
 def failed_autopay(db_session: Session, invoice_id: int) -> PaymentAttempt | None:

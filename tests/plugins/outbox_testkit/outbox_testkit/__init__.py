@@ -131,6 +131,16 @@ def steal(item: OutboxItem, session: Session) -> Outcome:
     return Done()
 
 
+def steal_quietly(item: OutboxItem, session: Session) -> Outcome:
+    """As :func:`steal`, by a handler that itself uses no database (it only calls out)."""
+    with Session(bind=session.get_bind()) as other:
+        far = item.lease_expires_at + timedelta(seconds=1) if item.lease_expires_at else None
+        taken = claim(other, item.id, "thief", timedelta(minutes=5), now=far)
+        assert taken is not None, "the thief could not take the item over"
+        other.commit()
+    return Done({"stolen": True})
+
+
 def chain(item: OutboxItem, session: Session) -> Outcome:
     """Writes, then enqueues the next link (``remaining`` more) for this worker to run next."""
     _write_effect(item, session, "chain")
@@ -155,6 +165,7 @@ def portal_outbox_handlers() -> dict[str, Any]:
         "testkit.give_up": give_up,
         "testkit.boom": boom,
         "testkit.steal": steal,
+        "testkit.steal_quietly": steal_quietly,
         "testkit.scope": scope,
         "testkit.chain": chain,
     }
