@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import queue
 import random
 import socket
@@ -33,7 +34,20 @@ from datetime import datetime, timedelta
 from typing import Any, Final, cast
 
 from flask import Flask, current_app
-from sqlalchemy import Connection, Table, and_, bindparam, event, inspect, or_, select, update
+from sqlalchemy import (
+    Connection,
+    String,
+    Table,
+    and_,
+    bindparam,
+    event,
+    inspect,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session, SessionTransaction
 
 from portal.core.db import get_database, utcnow
@@ -49,6 +63,7 @@ RETRY_AFTER_JITTER: Final = 0.05  # share of a Retry-After added at most, to spr
 SWEEP_BATCH: Final = 500
 ERROR_LIMIT: Final = 2000  # characters of an error kept on the item (shown to staff)
 DEFAULT_LEASE_SECONDS: Final = 300
+RENEW_TICK_S: Final = 5.0  # the lease keeper wakes at least this often (more for short leases)
 # follow-ups one task runs before it hands the next to the broker: a long chain of work must not
 # keep a worker slot from everything else
 FOLLOW_UP_LIMIT: Final = 20
@@ -331,7 +346,11 @@ def _clear_dispatched(app: Flask, ids: Sequence[int]) -> None:
 _T = cast(Table, OutboxItem.__table__)
 _INSERT_ITEM = _T.insert().returning(_T.c.id)
 _DUE = and_(_T.c.state == OutboxState.PENDING, _T.c.available_at <= bindparam("now"))
-_ABANDONED = and_(_T.c.state == OutboxState.RUNNING, _T.c.lease_expires_at < bindparam("now"))
+_LEASE_EXPIRED = and_(_T.c.state == OutboxState.RUNNING, _T.c.lease_expires_at < bindparam("now"))
+# a worker died holding it, and it has attempts left; one that used them all is not run again
+# (each run may have been what killed the worker): the sweep fails it instead
+_ABANDONED = and_(_LEASE_EXPIRED, _T.c.attempts < _T.c.max_attempts)
+_EXHAUSTED = and_(_LEASE_EXPIRED, _T.c.attempts >= _T.c.max_attempts)
 _CLAIM = select(OutboxItem).from_statement(
     update(_T)
     .where(_T.c.id == bindparam("item_id"), or_(_DUE, _ABANDONED))
@@ -361,6 +380,20 @@ _FINISH = (
         **_NO_LEASE,
     )
 )
+_FAIL_EXHAUSTED = (
+    update(_T)
+    .where(_EXHAUSTED)
+    .values(
+        state=OutboxState.FAILED,
+        finished_at=bindparam("now"),
+        last_error=literal("gave up after ")
+        + sql_cast(_T.c.attempts, String)
+        + literal(" attempts: the worker stopped before finishing each time (lease expired)"),
+        **_NO_LEASE,
+    )
+    .returning(_T.c.id, _T.c.kind)
+)
+_RENEW = update(_T).where(_OURS).values(lease_expires_at=bindparam("lease_until"))
 _FAIL = (
     update(_T)
     .where(_OURS)
@@ -444,16 +477,83 @@ def run_item(app: Flask, item_id: int, worker_id: str | None = None) -> str:
             session.commit()
         if item is None:
             return "not-claimable"
-        with database.sessions(bind=connection) as session:
+        with _kept(app, item), database.sessions(bind=connection) as session:
             outcome, follow_up = _run_handler(app, session, item, worker_id)
         for _ in range(FOLLOW_UP_LIMIT):
             if follow_up is None:
                 break
-            with database.sessions(bind=connection) as session:
+            with _kept(app, follow_up), database.sessions(bind=connection) as session:
                 _, follow_up = _run_handler(app, session, follow_up, worker_id)
     if follow_up is not None:
         _hand_over(app, follow_up)
     return outcome
+
+
+class _LeaseKeeper:
+    """Renews the leases of the items this process is running, so that a handler working past
+    its lease (a long billing run) never gets a concurrent twin from the sweep.
+
+    One daemon thread per process (started on first use, again after a fork), waking a few
+    times per lease; registering an item is a dictionary write, so a short item costs nothing
+    more. A renewal only extends a lease that is still this worker's (``_OURS``).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[int, tuple[Flask, str, timedelta, float]] = {}
+        self._pid: int | None = None
+        self._wake = threading.Event()  # a new item may need an earlier tick than planned
+
+    def hold(self, app: Flask, item: OutboxItem) -> None:
+        lease = lease_duration(app)
+        with self._lock:
+            self._held[item.id] = (app, str(item.lease_owner), lease, time.monotonic())
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._wake = threading.Event()
+                threading.Thread(target=self._run, name="outbox-lease-keeper", daemon=True).start()
+        self._wake.set()
+
+    def release(self, item_id: int) -> None:
+        with self._lock:
+            self._held.pop(item_id, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                held = dict(self._held)
+            quarters = [lease.total_seconds() / 4 for _, _, lease, _ in held.values()]
+            self._wake.wait(min([RENEW_TICK_S, *quarters]))
+            self._wake.clear()
+            for item_id, (app, worker_id, lease, renewed) in held.items():
+                if time.monotonic() - renewed >= lease.total_seconds() / 3:
+                    self._renew(app, item_id, worker_id, lease)
+
+    def _renew(self, app: Flask, item_id: int, worker_id: str, lease: timedelta) -> None:
+        now = utcnow()
+        params = {"item_id": item_id, "worker_id": worker_id, "lease_until": now + lease}
+        try:
+            with get_database(app).engine.begin() as connection:
+                connection.execute(_RENEW, params)
+        except Exception:
+            log.warning("could not renew the lease of outbox item %s", item_id, exc_info=True)
+            return
+        with self._lock:
+            if item_id in self._held:
+                self._held[item_id] = (app, worker_id, lease, time.monotonic())
+
+
+_lease_keeper = _LeaseKeeper()
+
+
+@contextmanager
+def _kept(app: Flask, item: OutboxItem) -> Iterator[None]:
+    """Keep ``item``'s lease alive while the block runs its handler."""
+    _lease_keeper.hold(app, item)
+    try:
+        yield
+    finally:
+        _lease_keeper.release(item.id)
 
 
 @contextmanager
@@ -629,9 +729,14 @@ def sweep(app: Flask, now: datetime | None = None) -> int:
     abandoned = and_(
         OutboxItem.state == OutboxState.RUNNING,
         OutboxItem.lease_expires_at < now,
+        OutboxItem.attempts < OutboxItem.max_attempts,
         or_(OutboxItem.dispatched_at.is_(None), OutboxItem.dispatched_at < quiet_since),
     )
     with get_database(app).sessions() as session:
+        for item_id, kind in session.execute(_FAIL_EXHAUSTED, {"now": now}).all():
+            log.error(
+                "outbox item %s (%s) failed: its worker stopped on every attempt", item_id, kind
+            )
         ids = list(
             session.scalars(
                 select(OutboxItem.id)
@@ -641,6 +746,7 @@ def sweep(app: Flask, now: datetime | None = None) -> int:
             )
         )
         if not ids:
+            session.commit()  # the items failed above
             return 0
         session.execute(
             update(OutboxItem)

@@ -451,6 +451,62 @@ def test_a_lost_lease_is_noticed_when_the_handler_used_no_database(outbox_app: F
     assert item.result is None
 
 
+def test_a_handler_working_past_its_lease_gets_no_concurrent_twin(app_factory: Any) -> None:
+    """The lease is renewed while the handler works: a claim in the meantime, even after the
+    original lease would have run out, finds nothing to take."""
+    app = _testkit_app(app_factory, PORTAL_OUTBOX_LEASE_SECONDS=1)
+    with app.app_context():
+        item_id = add(app, "testkit.slow", payload={"seconds": 2.5})
+        outcome: list[str] = []
+        worker = threading.Thread(target=lambda: outcome.append(run_item(app, item_id, "long")))
+        worker.start()
+        time.sleep(1.8)  # the first lease (1 s) would be over by now
+        with get_database(app).sessions() as session:
+            twin = claim(session, item_id, "twin", timedelta(seconds=1))
+            session.commit()
+        worker.join(timeout=30)
+        assert twin is None, "another worker took over an item that was still being worked on"
+        assert outcome == ["done"]
+        assert len(effects(app)) == 1
+        assert load(app, item_id).attempts == 1
+
+
+def test_an_item_whose_worker_died_on_every_attempt_is_failed_not_run_again(
+    outbox_app: Flask,
+) -> None:
+    """Its lease expired with no attempt left: no claim takes it (running it again may be what
+    kills the worker), and the sweep records it as failed instead of sending it."""
+    item_id = add(outbox_app, "testkit.effect", max_attempts=3)
+    expired = utcnow() - timedelta(seconds=1)
+    set_columns(
+        outbox_app,
+        item_id,
+        state=OutboxState.RUNNING,
+        attempts=3,
+        lease_owner="dead",
+        lease_expires_at=expired,
+    )
+    sent_ids(outbox_app)
+    assert run_item(outbox_app, item_id, "w") == "not-claimable"
+    assert sweep(outbox_app) == 0
+    assert sent_ids(outbox_app) == []
+    item = load(outbox_app, item_id)
+    assert item.state == OutboxState.FAILED and item.lease_owner is None
+    assert item.last_error is not None and "gave up after 3 attempts" in item.last_error
+    assert effects(outbox_app) == []
+    # one with an attempt left is taken over as before
+    other = add(outbox_app, "testkit.effect", max_attempts=3)
+    set_columns(
+        outbox_app,
+        other,
+        state=OutboxState.RUNNING,
+        attempts=2,
+        lease_owner="dead",
+        lease_expires_at=expired,
+    )
+    assert run_item(outbox_app, other, "w") == "done"
+
+
 def test_retry_later_reschedules_no_earlier_than_retry_after(outbox_app: Flask) -> None:
     item_id = add(outbox_app, "testkit.retry", payload={"retry_after": 120})
     before = utcnow()

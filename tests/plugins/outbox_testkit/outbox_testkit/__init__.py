@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import urllib.request
 from datetime import timedelta
 from typing import Any
@@ -141,6 +142,13 @@ def steal_quietly(item: OutboxItem, session: Session) -> Outcome:
     return Done({"stolen": True})
 
 
+def slow(item: OutboxItem, session: Session) -> Outcome:
+    """Works longer than its lease (``seconds``), then writes its effect."""
+    time.sleep(float(item.payload.get("seconds", 1)))
+    _write_effect(item, session, "slow")
+    return Done()
+
+
 def chain(item: OutboxItem, session: Session) -> Outcome:
     """Writes, then enqueues the next link (``remaining`` more) for this worker to run next."""
     _write_effect(item, session, "chain")
@@ -168,4 +176,5 @@ def portal_outbox_handlers() -> dict[str, Any]:
         "testkit.steal_quietly": steal_quietly,
         "testkit.scope": scope,
         "testkit.chain": chain,
+        "testkit.slow": slow,
     }
