@@ -277,7 +277,7 @@ def test_a_purchase_after_its_periods_invoice_was_issued_gets_an_invoice_at_once
     *_, made = invoices(app)
     assert made.id not in (december.id, january.id)
     assert (made.period_start, made.period_end, made.state) == (JAN_1, FEB_1, InvoiceState.ISSUED)
-    assert made.number is not None and made.number > (january.number or "")
+    assert made.number is not None and made.number != january.number
     assert lines(app, made.id) == [
         (LineKind.ADVANCE, sub, 3, date(2027, 1, 15), date(2027, 2, 15), 3_000)
     ]
