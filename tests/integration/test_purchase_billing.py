@@ -333,3 +333,37 @@ def test_a_purchase_whose_invoice_was_missed_is_billed_by_the_next_run(
     assert lines(app, made.id) == [
         (LineKind.ADVANCE, sub, 5, date(2027, 1, 20), date(2027, 2, 20), 5_000)
     ]
+
+
+def test_the_purchase_handler_bills_a_provisioned_purchase_once(app: Flask, utc: Tenant) -> None:
+    """``billing.purchase`` (to be queued when a purchase is provisioned): its invoice at once,
+    and nothing more when it comes again."""
+    from portal.features.billing.services.purchases import PURCHASE_KIND, bill_purchase
+    from portal.features.licences.models import LicenceChange
+    from portal.outbox.handlers import Done
+
+    product = make_product(app, utc.partner.id, price_minor=1_000)
+    contract_id = contract(app, utc, JAN_1)
+    sub = buy(app, utc, product, 2, date(2027, 1, 5))
+    with app.app_context(), get_database(app).sessions() as s:
+        # on the contract without billing (as when it was put there before it was provisioned)
+        s.get_one(Subscription, sub).billing_contract_id = contract_id
+        s.commit()
+        change_id = s.scalars(
+            sa.select(LicenceChange.id).where(LicenceChange.subscription_id == sub)
+        ).one()
+    assert invoices(app) == []
+    for _ in range(2):
+        with (
+            time_machine.travel(_at(date(2027, 1, 5), 12), tick=False),
+            app.app_context(),
+            get_database(app).sessions() as s,
+        ):
+            item = OutboxItem(kind=PURCHASE_KIND, payload={"change_id": change_id})
+            assert isinstance(bill_purchase(item, s), Done)
+            s.commit()
+    (made,) = invoices(app)
+    assert (made.period_start, made.state) == (JAN_1, InvoiceState.ISSUED)
+    assert lines(app, made.id) == [
+        (LineKind.ADVANCE, sub, 2, date(2027, 1, 5), date(2027, 2, 5), 2_000)
+    ]
