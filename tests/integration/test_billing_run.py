@@ -385,24 +385,32 @@ def test_changes_count_on_the_partners_day_not_utcs(app: Flask, tenant: Tenant) 
     ]
 
 
-def test_a_purchase_is_charged_for_its_first_period_on_the_next_invoice(
+def test_a_purchase_is_charged_in_advance_for_the_period_it_starts_in_not_on_the_next(
     app: Flask, tenant: Tenant
 ) -> None:
+    """Issue 13, defect 8: a purchase on 20 January is invoiced in advance, on an invoice of
+    its own for January's period (the run of the 1st came before it); February's invoice
+    charges its next period in advance and does not charge the first again."""
     product = make_product(app, tenant.partner.id)
     contract = make_contract(app, tenant.customers["a"].id, anchor_on=JAN_1)
     sub = buy(app, contract, product, seats=4, on=date(2026, 1, 20))
     _run(app, FEB_1, tenant.partner.id)
-    (invoice,) = _invoices(app)
+    purchase, february = _invoices(app)
+    assert purchase.purchase_change_id is not None
+    assert (purchase.period_start, purchase.period_end) == (JAN_1, FEB_1)
     assert [
         (line.kind, line.quantity, line.period_start, line.period_end, line.amount_minor)
-        for line in _lines(app, invoice.id)
+        for line in _lines(app, purchase.id)
+    ] == [(LineKind.ADVANCE, 4, date(2026, 1, 20), FEB_1 + timedelta(days=19), 4 * PRICE)]
+    assert february.purchase_change_id is None
+    assert [
+        (line.kind, line.quantity, line.period_start, line.period_end, line.amount_minor)
+        for line in _lines(app, february.id)
     ] == [
         # its next own period starts in the contract's February period: in advance
         (LineKind.ADVANCE, 4, date(2026, 2, 20), date(2026, 3, 20), 4 * PRICE),
-        # its first runs from 20 January to 20 February, charged whole
-        (LineKind.ADDITION, 4, date(2026, 1, 20), date(2026, 2, 20), 4 * PRICE),
     ]
-    assert invoice.total_minor == 8 * PRICE
+    assert purchase.total_minor + february.total_minor == 8 * PRICE
     assert sub
 
 
@@ -430,18 +438,20 @@ def test_annual_prepaid_discount_is_not_given_on_seats_added_mid_term(
     )
     sub = buy(app, contract, annual, seats=10, on=JAN_1)
     change(app, sub, 12, on=date(2026, 7, 2))  # 2 seats for 183 of 365 days
-    _run(app, JAN_1, tenant.partner.id)  # nothing in advance: bought on the run's day
+    _run(app, JAN_1, tenant.partner.id)  # the purchase first, on an invoice of its own
     _run(app, FEB_1, tenant.partner.id)
     _run(app, date(2026, 8, 1), tenant.partner.id)
     invoices = _invoices(app)
     by_period = {i.period_start: i for i in invoices}
-    feb = _lines(app, by_period[FEB_1].id)
-    # the purchase on 1 January, its whole first year, charged in February with the discount?
-    # No: a purchase is an addition, at the list price (the upfront discount is for the
-    # seats billed in advance at a period's start)
-    assert [(line.kind, line.quantity, line.amount_minor) for line in feb] == [
-        (LineKind.ADDITION, 10, 120_000)
+    assert FEB_1 not in by_period  # nothing more to charge in February
+    bought = _lines(app, by_period[JAN_1].id)
+    # the purchase on 1 January: its whole first year in advance, with the upfront discount
+    # (issue 13, defect 8: not in February as an addition at the list price)
+    assert by_period[JAN_1].purchase_change_id is not None
+    assert [(line.kind, line.quantity, line.amount_minor) for line in bought] == [
+        (LineKind.ADVANCE, 10, 114_000)
     ]
+    assert by_period[JAN_1].tax_minor == 22_800
     august = _lines(app, by_period[date(2026, 8, 1)].id)
     # 2 seats x 120.00 x 183/365 = 120.328… -> 120.33, at the list price
     assert [

@@ -44,6 +44,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -280,6 +281,11 @@ class Invoice(PartnerScoped, CustomerScoped, Base):
     voided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     voided_by: Mapped[str | None] = mapped_column(String(300))
     void_reason: Mapped[str | None] = mapped_column(Text)
+    # set on the invoice made at once for a purchase (its first periods, in advance; DESIGN
+    # §4): one such invoice per purchase, beside the contract's invoice for the period
+    purchase_change_id: Mapped[int | None] = mapped_column(
+        ForeignKey("licence_change.id", ondelete="RESTRICT")
+    )
 
     contract: Mapped[BillingContract] = relationship()
     customer: Mapped[Customer] = relationship()
@@ -288,8 +294,17 @@ class Invoice(PartnerScoped, CustomerScoped, Base):
     )
 
     __table_args__ = (
-        # THE idempotency guarantee of billing runs (C7)
-        UniqueConstraint("billing_contract_id", "period_start"),
+        # THE idempotency guarantee of billing runs (C7): one run invoice per contract and
+        # period; a purchase's own invoices are one per purchase
+        Index(
+            "uq_invoice_billing_contract_id_period_start",
+            "billing_contract_id",
+            "period_start",
+            unique=True,
+            postgresql_where=text("purchase_change_id IS NULL"),
+            sqlite_where=text("purchase_change_id IS NULL"),
+        ),
+        Index("uq_invoice_purchase_change_id", "purchase_change_id", unique=True),
         UniqueConstraint("partner_id", "number"),
         CheckConstraint("total_minor = subtotal_minor + tax_minor", name="total_adds_up"),
         CheckConstraint("period_end > period_start", name="period_not_empty"),

@@ -25,6 +25,7 @@ from portal.features.billing.models import (
     rate_to_ppm,
 )
 from portal.features.billing.rules.invoicing import ContractFrequency
+from portal.features.billing.services.purchases import bill_purchases
 from portal.features.identity import audit
 from portal.features.licences.models import Subscription
 from portal.features.tenancy.models import Customer
@@ -132,8 +133,10 @@ def assign_subscriptions(
     db_session: Session, contract: BillingContract, subscription_ids: Sequence[int], by: str
 ) -> None:
     """Put subscriptions on ``contract``: the same customer's, in its currency, bundle parents
-    (their parts follow the parent and are never lines). Their next invoice is the contract's.
-    Audited; the caller commits."""
+    (their parts follow the parent and are never lines). Their next invoice is the contract's;
+    a purchase already provisioned and not billed yet is invoiced at once
+    (:func:`portal.features.billing.services.purchases.bill_purchases`). Audited; the caller
+    commits."""
     ids = sorted(set(subscription_ids))
     found = list(
         db_session.scalars(
@@ -168,6 +171,8 @@ def assign_subscriptions(
         contract=contract.id,
         subscriptions=",".join(str(i) for i in ids),
     )
+    db_session.flush()
+    bill_purchases(db_session, contract.partner_id, by=by, subscription_ids=ids)
 
 
 def contracts_of(db_session: Session, customer_id: int) -> list[BillingContract]:

@@ -15,7 +15,9 @@
   old quantity). Additions are charged at the list price; a reduction inside its window
   (:func:`portal.features.licences.rules.reducible_seats` over the change log, at the moment it took
   effect) is credited on a credit note applied to the invoice; outside it, nothing. A purchase
-  is the change from 0 seats: its first period is charged on the next invoice;
+  is never settled here: it is billed in advance, at once, on an invoice of its own for the
+  period it starts in (:mod:`portal.features.billing.services.purchases`), which each run
+  makes first for the purchases not billed yet;
 - *usage* in arrears, from :func:`usage_charges` (the usage module does not exist yet: none);
 - the contract's discount and tax (the domain).
 
@@ -66,10 +68,10 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
-from portal.core.db import get_database, insert_ignoring, utcnow
+from portal.core.db import get_database, utcnow
 from portal.core.proration import Period, billing_period
 from portal.features.billing.models import (
     BillingContract,
@@ -99,10 +101,11 @@ from portal.features.billing.services.documents import (
     issue_drafts,
     line_rows,
 )
+from portal.features.billing.services.purchases import bill_purchases
 from portal.features.catalogue.models import Product, ProductPrice
 from portal.features.catalogue.rules import BillingFrequency, ReductionBehaviour
 from portal.features.licences.models import LicenceChange, Subscription, SubscriptionStatus
-from portal.features.licences.rules import ChangeState, SeatEvent, reducible_seats
+from portal.features.licences.rules import ChangeKind, ChangeState, SeatEvent, reducible_seats
 from portal.features.tenancy.models import Partner
 
 log = logging.getLogger(__name__)
@@ -188,6 +191,7 @@ def run_billing_for_partner(
         started_by=started_by,
     )
     try:
+        _bill_purchases(context)
         _run(context)
     except Exception as error:
         log.exception("billing run %s (partner %s, %s) failed", run_id, partner_id, on)
@@ -200,6 +204,21 @@ def run_billing_for_partner(
     )
     with database.sessions() as session:
         return session.get_one(BillingRun, run_id)
+
+
+def _bill_purchases(context: _RunContext) -> None:
+    """The invoices of purchases not billed yet (one made at once may have been missed: the
+    purchase was applied before its subscription went on a contract, or its item failed)."""
+    with context.app.app_context(), get_database(context.app).sessions() as session:
+        bill_purchases(
+            session,
+            context.partner_id,
+            by=context.started_by,
+            today=context.issue_on,
+            run_id=context.run_id,
+            app=context.app,
+        )
+        session.commit()
 
 
 def _start(
@@ -355,7 +374,11 @@ def _due_contracts(session: Session, partner_id: int, on: date) -> tuple[list[in
     anniversary rule (months, short months) is the domain's."""
     invoiced = (
         select(_INVOICE.c.id)
-        .where(_INVOICE.c.billing_contract_id == BillingContract.id, _INVOICE.c.period_start == on)
+        .where(
+            _INVOICE.c.billing_contract_id == BillingContract.id,
+            _INVOICE.c.period_start == on,
+            _INVOICE.c.purchase_change_id.is_(None),
+        )
         .exists()
     )
     rows = session.execute(
@@ -448,6 +471,7 @@ class _Change:
     at: datetime
     quantity_from: int
     quantity_to: int
+    purchase: bool = False  # billed at once on its own invoice, never settled by a run
 
     @property
     def delta(self) -> int:
@@ -577,6 +601,7 @@ def _changes(
             LicenceChange.effective_at,
             LicenceChange.quantity_from,
             LicenceChange.quantity_to,
+            LicenceChange.kind,
         )
         .join(Subscription, Subscription.id == LicenceChange.subscription_id)
         .where(
@@ -587,7 +612,7 @@ def _changes(
         )
         .order_by(LicenceChange.subscription_id, LicenceChange.effective_at, LicenceChange.sequence)
     )
-    for subscription_id, change_id, sequence, at, quantity_from, quantity_to in rows.all():
+    for subscription_id, change_id, sequence, at, quantity_from, quantity_to, kind in rows.all():
         assert at is not None  # the statement asks for effective_at >= since
         found[subscription_id].append(
             _Change(
@@ -597,6 +622,7 @@ def _changes(
                 at,
                 quantity_from,
                 quantity_to,
+                kind == ChangeKind.PURCHASE,
             )
         )
     return found
@@ -648,7 +674,9 @@ def _billed(
         settled = [
             change
             for change in changes
-            if settles is not None and settles.start <= change.day < settles.end
+            if settles is not None
+            and settles.start <= change.day < settles.end
+            and not change.purchase
         ]
         quantity_at_start = row.quantity - sum(c.delta for c in changes if c.day >= start)
     else:  # nine in ten: nothing changed lately
@@ -891,7 +919,10 @@ def _insert_invoices(connection: Connection, rows: list[tuple[Any, ...]]) -> lis
     a multi-row ``INSERT`` of hundreds of rows costs more to build and parse than to run.
     """
     if connection.dialect.name != "postgresql":
-        statement = insert_ignoring(connection, _INVOICE, ("billing_contract_id", "period_start"))
+        statement = sqlite.insert(_INVOICE).on_conflict_do_nothing(
+            index_elements=["billing_contract_id", "period_start"],
+            index_where=_INVOICE.c.purchase_change_id.is_(None),
+        )
         found = connection.execute(
             statement.returning(_INVOICE.c.id, _INVOICE.c.billing_contract_id),
             [dict(zip(_INVOICE_COLUMNS, row, strict=True)) for row in rows],
@@ -907,7 +938,8 @@ def _insert_invoices(connection: Connection, rows: list[tuple[Any, ...]]) -> lis
     inserted = connection.exec_driver_sql(
         f"INSERT INTO invoice ({columns}) SELECT {columns} FROM billing_new_invoice "  # noqa: S608
         "ORDER BY billing_contract_id "
-        "ON CONFLICT (billing_contract_id, period_start) DO NOTHING "
+        "ON CONFLICT (billing_contract_id, period_start) WHERE purchase_change_id IS NULL "
+        "DO NOTHING "
         "RETURNING id, billing_contract_id"
     )
     return [(int(row[0]), int(row[1])) for row in inserted]

@@ -1,0 +1,369 @@
+"""Purchases billed in advance, at once, at the price shown (issue 13, defect 8; DESIGN §4).
+
+Each journey starts from an empty database (a partner, its customers and users, a catalogue
+product) and goes through the services: a contract is created, the customer buys, the outbox
+provisions the purchase at the demo provider, staff put the subscription on the contract,
+billing runs. The clock is moved with time-machine, so the days are the ones named.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import time_machine
+from flask import Flask
+
+from portal.cli import migrate
+from portal.core.db import get_database, utcnow
+from portal.features.billing.models import BillingContract, Invoice, InvoiceLine, InvoiceState
+from portal.features.billing.rules.invoicing import ContractFrequency, LineKind
+from portal.features.billing.services import contracts as billing
+from portal.features.billing.services import documents
+from portal.features.billing.services import run as billing_run
+from portal.features.catalogue.models import Product
+from portal.features.catalogue.rules import BillingFrequency
+from portal.features.licences.models import Subscription, SubscriptionStatus
+from portal.features.licences.services import subscriptions as licences
+from portal.features.tenancy.models import Customer, Partner
+from portal.integrations.registry import integrations
+from portal.outbox.items import run_item
+from portal.outbox.models import OutboxItem, OutboxState
+from tests.integration.billing_support import make_product, set_timezone
+from tests.support import Tenant
+
+QUIET = {"DELAY_SECONDS": "0", "FAILURE_RATE": "0", "REJECTION_RATE": "0"}
+STAFF = "billing@staff.alpha.example"
+BUYER = "a:subscription_manager"
+
+
+@pytest.fixture
+def app(app_factory: Any) -> Flask:
+    app: Flask = app_factory(
+        PORTAL_PLUGINS="demo_provider",
+        PORTAL_PROVIDER="demo",
+        PORTAL_PLUGIN_SETTINGS={"demo_provider": QUIET},
+        PORTAL_BROKER_URL="memory://",
+        PORTAL_TASK_QUEUE=f"test-{uuid.uuid4().hex[:10]}",
+        PORTAL_PROVISIONING_MAX_ATTEMPTS=3,
+    )
+    migrate(app.config["PORTAL_DATABASE_URL"], integrations(app).migration_locations)
+    return app
+
+
+def _at(day: date, hour: int = 10) -> datetime:
+    return datetime(day.year, day.month, day.day, hour, tzinfo=UTC)
+
+
+def drain(app: Flask) -> None:
+    """Run every pending outbox item the way a worker would, until none is left."""
+    with app.app_context():
+        database = get_database(app)
+        for _ in range(20):
+            with database.sessions() as s:
+                s.execute(
+                    sa.update(OutboxItem)
+                    .where(OutboxItem.state == OutboxState.PENDING)
+                    .values(available_at=utcnow() - timedelta(seconds=1))
+                )
+                s.commit()
+                ids = list(
+                    s.scalars(
+                        sa.select(OutboxItem.id)
+                        .where(
+                            OutboxItem.state == OutboxState.PENDING,
+                            OutboxItem.kind.not_like("billing.invoice%"),
+                        )
+                        .order_by(OutboxItem.id)
+                    )
+                )
+            if not ids:
+                return
+            for item_id in ids:
+                run_item(app, item_id)
+
+
+def contract(
+    app: Flask,
+    tenant: Tenant,
+    anchor_on: date,
+    *,
+    frequency: ContractFrequency = ContractFrequency.MONTHLY,
+    prepaid_discount: str = "0",
+    tax_rate: str = "0",
+    review: bool = False,
+) -> int:
+    with app.app_context(), get_database(app).sessions() as s:
+        made = billing.create_contract(
+            s,
+            s.get_one(Customer, tenant.customers["a"].id),
+            name="Main",
+            currency="USD",
+            frequency=frequency,
+            anchor_on=anchor_on,
+            by=STAFF,
+            prepaid_discount=Decimal(prepaid_discount),
+            tax_rate=Decimal(tax_rate),
+        )
+        documents.set_invoice_review(s, s.get_one(Partner, tenant.partner.id), review, STAFF)
+        s.commit()
+        return made.id
+
+
+def buy(app: Flask, tenant: Tenant, product_id: int, seats: int, on: date) -> int:
+    """The customer buys on ``on`` and the provider applies it the same day."""
+    with time_machine.travel(_at(on), tick=False):
+        with app.app_context(), get_database(app).sessions() as s:
+            bought = licences.purchase(
+                s,
+                s.get_one(Partner, tenant.partner.id),
+                s.get_one(Customer, tenant.customers["a"].id),
+                s.get_one(Product, product_id),
+                seats,
+                tenant.users[BUYER],
+            )
+            s.commit()
+            bought_id = bought.id
+        drain(app)
+    with app.app_context(), get_database(app).sessions() as s:
+        found = s.get_one(Subscription, bought_id)
+        assert (found.status, found.quantity) == (SubscriptionStatus.ACTIVE, seats)
+    return bought_id
+
+
+def assign(app: Flask, contract_id: int, subscription_id: int, on: date) -> None:
+    with (
+        time_machine.travel(_at(on, 11), tick=False),
+        app.app_context(),
+        get_database(app).sessions() as s,
+    ):
+        billing.assign_subscriptions(
+            s, s.get_one(BillingContract, contract_id), [subscription_id], STAFF
+        )
+        s.commit()
+
+
+def change_quantity(app: Flask, tenant: Tenant, subscription_id: int, seats: int, on: date) -> None:
+    with time_machine.travel(_at(on), tick=False):
+        with app.app_context(), get_database(app).sessions() as s:
+            sub = s.get_one(Subscription, subscription_id)
+            licences.request_quantity(
+                s,
+                s.get_one(Partner, tenant.partner.id),
+                s.get_one(Customer, tenant.customers["a"].id),
+                sub,
+                seats,
+                sub.version,
+                tenant.users[BUYER],
+            )
+            s.commit()
+        drain(app)
+
+
+def run(app: Flask, tenant: Tenant, on: date) -> None:
+    with time_machine.travel(_at(on, 23), tick=False), app.app_context():
+        billing_run.run_billing(on, "schedule", partner_id=tenant.partner.id)
+
+
+def invoices(app: Flask) -> list[Invoice]:
+    with app.app_context(), get_database(app).sessions() as s:
+        return list(s.scalars(sa.select(Invoice).order_by(Invoice.id)))
+
+
+def lines(app: Flask, invoice_id: int) -> list[tuple[Any, ...]]:
+    with app.app_context(), get_database(app).sessions() as s:
+        return [
+            (
+                line.kind,
+                line.subscription_id,
+                line.quantity,
+                line.period_start,
+                line.period_end,
+                line.amount_minor,
+            )
+            for line in s.scalars(
+                sa.select(InvoiceLine)
+                .where(InvoiceLine.invoice_id == invoice_id)
+                .order_by(InvoiceLine.position)
+            )
+        ]
+
+
+@pytest.fixture
+def utc(app: Flask, tenant: Tenant) -> Tenant:
+    set_timezone(app, tenant.partner.id, "UTC")
+    return tenant
+
+
+JAN_1 = date(2027, 1, 1)
+FEB_1 = date(2027, 2, 1)
+
+
+def test_a_monthly_purchase_is_billed_in_advance_on_an_invoice_for_the_period_it_starts_in(
+    app: Flask, utc: Tenant
+) -> None:
+    """Bought on 10 January (contract periods from the 1st): the seats' first month, 10
+    January to 10 February, is invoiced at once, for January's period, at the price shown;
+    February's invoice has the next month in advance and no "addition" of the purchase."""
+    product = make_product(app, utc.partner.id, price_minor=1_000)
+    contract_id = contract(app, utc, JAN_1)
+    run(app, utc, JAN_1)  # nothing on the contract yet: no invoice
+    sub = buy(app, utc, product, 4, date(2027, 1, 10))
+    assign(app, contract_id, sub, date(2027, 1, 10))
+    (made,) = invoices(app)
+    assert (made.period_start, made.period_end, made.state) == (JAN_1, FEB_1, InvoiceState.ISSUED)
+    assert made.number is not None and made.issued_on == date(2027, 1, 10)
+    assert lines(app, made.id) == [
+        (LineKind.ADVANCE, sub, 4, date(2027, 1, 10), date(2027, 2, 10), 4_000)
+    ]
+    assert made.total_minor == 4_000
+    run(app, utc, FEB_1)
+    first, february = invoices(app)
+    assert first.id == made.id
+    assert (february.period_start, february.purchase_change_id) == (FEB_1, None)
+    assert lines(app, february.id) == [
+        (LineKind.ADVANCE, sub, 4, date(2027, 2, 10), date(2027, 3, 10), 4_000)
+    ]
+
+
+def test_an_annual_prepaid_purchase_gets_its_discount_and_is_billed_at_once(
+    app: Flask, utc: Tenant
+) -> None:
+    """An annual product bought on 1 January on a contract with a 5 % prepaid discount and
+    20 % tax: the whole first year at 114.00 a seat, at once (not in February at 120.00); a
+    seat added mid-term is still an addition at the list price, on the next invoice."""
+    annual = make_product(
+        app, utc.partner.id, price_minor=12_000, frequency=BillingFrequency.ANNUAL
+    )
+    contract_id = contract(app, utc, JAN_1, prepaid_discount="0.05", tax_rate="0.2")
+    sub = buy(app, utc, annual, 10, JAN_1)
+    assign(app, contract_id, sub, JAN_1)
+    (made,) = invoices(app)
+    assert (made.period_start, made.period_end) == (JAN_1, FEB_1)
+    assert lines(app, made.id) == [(LineKind.ADVANCE, sub, 10, JAN_1, date(2028, 1, 1), 114_000)]
+    assert (made.subtotal_minor, made.tax_minor, made.total_minor) == (114_000, 22_800, 136_800)
+    run(app, utc, JAN_1)  # the period's own run, after the purchase: nothing more
+    run(app, utc, FEB_1)
+    assert [i.id for i in invoices(app)] == [made.id]
+    change_quantity(app, utc, sub, 12, date(2027, 7, 2))
+    run(app, utc, date(2027, 8, 1))
+    august = invoices(app)[-1]
+    # 2 seats x 120.00 x 183/365 = 120.328… -> 120.33, at the list price
+    assert lines(app, august.id) == [
+        (LineKind.ADDITION, sub, 2, date(2027, 7, 2), date(2028, 1, 1), 12_033)
+    ]
+
+
+def test_a_purchase_after_its_periods_invoice_was_issued_gets_an_invoice_at_once(
+    app: Flask, utc: Tenant
+) -> None:
+    """January's invoice is issued on 1 January for what the contract had; a purchase on
+    15 January is invoiced at once on an invoice of its own for January's period, numbered
+    after it, and February's invoice does not charge it again."""
+    product = make_product(app, utc.partner.id, price_minor=1_000)
+    contract_id = contract(app, utc, date(2026, 12, 1))
+    older = buy(app, utc, product, 2, date(2026, 12, 1))
+    assign(app, contract_id, older, date(2026, 12, 1))
+    run(app, utc, JAN_1)
+    december, january = invoices(app)
+    assert january.state is InvoiceState.ISSUED and january.purchase_change_id is None
+    assert lines(app, january.id) == [(LineKind.ADVANCE, older, 2, JAN_1, FEB_1, 2_000)]
+    sub = buy(app, utc, product, 3, date(2027, 1, 15))
+    assign(app, contract_id, sub, date(2027, 1, 15))
+    *_, made = invoices(app)
+    assert made.id not in (december.id, january.id)
+    assert (made.period_start, made.period_end, made.state) == (JAN_1, FEB_1, InvoiceState.ISSUED)
+    assert made.number is not None and made.number != january.number
+    assert lines(app, made.id) == [
+        (LineKind.ADVANCE, sub, 3, date(2027, 1, 15), date(2027, 2, 15), 3_000)
+    ]
+    # again, or a run: nothing new for it
+    with (
+        time_machine.travel(_at(date(2027, 1, 16)), tick=False),
+        app.app_context(),
+        get_database(app).sessions() as s,
+    ):
+        from portal.features.billing.services.purchases import bill_purchases
+
+        assert bill_purchases(s, utc.partner.id, by=STAFF) == []
+    run(app, utc, FEB_1)
+    run(app, utc, FEB_1)
+    february = invoices(app)[-1]
+    assert february.period_start == FEB_1
+    assert lines(app, february.id) == [
+        (LineKind.ADVANCE, older, 2, FEB_1, date(2027, 3, 1), 2_000),
+        (LineKind.ADVANCE, sub, 3, date(2027, 2, 15), date(2027, 3, 15), 3_000),
+    ]
+    assert len(invoices(app)) == 4
+
+
+def test_a_purchase_whose_invoice_was_missed_is_billed_by_the_next_run(
+    app: Flask, utc: Tenant
+) -> None:
+    """Put on the contract before the provider applied it (nothing to bill then): the next
+    day's run invoices it first, for the period it started in, before the day's contracts."""
+    product = make_product(app, utc.partner.id, price_minor=1_000)
+    contract_id = contract(app, utc, JAN_1, review=True)
+    with (
+        time_machine.travel(_at(date(2027, 1, 20)), tick=False),
+        app.app_context(),
+        get_database(app).sessions() as s,
+    ):
+        bought = licences.purchase(
+            s,
+            s.get_one(Partner, utc.partner.id),
+            s.get_one(Customer, utc.customers["a"].id),
+            s.get_one(Product, product),
+            5,
+            utc.users[BUYER],
+        )
+        s.commit()
+        sub = bought.id
+    assign(app, contract_id, sub, date(2027, 1, 20))
+    assert invoices(app) == []  # not provisioned yet: nothing to bill
+    with time_machine.travel(_at(date(2027, 1, 20), 12), tick=False):
+        drain(app)
+    run(app, utc, date(2027, 1, 21))
+    (made,) = invoices(app)
+    assert (made.period_start, made.state) == (JAN_1, InvoiceState.DRAFT)  # review on
+    assert lines(app, made.id) == [
+        (LineKind.ADVANCE, sub, 5, date(2027, 1, 20), date(2027, 2, 20), 5_000)
+    ]
+
+
+def test_the_purchase_handler_bills_a_provisioned_purchase_once(app: Flask, utc: Tenant) -> None:
+    """``billing.purchase`` (to be queued when a purchase is provisioned): its invoice at once,
+    and nothing more when it comes again."""
+    from portal.features.billing.services.purchases import PURCHASE_KIND, bill_purchase
+    from portal.features.licences.models import LicenceChange
+    from portal.outbox.handlers import Done
+
+    product = make_product(app, utc.partner.id, price_minor=1_000)
+    contract_id = contract(app, utc, JAN_1)
+    sub = buy(app, utc, product, 2, date(2027, 1, 5))
+    with app.app_context(), get_database(app).sessions() as s:
+        # on the contract without billing (as when it was put there before it was provisioned)
+        s.get_one(Subscription, sub).billing_contract_id = contract_id
+        s.commit()
+        change_id = s.scalars(
+            sa.select(LicenceChange.id).where(LicenceChange.subscription_id == sub)
+        ).one()
+    assert invoices(app) == []
+    for _ in range(2):
+        with (
+            time_machine.travel(_at(date(2027, 1, 5), 12), tick=False),
+            app.app_context(),
+            get_database(app).sessions() as s,
+        ):
+            item = OutboxItem(kind=PURCHASE_KIND, payload={"change_id": change_id})
+            assert isinstance(bill_purchase(item, s), Done)
+            s.commit()
+    (made,) = invoices(app)
+    assert (made.period_start, made.state) == (JAN_1, InvoiceState.ISSUED)
+    assert lines(app, made.id) == [
+        (LineKind.ADVANCE, sub, 2, date(2027, 1, 5), date(2027, 2, 5), 2_000)
+    ]
