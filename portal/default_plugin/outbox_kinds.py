@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from portal.features.billing.services import documents, schedule
+from portal.features.billing.services import documents, purchases, schedule
 from portal.features.licences.services import agreements, provisioning, subscriptions
 from portal.features.payments.services import events, pay
 from portal.hookspecs import hookimpl
@@ -32,6 +32,7 @@ def portal_outbox_handlers() -> dict[str, OutboxHandler]:
     return {
         "core.noop": noop,
         schedule.RUN_KIND: schedule.run_queued,
+        purchases.PURCHASE_KIND: purchases.bill_purchase,
         documents.ISSUED_KIND: documents.notify_issued,
         subscriptions.PROVISION_KIND: provisioning.provision,
         provisioning.NOTIFY_KIND: provisioning.notify,
