@@ -78,7 +78,17 @@ CHECKOUT_EVENTS = {
     "checkout.session.async_payment_succeeded": EventKind.PAYMENT_SUCCEEDED,
     "checkout.session.async_payment_failed": EventKind.PAYMENT_FAILED,
 }
-REFUND_EVENTS = frozenset({"refund.created", "refund.updated"})
+REFUND_EVENTS = frozenset(
+    {"refund.created", "refund.updated", "refund.failed", "charge.refund.updated"}
+)
+DISPUTE_EVENTS = frozenset({"charge.dispute.created", "charge.dispute.closed"})
+# a Checkout Session lives this long after its attempt was made (Stripe: 30 minutes to 24
+# hours), no longer than the portal reuses an open attempt (23 hours), so a page the portal no
+# longer offers cannot be paid. The attempt's time travels in its idempotency key
+# (``…-t<unix seconds>-…``): every retry with that key sends the same ``expires_at``, as
+# Stripe's idempotency requires (the same key with other parameters is refused).
+SESSION_LIFETIME = timedelta(hours=23)
+KEY_TIME = re.compile(r"-t(\d{9,11})(?:-|$)")
 
 
 class StripeGateway:
@@ -136,6 +146,9 @@ class StripeGateway:
                 "description": (request.description or "")[:1000] or None,
             },
         }
+        expires_at = _expires_at(request.idempotency_key)
+        if expires_at is not None:
+            params["expires_at"] = expires_at
         if request.gateway_customer_ref:
             params["customer"] = request.gateway_customer_ref
         if request.save_card:
@@ -153,6 +166,17 @@ class StripeGateway:
             return found
         session = found.value
         return Succeeded(PaymentSession(gateway_ref=str(session.id), redirect_url=str(session.url)))
+
+    def expire_payment(self, gateway_ref: str) -> Result[None]:
+        """Expire an open Checkout Session so that it can never be paid
+        (``POST /v1/checkout/sessions/{id}/expire``). A session that is no longer open (paid,
+        or expired already) is a rejection: ask :meth:`get_payment` how it ended."""
+        if not gateway_ref.startswith("cs_"):
+            return BusinessRejection("Only a Checkout Session can be expired", code="not_a_session")
+        found = self._call(lambda: self.client.v1.checkout.sessions.expire(gateway_ref))
+        if not isinstance(found, Succeeded):
+            return found
+        return Succeeded(None)
 
     def get_payment(self, gateway_ref: str) -> Result[PaymentOutcome]:
         """A Checkout Session (``cs_…``) or a PaymentIntent (``pi_…``), with its refunds."""
@@ -185,7 +209,9 @@ class StripeGateway:
         return Succeeded(outcome)
 
     def list_payments(self, since: datetime) -> Result[list[PaymentOutcome]]:
-        """Every PaymentIntent created since ``since``, with the refunds made since then."""
+        """Every PaymentIntent created since ``since``, with the refunds made since then; and
+        the older PaymentIntents that had a refund made (or failed) since then, with it, so that
+        a refund of a payment older than the window is found too."""
         created = {"gte": int(since.timestamp())}
         intents = self._call(
             lambda: [
@@ -206,8 +232,18 @@ class StripeGateway:
         outcomes = []
         for intent in intents.value:
             outcome = _intent_outcome(intent)
-            outcomes.append(_with(outcome, refunds=tuple(by_payment.get(outcome.reference, ()))))
+            outcomes.append(_with(outcome, refunds=tuple(by_payment.pop(outcome.reference, ()))))
+        for payment_ref, refunded in by_payment.items():  # payments older than the window
+            if not payment_ref.startswith("pi_"):
+                continue
+            got = self._intent(payment_ref)
+            if not isinstance(got, Succeeded):
+                return got
+            outcomes.append(_with(_intent_outcome(got.value), refunds=tuple(refunded)))
         return Succeeded(outcomes)
+
+    def _intent(self, payment_ref: str) -> Result[dict[str, Any]]:
+        return self._call(lambda: _plain(self.client.v1.payment_intents.retrieve(payment_ref)))
 
     def _refunds(self, params: dict[str, Any]) -> Result[list[Refund]]:
         return self._call(
@@ -449,7 +485,7 @@ def event_from(data: dict[str, Any]) -> WebhookEvent:
         return WebhookEvent(
             event_id, type_, None, EventKind.CHARGE_REFUNDED, occurred, refunds=(_refund(obj),)
         )
-    if type_ == "charge.dispute.created":
+    if type_ in DISPUTE_EVENTS:
         dispute = Dispute(
             dispute_ref=str(obj["id"]),
             payment_ref=str(obj.get("payment_intent") or obj["charge"]),
@@ -459,9 +495,8 @@ def event_from(data: dict[str, Any]) -> WebhookEvent:
             status=str(obj.get("status") or "needs_response"),
             created_at=_when(obj.get("created")),
         )
-        return WebhookEvent(
-            event_id, type_, None, EventKind.DISPUTE_CREATED, occurred, dispute=dispute
-        )
+        kind = EventKind.DISPUTE_CREATED if type_ == "charge.dispute.created" else EventKind.OTHER
+        return WebhookEvent(event_id, type_, None, kind, occurred, dispute=dispute)
     if type_ == "setup_intent.succeeded":
         setup = CardSetupOutcome(
             gateway_ref=str(obj["id"]),
@@ -599,6 +634,15 @@ def _plain(obj: Any) -> dict[str, Any]:
 def _refs(invoice_ref: str, customer_ref: str) -> dict[str, str]:
     # Stripe metadata values are at most 500 characters
     return {"invoice_ref": invoice_ref[:500], "customer_ref": customer_ref[:500]}
+
+
+def _expires_at(idempotency_key: str) -> int | None:
+    """When a payment page opened under this key expires: :data:`SESSION_LIFETIME` after the
+    time in the key; None (Stripe's default, 24 hours) when the key carries no time."""
+    found = KEY_TIME.search(idempotency_key)
+    if found is None:
+        return None
+    return int(found.group(1)) + int(SESSION_LIFETIME.total_seconds())
 
 
 def return_url(url: str, *, canceled: bool = False) -> str:

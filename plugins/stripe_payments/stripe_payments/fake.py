@@ -226,6 +226,8 @@ class FakeStripe:
         PaymentIntent."""
         with self._lock:
             session = self._get(self.sessions, session_id, "checkout.session")
+            if session["status"] == "open" and self.clock() >= session["expires_at"]:
+                self._expire_session(session_id)  # past its expires_at: Stripe expired it
             if session["mode"] != "payment" or session["status"] != "open":
                 raise ValueError(f"session {session_id} is not an open payment session")
             intent = self.intents.get(session.get("payment_intent") or "")
@@ -285,10 +287,53 @@ class FakeStripe:
             return copy.deepcopy(method)
 
     def expire_session(self, session_id: str) -> None:
+        """The session reaches its ``expires_at`` (Stripe expires it by itself)."""
         with self._lock:
-            session = self._get(self.sessions, session_id, "checkout.session")
-            session["status"] = "expired"
-            self._emit("checkout.session.expired", session)
+            self._expire_session(session_id)
+
+    def _expire_session(self, session_id: str) -> dict[str, Any]:
+        """``POST /v1/checkout/sessions/{id}/expire``: only an open session can be expired
+        (Stripe answers 400 otherwise); it can never be completed afterwards."""
+        session = self._get(self.sessions, session_id, "checkout.session")
+        if session["status"] != "open":
+            raise _invalid(
+                f'Only Checkout Sessions with a status in ["open"] can be expired. '
+                f'This Checkout Session has a status of "{session["status"]}".',
+                code="checkout_session_not_open",
+            )
+        session["status"] = "expired"
+        session["url"] = None
+        self._emit("checkout.session.expired", session)
+        return session
+
+    def fail_refund(
+        self, refund_id: str, reason: str = "expired_or_canceled_card"
+    ) -> dict[str, Any]:
+        """A succeeded refund the card network could not deliver: the refund becomes
+        ``failed`` (with ``failure_reason``), the money is back on the balance, and Stripe sends
+        ``charge.refund.updated``, ``refund.updated`` and ``refund.failed``."""
+        with self._lock:
+            refund = self._get(self.refunds, refund_id, "refund")
+            if refund["status"] == "failed":
+                raise ValueError(f"refund {refund_id} has failed already")
+            refund.update(status="failed", failure_reason=reason)
+            charge = self.charges[refund["charge"]]
+            charge["amount_refunded"] -= refund["amount"]
+            charge["refunded"] = False
+            for type_ in ("charge.refund.updated", "refund.updated", "refund.failed"):
+                self._emit(type_, refund)
+            return copy.deepcopy(refund)
+
+    def close_dispute(self, dispute_id: str, status: str) -> dict[str, Any]:
+        """The bank decides a dispute: ``won`` (the money stays with the merchant) or ``lost``
+        (it is gone for good): ``charge.dispute.closed``."""
+        if status not in ("won", "lost", "warning_closed"):
+            raise ValueError(f"a dispute closes as won, lost or warning_closed, not {status!r}")
+        with self._lock:
+            dispute = self._get(self.disputes, dispute_id, "dispute")
+            dispute["status"] = status
+            self._emit("charge.dispute.closed", dispute)
+            return copy.deepcopy(dispute)
 
     def add_succeeded_payment(
         self,
@@ -477,6 +522,8 @@ class FakeStripe:
                 return self._out(self._create_session(params))
             if method == "GET" and len(parts) == 3:
                 return self._out(self._get(self.sessions, parts[2], "checkout.session"), expand)
+            if method == "POST" and len(parts) == 4 and parts[3] == "expire":
+                return self._out(self._expire_session(parts[2]))
         if route == ("POST", "customers"):
             return self._out(self._create_customer(params))
         if route == ("GET", "customers", "*"):
@@ -572,7 +619,7 @@ class FakeStripe:
             "metadata": _metadata(params),
             "payment_intent": None,
             "setup_intent": None,
-            "expires_at": int(self.clock()) + 24 * 3600,
+            "expires_at": self._expires_at(params),
         }
         if mode == "payment":
             items = _as_list(params.get("line_items"))
@@ -622,6 +669,22 @@ class FakeStripe:
         stored = self._store(self.sessions, "cs", session)
         stored["url"] = f"https://checkout.stripe.com/c/pay/{stored['id']}"
         return stored
+
+    def _expires_at(self, params: Mapping[str, Any]) -> int:
+        """``expires_at``: 30 minutes to 24 hours after creation (Stripe's range), by default
+        24 hours."""
+        now = int(self.clock())
+        raw = params.get("expires_at")
+        if raw is None or raw == "":
+            return now + 24 * 3600
+        when = _amount(raw, "expires_at")
+        if not now + 30 * 60 <= when <= now + 24 * 3600:
+            raise _invalid(
+                "The `expires_at` timestamp must be between 30 minutes and 24 hours from "
+                "Checkout Session creation.",
+                "expires_at",
+            )
+        return when
 
     def _new_intent(
         self,

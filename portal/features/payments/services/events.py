@@ -36,15 +36,30 @@ from datetime import date, datetime, timedelta
 from typing import Any, cast
 
 from flask import Flask, current_app
-from sqlalchemy import Connection, Table, bindparam, select
+from sqlalchemy import Connection, Integer, Table, bindparam, case, func, select, update
 from sqlalchemy.orm import Session
 
 from portal.core.db import get_database, insert_ignoring, utcnow
-from portal.features.billing.models import Invoice, InvoicePayment, InvoiceState, PaymentKind
+from portal.features.billing.models import (
+    CreditNote,
+    CreditNoteState,
+    Invoice,
+    InvoicePayment,
+    InvoiceState,
+    PaymentKind,
+)
 from portal.features.billing.services import announce
 from portal.features.billing.services.documents import insert_ledger_row
 from portal.features.billing.services.queries import invoice_detail
-from portal.features.payments.models import PaymentDispute, PaymentWebhookEvent, WebhookResult
+from portal.features.identity import audit
+from portal.features.payments.models import (
+    AUTOPAY_NUMBER,
+    AttemptState,
+    PaymentAttempt,
+    PaymentDispute,
+    PaymentWebhookEvent,
+    WebhookResult,
+)
 from portal.features.tenancy import mail
 from portal.features.tenancy.models import Customer, Partner
 from portal.features.tenancy.services import local_today
@@ -75,6 +90,16 @@ _EVENT = cast(Table, PaymentWebhookEvent.__table__)
 _INVOICE = cast(Table, Invoice.__table__)
 _PAYMENT = cast(Table, InvoicePayment.__table__)
 _DISPUTE = cast(Table, PaymentDispute.__table__)
+_ATTEMPT = cast(Table, PaymentAttempt.__table__)
+_CREDIT = cast(Table, CreditNote.__table__)
+
+# a refund that did not go through: the ledger keeps its row and adds this reversal (a payment
+# row of the same amount under ``<refund id><FAILED_SUFFIX>``), so the refund no longer counts
+FAILED_SUFFIX = ":failed"
+UNDONE_REFUNDS = frozenset({RefundStatus.FAILED, RefundStatus.CANCELED})
+# a lost dispute: the disputed amount is taken back; recorded as a refund row under its id
+LOST = "lost"
+CLOSED_DISPUTES = frozenset({"won", "lost", "warning_closed"})
 
 
 # -- recording one payment ------------------------------------------------------------------------
@@ -228,7 +253,82 @@ def _record(
         partner_id=invoice.partner_id,
         customer_id=invoice.customer_id,
     )
+    _finish_autopay(db_session, invoice.id, outcome)
+    _flag_overpaid(db_session, invoice, outcome, source)
     return Recording(True, payment_id, invoice.id)
+
+
+_FINISH_AUTOPAY = (
+    update(_ATTEMPT)
+    .where(
+        _ATTEMPT.c.invoice_id == bindparam("b_invoice_id"),
+        _ATTEMPT.c.number == AUTOPAY_NUMBER,
+        _ATTEMPT.c.state == AttemptState.OPEN,
+        _ATTEMPT.c.payment_ref == bindparam("b_reference"),
+    )
+    .values(
+        state=AttemptState.SUCCEEDED, updated_at=bindparam("b_now"), finished_at=bindparam("b_now")
+    )
+)
+
+
+def _finish_autopay(db_session: Session, invoice_id: int, outcome: PaymentOutcome) -> None:
+    """An automatic charge that was still processing is finished once its money is recorded,
+    so that it no longer holds the invoice's one open charge."""
+    db_session.connection().execute(
+        _FINISH_AUTOPAY,
+        {"b_invoice_id": invoice_id, "b_reference": outcome.reference, "b_now": utcnow()},
+    )
+
+
+_SIGNED_AMOUNT = case(
+    (_PAYMENT.c.kind == PaymentKind.REFUND, -_PAYMENT.c.amount_minor),
+    else_=_PAYMENT.c.amount_minor,
+)
+# the invoice's balance as billing derives it (total - credited - payments + refunds)
+_BALANCE = select(
+    _INVOICE.c.total_minor
+    - select(func.coalesce(func.sum(_CREDIT.c.total_minor), 0))
+    .where(
+        _CREDIT.c.invoice_id == bindparam("invoice_id", type_=Integer),
+        _CREDIT.c.state == CreditNoteState.ISSUED,
+    )
+    .scalar_subquery()
+    - select(func.coalesce(func.sum(_SIGNED_AMOUNT), 0))
+    .where(_PAYMENT.c.invoice_id == bindparam("invoice_id", type_=Integer))
+    .scalar_subquery()
+).where(_INVOICE.c.id == bindparam("invoice_id", type_=Integer))
+
+
+def balance_now(db_session: Session, invoice_id: int) -> int:
+    """The invoice's balance in the caller's transaction (negative: overpaid)."""
+    return int(db_session.connection().execute(_BALANCE, {"invoice_id": invoice_id}).scalar() or 0)
+
+
+def _flag_overpaid(
+    db_session: Session, invoice: _InvoiceRow, outcome: PaymentOutcome, source: str
+) -> None:
+    """A payment that left the invoice overpaid (a replaced payment page paid anyway, say) is
+    never silent: staff see ``payment.overpaid`` in the customer's activity, with the amount
+    to give back."""
+    balance = balance_now(db_session, invoice.id)
+    if balance >= 0:
+        return
+    log.warning(
+        "payments: invoice %s is overpaid by %s after %s", invoice.id, -balance, outcome.reference
+    )
+    audit.insert_row(
+        db_session,
+        partner_id=invoice.partner_id,
+        customer_id=invoice.customer_id,
+        actor=source,
+        action="payment.overpaid",
+        invoice=invoice.id,
+        number=invoice.number,
+        reference=outcome.reference,
+        overpaid_minor=-balance,
+        currency=invoice.currency,
+    )
 
 
 def _ledger_insert(
@@ -301,13 +401,21 @@ def _record_refunds(
     refunds: Iterable[Refund],
     source: str,
 ) -> int:
-    """Add each succeeded refund to the ledger once (by its refund id); how many were new."""
+    """Add each succeeded refund to the ledger once (by its refund id), and reverse each one
+    that failed (or was canceled) once; how many rows were new.
+
+    A failed refund gives the money back to the merchant: its refund row (recorded now if no
+    event had) is cancelled by a payment row of the same amount under
+    ``<refund id>:failed``, so the refund no longer counts whatever order the events came in
+    (a late event that still says "succeeded" finds both rows there)."""
     added = 0
     for refund in refunds:
-        if refund.status is not RefundStatus.SUCCEEDED:
+        undone = refund.status in UNDONE_REFUNDS
+        if refund.status is not RefundStatus.SUCCEEDED and not undone:
             continue  # pending ones come back as succeeded (or failed) in a later event
         if refund.currency.upper() != invoice.currency:
             continue  # cannot happen for a refund of a payment recorded for this invoice
+        recorded_by = f"{source}:{gateway_key}"
         row = _ledger_insert(
             db_session,
             invoice,
@@ -316,10 +424,51 @@ def _record_refunds(
             gateway_key,
             refund.refund_ref,
             refund.created_at,
-            f"{source}:{gateway_key}",
+            recorded_by,
         )
         added += row is not None
+        if undone:
+            reversal = _ledger_insert(
+                db_session,
+                invoice,
+                PaymentKind.PAYMENT,
+                refund.amount_minor,
+                gateway_key,
+                refund.refund_ref + FAILED_SUFFIX,
+                None,
+                recorded_by,
+            )
+            added += reversal is not None
     return added
+
+
+def _close_dispute(
+    db_session: Session, gateway_key: str, invoice: _InvoiceRow, dispute: Dispute, source: str
+) -> bool:
+    """A dispute the bank decided: its status kept, and when it was lost the disputed amount
+    leaves the invoice's payments (a refund row under the dispute's id, once). A won one
+    changes no money. True when the ledger changed."""
+    status = (dispute.status or "").lower()
+    if status not in CLOSED_DISPUTES:
+        return False
+    db_session.connection().execute(
+        update(_DISPUTE)
+        .where(_DISPUTE.c.gateway_key == gateway_key, _DISPUTE.c.dispute_ref == dispute.dispute_ref)
+        .values(status=status[:40])
+    )
+    if status != LOST or dispute.currency.upper() != invoice.currency:
+        return False
+    row = _ledger_insert(
+        db_session,
+        invoice,
+        PaymentKind.REFUND,
+        dispute.amount_minor,
+        gateway_key,
+        dispute.dispute_ref,
+        None,
+        f"{source}:{gateway_key}",
+    )
+    return row is not None
 
 
 def _record_dispute(
@@ -409,7 +558,9 @@ def receive_webhook(
     with get_database(flask_app).sessions() as db_session:
         try:
             with db_session.begin():
-                if event.payment is None and _known_event(db_session, key):
+                if (event.payment is None or _about_refunds(event)) and _known_event(
+                    db_session, key
+                ):
                     # a refund or a dispute may need the gateway: a known one need not ask
                     raise _Duplicate
                 # the effect first, then the event: whichever delivery inserts the event row
@@ -456,6 +607,10 @@ def _known_event(db_session: Session, key: dict[str, str]) -> bool:
     return db_session.connection().execute(_KNOWN_EVENT, key).first() is not None
 
 
+def _about_refunds(event: WebhookEvent) -> bool:
+    return event.refunds is not None or event.kind is EventKind.CHARGE_REFUNDED
+
+
 def _payment_ref(event: WebhookEvent) -> str | None:
     if event.payment is not None:
         return event.payment.reference
@@ -479,7 +634,7 @@ def _apply(db_session: Session, gateway: PaymentGateway, event: WebhookEvent) ->
             effect.unmatched(recording.unmatched, recording.invoice_id)
         else:
             effect.invoice_id = recording.invoice_id
-    about_refunds = event.refunds is not None or event.kind is EventKind.CHARGE_REFUNDED
+    about_refunds = _about_refunds(event)
     if event.dispute is None and not about_refunds:
         return effect
     payment_ref = (
@@ -518,6 +673,10 @@ def _apply(db_session: Session, gateway: PaymentGateway, event: WebhookEvent) ->
         effect.recorded(invoice.id)
     if event.dispute is not None and _record_dispute(
         db_session, gateway.key, invoice, event.dispute
+    ):
+        effect.recorded(invoice.id)
+    if event.dispute is not None and _close_dispute(
+        db_session, gateway.key, invoice, event.dispute, source
     ):
         effect.recorded(invoice.id)
     effect.invoice_id = effect.invoice_id or invoice.id
@@ -578,18 +737,28 @@ def reconcile(
         with get_database(app).sessions() as db_session:
             known = _known_references(db_session, key, succeeded)
         for outcome in succeeded:
-            missing_refunds = [r for r in outcome.refunds if r.refund_ref not in known]
+            missing_refunds = [r for r in outcome.refunds if not _refund_known(r, known)]
             if outcome.reference in known and not missing_refunds:
                 continue
             _reconcile_one(app, key, outcome, missing_refunds, report)
     return report
 
 
+def _refund_known(refund: Refund, known: set[str]) -> bool:
+    """The ledger has all of this refund it should: its row, and its reversal if it failed."""
+    if refund.status in UNDONE_REFUNDS:
+        return refund.refund_ref + FAILED_SUFFIX in known
+    return refund.refund_ref in known or refund.status is not RefundStatus.SUCCEEDED
+
+
 def _known_references(
     db_session: Session, gateway_key: str, outcomes: list[PaymentOutcome]
 ) -> set[str]:
     references = [o.reference for o in outcomes] + [
-        r.refund_ref for o in outcomes for r in o.refunds
+        ref
+        for o in outcomes
+        for r in o.refunds
+        for ref in (r.refund_ref, r.refund_ref + FAILED_SUFFIX)
     ]
     known: set[str] = set()
     for start in range(0, len(references), 500):

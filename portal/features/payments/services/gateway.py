@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 from decimal import Decimal
+from typing import Protocol, runtime_checkable
 
 from portal.core.errors import ServiceError, _
 from portal.core.money import exponent
@@ -14,8 +15,22 @@ from portal.integrations.payments import (
     PaymentGateway,
 )
 from portal.integrations.registry import PluginError, integrations
+from portal.integrations.results import Result
 
 log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class ExpiringGateway(Protocol):
+    """A gateway whose payment pages can be closed before they are paid (Stripe: expiring a
+    Checkout Session). The portal closes the page of an attempt it replaces, so that a page it
+    no longer offers cannot take money."""
+
+    def expire_payment(self, gateway_ref: str) -> Result[None]:
+        """Close the open payment page ``gateway_ref`` for good. A rejection means it is not
+        open any more (paid, or closed already): ask ``get_payment`` how it ended."""
+        ...
+
 
 PAYING_ROLES = frozenset({CustomerRole.ADMINISTRATOR, CustomerRole.FINANCE_MANAGER})
 

@@ -57,6 +57,7 @@ from portal.features.payments.models import (
     PaymentProfile,
 )
 from portal.features.payments.services.gateway import (
+    ExpiringGateway,
     gateway_for,
     minor_units,
     new_key,
@@ -75,7 +76,7 @@ from portal.integrations.payments import (
 )
 from portal.integrations.registry import PluginError, integrations
 from portal.integrations.results import BusinessRejection, Succeeded, TechnicalFailure
-from portal.outbox.handlers import Done, GiveUp, Outcome, RetryLater
+from portal.outbox.handlers import Defer, Done, GiveUp, Outcome, RetryLater
 from portal.outbox.items import enqueue
 from portal.outbox.models import OutboxItem
 
@@ -91,6 +92,9 @@ NO_CARD_GATEWAY = "gateway_keeps_no_cards"
 REASON_LIMIT = 500
 
 _ATTEMPT = cast(Table, PaymentAttempt.__table__)
+_INVOICE = cast(Table, Invoice.__table__)
+# how long autopay waits, without counting an attempt, while someone pays on the gateway's page
+ON_SESSION_WAIT = timedelta(minutes=15)
 
 
 # -- small shared pieces -------------------------------------------------------------------------
@@ -185,6 +189,75 @@ def recorded_payment(
     ).first()
 
 
+# -- one open charge per invoice -----------------------------------------------------------------
+
+
+def _lock_invoice(db_session: Session, invoice_id: int) -> None:
+    """Take the invoice's row lock (``SELECT … FOR UPDATE`` on PostgreSQL; on SQLite a no-op
+    write takes the database's write lock) for the rest of the transaction: whoever is about
+    to charge the invoice (an on-session attempt, autopay) holds it while it checks the other
+    and re-reads the balance, and commits its attempt before letting go, so whichever comes
+    second sees the first."""
+    connection = db_session.connection()
+    if connection.dialect.name == "sqlite":
+        # SQLite has no row locks: a write takes the database's one write lock until the
+        # commit, which serializes the claimants the same way
+        connection.execute(
+            update(_INVOICE).where(_INVOICE.c.id == invoice_id).values(id=_INVOICE.c.id)
+        )
+        return
+    connection.execute(select(_INVOICE.c.id).where(_INVOICE.c.id == invoice_id).with_for_update())
+
+
+def _balance(db_session: Session, invoice_id: int) -> int:
+    """The invoice's balance as stored now (``today`` does not change it)."""
+    detail = queries.invoice_detail(db_session, invoice_id, today=date.max)
+    return 0 if detail is None else detail.balance_minor
+
+
+def _autopay_open(db_session: Session, invoice_id: int) -> bool:
+    """An automatic charge of the invoice is under way (made, or about to be)."""
+    found = db_session.connection().execute(
+        select(_ATTEMPT.c.id).where(
+            _ATTEMPT.c.invoice_id == invoice_id,
+            _ATTEMPT.c.number == AUTOPAY_NUMBER,
+            _ATTEMPT.c.state == AttemptState.OPEN,
+        )
+    )
+    return found.first() is not None
+
+
+def _paying_on_session(db_session: Session, invoice_id: int) -> bool:
+    """Someone may be paying the invoice on the gateway's page right now: an open on-session
+    attempt young enough for its page to be payable."""
+    found = db_session.connection().execute(
+        select(_ATTEMPT.c.id).where(
+            _ATTEMPT.c.invoice_id == invoice_id,
+            _ATTEMPT.c.number > AUTOPAY_NUMBER,
+            _ATTEMPT.c.state == AttemptState.OPEN,
+            _ATTEMPT.c.created_at > utcnow() - REUSE_LIMIT,
+        )
+    )
+    return found.first() is not None
+
+
+def _close_page(db_session: Session, attempt: PaymentAttempt) -> bool:
+    """Close an attempt's page at the gateway before the attempt is replaced, so it can never
+    take money afterwards. False when the gateway says it is not open any more (paid, or
+    closed already): the caller asks the gateway how it ended instead of replacing it."""
+    if attempt.gateway_ref is None:
+        return True  # no page was opened
+    gateway = _gateway_or_none(db_session, attempt)
+    if gateway is None or not isinstance(gateway, ExpiringGateway):
+        return True
+    closed = gateway.expire_payment(attempt.gateway_ref)
+    if isinstance(closed, TechnicalFailure):
+        raise ServiceError(
+            _("The payment service did not answer, and nothing was charged. Try again in a moment.")
+        )
+    return not isinstance(closed, BusinessRejection)
+
+
 # -- paying on-session ---------------------------------------------------------------------------
 
 
@@ -243,6 +316,8 @@ def pay_invoice(
     save_card = bool(save_card and keeps_cards)
     for _round in range(CLAIM_ROUNDS):
         attempt = _claim_attempt(db_session, invoice, wanted, gateway.key, save_card, actor)
+        if attempt.state is not AttemptState.OPEN:
+            continue  # closed meanwhile (its page was paid or closed): claim again
         if attempt.gateway_ref is None:
             return _open_session(db_session, partner, gateway, attempt, invoice, return_url)
         answer = gateway.get_payment(attempt.gateway_ref)
@@ -319,12 +394,27 @@ def _claim_attempt(
 
     Concurrent callers race on the unique constraints (the attempt number, one open attempt
     per invoice): the loser's insert does nothing, and it takes the winner's row next round.
+    Under the invoice's row lock, a new attempt is refused while an automatic charge is under
+    way, and its amount is checked against the balance read under that lock (issue 13).
+    A replaced attempt's page is closed at the gateway first (:func:`_close_page`); when the
+    gateway says it is not open any more, that attempt is returned (the caller asks how it
+    ended: paid, it is recorded).
     """
     for _round in range(CLAIM_ROUNDS):
+        _lock_invoice(db_session, invoice.id)
+        if _autopay_open(db_session, invoice.id):
+            db_session.rollback()
+            raise ServiceError(
+                _(
+                    "An automatic payment of this invoice is being made. "
+                    "Look again in a few minutes before paying."
+                )
+            )
         current = _open_attempt(db_session, invoice.id)
         now = utcnow()
         if current is not None:
             fresh = current.created_at > now - REUSE_LIMIT
+            db_session.commit()  # the lock is not held over the gateway's calls
             if (
                 fresh
                 and current.amount_minor == amount_minor
@@ -332,8 +422,10 @@ def _claim_attempt(
                 and current.save_card == save_card
             ):
                 return current
-            # asked for another amount (or too old to reuse): this one is closed; its page, if
-            # the payer still finishes it, is recorded all the same (the gateway tells us)
+            # asked for another amount (or too old to reuse): its page is closed at the gateway
+            # before this one is (so it cannot be paid as well), then the attempt
+            if not _close_page(db_session, current):
+                return current
             _finish_attempt(
                 db_session,
                 current.id,
@@ -341,6 +433,11 @@ def _claim_attempt(
             )
             db_session.commit()
             continue
+        try:
+            _check_amount(amount_minor, _balance(db_session, invoice.id), invoice.currency)
+        except ServiceError:
+            db_session.rollback()
+            raise
         connection = db_session.connection()
         last = connection.scalar(
             select(func.coalesce(func.max(_ATTEMPT.c.number), AUTOPAY_NUMBER)).where(
@@ -360,7 +457,11 @@ def _claim_attempt(
                 "amount_minor": amount_minor,
                 "currency": invoice.currency,
                 "gateway_key": gateway_key,
-                "idempotency_key": new_key(f"invoice-{invoice.id}-attempt-{number}"),
+                # the time in the key sets when the gateway's page expires (every retry of
+                # the key asks for the same page)
+                "idempotency_key": new_key(
+                    f"invoice-{invoice.id}-attempt-{number}-t{int(now.timestamp())}"
+                ),
                 "save_card": save_card,
                 "created_by": actor,
                 "created_at": now,
@@ -586,6 +687,9 @@ def autopay(item: OutboxItem, session: Session) -> Outcome:
         return RetryLater(f"no payment gateway is loaded: {error}", timedelta(hours=1))
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     attempt = _autopay_attempt(app, invoice, gateway, session)
+    if isinstance(attempt, _OnSession):
+        # someone is paying on the gateway's page: one charge at a time; look again later
+        return Defer(ON_SESSION_WAIT)
     if attempt is None:
         return Done({"skipped": "nothing to pay"})
     if attempt.state is not AttemptState.OPEN:
@@ -632,22 +736,67 @@ def autopay(item: OutboxItem, session: Session) -> Outcome:
     return Done({"failed": code})
 
 
+class _OnSession:
+    """The invoice has an open on-session attempt: autopay waits."""
+
+
+ON_SESSION = _OnSession()
+
+
 def _autopay_attempt(
     app: Flask, invoice: Invoice, gateway: PaymentGateway, session: Session
-) -> PaymentAttempt | None:
-    """The invoice's autopay attempt (number 0), made and committed on its own connection
-    before the charge, with the balance and the default card as they are now; a retry finds
-    the same row, and so sends the same key and the same amount."""
+) -> PaymentAttempt | _OnSession | None:
+    """The invoice's autopay attempt (number 0), made (or brought up to date) and committed on
+    its own connection before the charge, under the invoice's row lock: with the balance as it
+    is now and the default card. :data:`ON_SESSION` while someone pays on the gateway's page
+    (one charge at a time); None when nothing is owed.
+
+    A retry re-reads the balance: the same balance sends the same key (the gateway replays a
+    charge that went through); another one (a payment or a credit note came meanwhile) is a
+    new amount under a new key, and nothing when nothing is owed any more (issue 13)."""
     existing = _autopay_row(session, invoice.id)
-    if existing is not None:
+    if existing is not None and existing.state is not AttemptState.OPEN:
         return existing
-    # the balance only (today decides "overdue", which does not matter here)
-    detail = queries.invoice_detail(session, invoice.id, today=date.max)
-    if detail is None or detail.balance_minor <= 0:
-        return None
+    with get_database(app).sessions() as own:
+        _lock_invoice(own, invoice.id)
+        if existing is None and _paying_on_session(own, invoice.id):
+            return ON_SESSION
+        balance = _balance(own, invoice.id)
+        if existing is not None:
+            _refresh_autopay(own, existing, balance)
+        elif balance > 0:
+            _insert_autopay(own, invoice, gateway, balance)
+        own.commit()
+    return _autopay_row(session, invoice.id)
+
+
+def _refresh_autopay(own: Session, attempt: PaymentAttempt, balance: int) -> None:
+    """An open autopay attempt against the balance now (under the invoice's lock)."""
+    if balance <= 0:
+        _finish_attempt(
+            own,
+            attempt.id,
+            AttemptState.SUPERSEDED,
+            code="nothing_to_pay",
+            reason="The invoice was paid before the automatic payment was made.",
+        )
+        return
+    if balance != attempt.amount_minor:
+        own.connection().execute(
+            update(_ATTEMPT)
+            .where(_ATTEMPT.c.id == attempt.id, _ATTEMPT.c.state == AttemptState.OPEN)
+            .values(
+                amount_minor=balance,
+                idempotency_key=new_key(f"invoice-{attempt.invoice_id}-autopay"),
+                updated_at=utcnow(),
+            )
+        )
+
+
+def _insert_autopay(own: Session, invoice: Invoice, gateway: PaymentGateway, balance: int) -> None:
     card = None
     if isinstance(gateway, SavedCardGateway):
-        card = session.scalars(
+        card = own.scalars(
             select(PaymentProfile).where(
                 PaymentProfile.customer_id == invoice.customer_id,
                 PaymentProfile.gateway_key == gateway.key,
@@ -655,30 +804,27 @@ def _autopay_attempt(
             )
         ).first()
     now = utcnow()
-    with get_database(app).sessions() as own:
-        connection = own.connection()
-        connection.execute(
-            insert_ignoring(connection, _ATTEMPT),
-            {
-                "partner_id": invoice.partner_id,
-                "customer_id": invoice.customer_id,
-                "invoice_id": invoice.id,
-                "number": AUTOPAY_NUMBER,
-                "kind": AttemptKind.AUTOPAY,
-                "state": AttemptState.OPEN,
-                "amount_minor": detail.balance_minor,
-                "currency": invoice.currency,
-                "gateway_key": gateway.key,
-                "idempotency_key": new_key(f"invoice-{invoice.id}-autopay"),
-                "card_ref": card.card_ref if card is not None else None,
-                "save_card": False,
-                "created_by": "autopay",
-                "created_at": now,
-                "updated_at": now,
-            },
-        )
-        own.commit()
-    return _autopay_row(session, invoice.id)
+    connection = own.connection()
+    connection.execute(
+        insert_ignoring(connection, _ATTEMPT),
+        {
+            "partner_id": invoice.partner_id,
+            "customer_id": invoice.customer_id,
+            "invoice_id": invoice.id,
+            "number": AUTOPAY_NUMBER,
+            "kind": AttemptKind.AUTOPAY,
+            "state": AttemptState.OPEN,
+            "amount_minor": balance,
+            "currency": invoice.currency,
+            "gateway_key": gateway.key,
+            "idempotency_key": new_key(f"invoice-{invoice.id}-autopay"),
+            "card_ref": card.card_ref if card is not None else None,
+            "save_card": False,
+            "created_by": "autopay",
+            "created_at": now,
+            "updated_at": now,
+        },
+    )
 
 
 def _autopay_row(session: Session, invoice_id: int) -> PaymentAttempt | None:
