@@ -27,7 +27,7 @@ from portal.features.identity.models import AuditEvent
 from portal.features.licences.models import LicenceChange, Subscription, SubscriptionStatus
 from portal.features.licences.rules import ChangeKind, ChangeState, HoldReason
 from portal.outbox.models import OutboxItem
-from tests.support import HttpsClient, Tenant, post_form, sign_in
+from tests.support import HttpsClient, Tenant, confirmed_acceptance, post_form, sign_in
 
 QUEUE = "/staff/licence-changes"
 
@@ -278,6 +278,10 @@ def test_retry_queues_a_failed_change_again(
     subscription = add_subscription(app, tenant)
     change_id = failed_change(app, subscription)
     request_id = change_row(app, change_id).request_id
+    with app.app_context(), get_database(app).sessions() as s:
+        # a retry is refused without the customer's MCA, as the customer's own request is
+        s.add(confirmed_acceptance(tenant.customers["a"], "demo", utcnow()))
+        s.commit()
     sign_in(client, "service@staff.alpha.example", staff=True)
     page = text(client.get(f"{QUEUE}?state=failed"))
     assert f'action="{QUEUE}/{change_id}/retry"' in page
