@@ -340,6 +340,7 @@ def test_a_hold_put_on_while_a_change_is_at_the_provider_holds_the_next_one_back
     first, second = changes_of(app, sub_id)[1:]
     _set_request_ids(app, {first.id: False, second.id: False})
     [item] = rows(app, sa.select(OutboxItem.id))
+
     def work() -> None:
         with app.app_context():
             run_item(app, item)
