@@ -18,6 +18,7 @@ from flask import Flask, current_app, has_app_context
 from portal.core import config
 from portal.features.billing.services.schedule import schedule_due_runs
 from portal.features.identity.session_store import purge_expired
+from portal.features.licences.services.subscriptions import sweep_awaiting
 from portal.features.payments.services.events import reconcile
 from portal.hookspecs import hookimpl
 from portal.outbox.broker import SWEEP_TASK
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 PURGE_SESSIONS_TASK: Final = "portal.sessions.purge"
 BILLING_SCHEDULE_TASK: Final = "portal.billing.schedule"
 PAYMENTS_RECONCILE_TASK: Final = "portal.payments.reconcile"
+LICENCES_SWEEP_TASK: Final = "portal.licences.sweep_awaiting"
 
 
 def _sweep_seconds() -> int:
@@ -58,6 +60,11 @@ def portal_beat_schedule() -> dict[str, dict[str, Any]]:
             "task": PAYMENTS_RECONCILE_TASK,
             "schedule": crontab(hour=4, minute=41),
         },
+        # every 5 minutes: licence changes left awaiting after their reason went (a race)
+        "portal.licences.sweep_awaiting": {
+            "task": LICENCES_SWEEP_TASK,
+            "schedule": timedelta(minutes=5),
+        },
     }
 
 
@@ -85,4 +92,5 @@ def portal_periodic_tasks() -> dict[str, PeriodicJob]:
         PURGE_SESSIONS_TASK: purge_sessions,
         BILLING_SCHEDULE_TASK: billing_schedule,
         PAYMENTS_RECONCILE_TASK: payments_reconcile,
+        LICENCES_SWEEP_TASK: sweep_awaiting,
     }

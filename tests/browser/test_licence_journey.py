@@ -124,10 +124,11 @@ def test_licence_journey(page: Page, licence_portal: LiveServer, screenshots: Pa
         page.get_by_text("Your change is recorded and is being sent to Microsoft.")
     ).to_be_visible()
     latest = page.locator("#change-log tbody tr").first
-    expect(latest).to_contain_text("12 → 14")
+    expect(latest).to_contain_text("Asked for 14 seats")  # a request until the provider did it
     expect(latest.locator(".change-state")).to_contain_text("Provisioning", timeout=10_000)
     page.screenshot(path=str(screenshots / "licences-3-provisioning.png"), full_page=True)
     expect(latest.locator(".change-state")).to_contain_text("Provisioned", timeout=15_000)
+    expect(latest).to_contain_text("12 → 14")
     page.reload()
     expect(page.locator("#seats")).to_have_text("14")
 

@@ -15,6 +15,7 @@ from flask import Flask
 from portal import create_app
 from portal.default_plugin.schedule import (
     BILLING_SCHEDULE_TASK,
+    LICENCES_SWEEP_TASK,
     PAYMENTS_RECONCILE_TASK,
     PURGE_SESSIONS_TASK,
 )
@@ -82,7 +83,12 @@ def test_the_core_periodic_jobs_are_the_worker_tasks_their_beat_entries_name() -
     for task in (SWEEP_TASK, PURGE_SESSIONS_TASK, BILLING_SCHEDULE_TASK, PAYMENTS_RECONCILE_TASK):
         assert task in celery.tasks
     beat_tasks = {entry["task"] for entry in celery.conf.beat_schedule.values()}
-    jobs = {PURGE_SESSIONS_TASK, BILLING_SCHEDULE_TASK, PAYMENTS_RECONCILE_TASK}
+    jobs = {
+        PURGE_SESSIONS_TASK,
+        BILLING_SCHEDULE_TASK,
+        PAYMENTS_RECONCILE_TASK,
+        LICENCES_SWEEP_TASK,
+    }
     assert beat_tasks == {SWEEP_TASK, *jobs}
     assert set(wiring(app).periodic_jobs) == jobs
 

@@ -27,7 +27,7 @@ from portal.features.identity.models import AuditEvent
 from portal.features.licences.models import LicenceChange, Subscription, SubscriptionStatus
 from portal.features.licences.rules import ChangeKind, ChangeState, HoldReason
 from portal.outbox.models import OutboxItem
-from tests.support import HttpsClient, Tenant, post_form, sign_in
+from tests.support import HttpsClient, Tenant, confirmed_acceptance, post_form, sign_in
 
 QUEUE = "/staff/licence-changes"
 
@@ -209,8 +209,8 @@ def test_the_queue_shows_changes_newest_first_with_their_state(
         "alpha customer b",
         "Teams Essentials",
         "Visio Plan 2",
-        "10 → 20",
-        "10 → 2",
+        "Asked for 20 seats",  # not provisioned: a request, not a move yet
+        "Asked for 2 seats",
         "Held: the customer is on credit hold",
         "quantity below minimum",
         "800002",
@@ -236,11 +236,13 @@ def test_the_queue_filters_by_state_and_customer(
     assert '<option value="failed">Failed (2)</option>' in page
     assert '<option value="queued">Queued (1)</option>' in page
     failed = text(client.get(f"{QUEUE}?state=failed"))
-    assert "2 changes" in failed and "10 → 12" in failed and "10 → 14" in failed
-    assert "10 → 15" not in failed and "10 → 16" not in failed
+    assert "2 changes" in failed
+    assert "Asked for 12 seats" in failed and "Asked for 14 seats" in failed
+    assert "10 → 15" not in failed and "Asked for 16 seats" not in failed
     assert '<option value="failed" selected>' in failed
     by_customer = text(client.get(f"{QUEUE}?state=failed&q=CUSTOMER B"))
-    assert "1 change" in by_customer and "10 → 14" in by_customer and "10 → 12" not in by_customer
+    assert "1 change" in by_customer and "Asked for 14 seats" in by_customer
+    assert "Asked for 12 seats" not in by_customer
     assert '<option value="failed" selected>Failed (1)</option>' in by_customer
     assert 'value="CUSTOMER B"' in by_customer
     nothing = text(client.get(f"{QUEUE}?state=rejected"))
@@ -276,6 +278,10 @@ def test_retry_queues_a_failed_change_again(
     subscription = add_subscription(app, tenant)
     change_id = failed_change(app, subscription)
     request_id = change_row(app, change_id).request_id
+    with app.app_context(), get_database(app).sessions() as s:
+        # a retry is refused without the customer's MCA, as the customer's own request is
+        s.add(confirmed_acceptance(tenant.customers["a"], "demo", utcnow()))
+        s.commit()
     sign_in(client, "service@staff.alpha.example", staff=True)
     page = text(client.get(f"{QUEUE}?state=failed"))
     assert f'action="{QUEUE}/{change_id}/retry"' in page

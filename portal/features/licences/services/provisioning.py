@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import cast
 
 from flask import current_app
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, case, select, true, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -29,9 +29,19 @@ from portal.features.catalogue.models import Product
 from portal.features.identity import audit
 from portal.features.identity.models import StaffUser, User
 from portal.features.licences.models import LicenceChange, Subscription, SubscriptionStatus
-from portal.features.licences.rules import ChangeKind, ChangeState
+from portal.features.licences.rules import ChangeKind, ChangeState, HoldReason
+from portal.features.licences.services.agreements import require_agreement
 from portal.features.licences.services.pacing import call_slot, pacing
-from portal.features.licences.services.subscriptions import _queue, release_next, release_next_of
+from portal.features.licences.services.subscriptions import (
+    GAVE_UP_CODE,
+    NOT_BOUGHT_CODE,
+    PARTLY_APPLIED_CODE,
+    _queue,
+    lock_subscription,
+    release_next,
+    release_next_of,
+)
+from portal.features.licences.services.subscriptions import NOTIFY_KIND as NOTIFY_KIND
 from portal.features.tenancy import mail
 from portal.features.tenancy.models import Customer, Partner
 from portal.features.tenancy.services import parties
@@ -54,8 +64,11 @@ log = logging.getLogger(__name__)
 
 FINISHED_HOOK = "portal_on_licence_change_finished"
 
-NOTIFY_KIND = "licences.notify"
 ANSWER_LIMIT = 2000
+NOT_BOUGHT_REASON = (
+    "The subscription was never bought at the provider (its purchase failed), so this change "
+    "cannot be applied."
+)
 _IN_PROGRESS = (ChangeState.QUEUED, ChangeState.RETRYING, ChangeState.PROVISIONING)
 
 
@@ -79,6 +92,7 @@ class _Work:
     state: ChangeState
     sequence: int
     quantity_to: int
+    quantity_before: int  # what the provider confirmed before this change (the portal's copy)
     attempts: int  # before this attempt
     partner_id: int
     customer_id: int
@@ -88,7 +102,6 @@ class _Work:
     term: str
     billing_frequency: str
     tenant: str
-    credit_hold: bool
     parts: tuple[_Part, ...]  # the subscription first, then its bundle's children
 
 
@@ -111,11 +124,11 @@ _LOAD = (
         _change.c.subscription_id,
         _subscription.c.provider_key,
         _subscription.c.provider_ref,
+        _subscription.c.quantity.label("quantity_before"),
         _subscription.c.term,
         _subscription.c.billing_frequency,
         _product.c.provider_offer_id,
         _customer.c.ms_tenant_id,
-        _customer.c.credit_hold,
         _child.c.id.label("child_id"),
         _child.c.provider_ref.label("child_ref"),
     )
@@ -132,11 +145,38 @@ _LOAD = (
     )
     .order_by(_child.c.id)
 )
+# the credit hold, read when the statement runs (after the subscription's row lock is taken):
+# a change held now goes back to awaiting with its reason instead of going out
+_HELD = (
+    select(_customer.c.credit_hold).where(_customer.c.id == _change.c.customer_id).scalar_subquery()
+    == true()
+)
 _MARK_PROVISIONING = (
     update(_change)
     .where(_change.c.id == bindparam("change_id"), _change.c.state.in_(_IN_PROGRESS))
-    .values(state=ChangeState.PROVISIONING, attempts=_change.c.attempts + 1)
-    .returning(_change.c.attempts)
+    .values(
+        state=case((_HELD, ChangeState.AWAITING.value), else_=ChangeState.PROVISIONING.value),
+        hold_reason=case((_HELD, HoldReason.CREDIT_HOLD.value), else_=None),
+        attempts=case((_HELD, _change.c.attempts), else_=_change.c.attempts + 1),
+    )
+    .returning(_change.c.state)
+)
+# a handler giving up leaves the change failed (staff act on it), never in flight
+_MARK_FAILED = (
+    update(_change)
+    .where(
+        _change.c.id == bindparam("change_id"),
+        _change.c.partner_id == bindparam("of_partner"),
+        _change.c.customer_id == bindparam("of_customer"),
+        _change.c.state.in_(_IN_PROGRESS),
+    )
+    .values(
+        state=ChangeState.FAILED,
+        provider_answer=bindparam("answer"),
+        provider_code=bindparam("code"),
+        finished_at=bindparam("now"),
+    )
+    .returning(_change.c.id)
 )
 _MARK_RETRYING = (
     update(_change)
@@ -148,7 +188,22 @@ _SET_CHANGE = update(_change).where(_change.c.id == bindparam("change_id"))
 
 
 def provision(item: OutboxItem, session: Session) -> Outcome:
-    """Outbox handler for ``licences.provision``: bring one change to the provider."""
+    """Outbox handler for ``licences.provision``: bring one change to the provider.
+
+    On its last attempt nothing leaves the change in flight: an error the handler did not
+    expect makes the change failed, with the error as its reason, for staff to act on.
+    """
+    try:
+        return _provision(item, session)
+    except Exception as error:
+        if item.attempts < item.max_attempts:
+            raise  # the outbox retries it
+        log.exception("licence change of outbox item %s: giving up", item.id)
+        session.rollback()
+        return _give_up(session, item, f"{type(error).__name__}: {error}")
+
+
+def _provision(item: OutboxItem, session: Session) -> Outcome:
     work = _load(session, item)
     if work is None:
         return Done({"skipped": "missing"})
@@ -160,13 +215,19 @@ def provision(item: OutboxItem, session: Session) -> Outcome:
     wait = pacing(app).wait_before_call(work.provider_key, work.tenant, calls)
     if wait is not None:
         return Defer(wait)
-    if not _mark_provisioning(session, work):
+    marked = _mark_provisioning(session, work)
+    if marked is None:
         return Done({"skipped": "finished meanwhile"})
-    result = _apply(session, adapter, work)
+    if marked is ChangeState.AWAITING:
+        return Done({"skipped": "credit hold"})  # released when the hold is lifted
+    last = item.attempts >= item.max_attempts
+    result = _apply(session, adapter, work, last_attempt=last)
+    if isinstance(result, _Partial):
+        return _partly_applied(session, work, result)
     if isinstance(result, TechnicalFailure):
         if result.retry_after:
             pacing(app).pause(work.provider_key, work.tenant, result.retry_after)
-        if item.attempts < item.max_attempts:
+        if not last:
             _mark_retrying(session, work, result.message)
             return RetryLater(result.message, result.retry_after)
         _finish(session, work, ChangeState.FAILED, answer=result.message)
@@ -174,6 +235,8 @@ def provision(item: OutboxItem, session: Session) -> Outcome:
     if isinstance(result, BusinessRejection):
         if work.kind is ChangeKind.PURCHASE:
             _set_subscription(session, work.subscription_id, status=SubscriptionStatus.FAILED)
+        else:
+            lock_subscription(session, work.subscription_id)  # release is decided under it
         released = _finish(
             session, work, ChangeState.REJECTED, answer=result.reason, code=result.code
         )
@@ -184,8 +247,29 @@ def provision(item: OutboxItem, session: Session) -> Outcome:
         ChangeState.PROVISIONED,
         answer=_describe(result.value),
         effective_at=utcnow(),
+        quantity_from=work.quantity_before,
     )
     return Done({"state": "provisioned", "quantity": result.value.quantity}, follow_up=released)
+
+
+def _give_up(session: Session, item: OutboxItem, reason: str) -> Outcome:
+    """The last attempt ended in an error: the change is failed with it, and staff are told."""
+    change_id = int(str(item.payload["change_id"]))
+    marked = session.execute(
+        _MARK_FAILED,
+        {
+            "change_id": change_id,
+            "of_partner": item.partner_id,
+            "of_customer": item.customer_id,
+            "answer": reason[:ANSWER_LIMIT],
+            "code": GAVE_UP_CODE,
+            "now": utcnow(),
+        },
+    ).scalar()
+    if marked is None:
+        return Done({"skipped": "not in flight"})
+    _notify_later(session, change_id, int(item.partner_id or 0), int(item.customer_id or 0))
+    return Done({"state": "failed", "gave_up": reason[:200]})
 
 
 def _calls_needed(adapter: ProviderAdapter, work: _Work) -> int:
@@ -231,6 +315,7 @@ def _load(session: Session, item: OutboxItem) -> _Work | None:
         state=first.state,
         sequence=first.sequence,
         quantity_to=first.quantity_to,
+        quantity_before=first.quantity_before,
         attempts=first.attempts,
         partner_id=int(item.partner_id or 0),
         customer_id=int(item.customer_id or 0),
@@ -240,7 +325,6 @@ def _load(session: Session, item: OutboxItem) -> _Work | None:
         term=first.term.value,
         billing_frequency=first.billing_frequency.value,
         tenant=first.ms_tenant_id or f"customer-{item.customer_id}",
-        credit_hold=first.credit_hold,
         parts=tuple(parts),
     )
 
@@ -250,16 +334,19 @@ def _child_request_id(request_id: str, child_id: int) -> str:
     return str(uuid.uuid5(uuid.UUID(request_id), f"child-{child_id}"))
 
 
-def _mark_provisioning(session: Session, work: _Work) -> bool:
-    """Show "provisioning" now (its own commit), unless the change finished meanwhile."""
-    attempts = (
-        session.connection().execute(_MARK_PROVISIONING, {"change_id": work.change_id}).scalar()
-    )
-    if attempts is None:
+def _mark_provisioning(session: Session, work: _Work) -> ChangeState | None:
+    """Show "provisioning" now (its own commit), unless the change finished meanwhile (None)
+    or its customer is on credit hold now (back to awaiting, with the hold as its reason).
+
+    The subscription's row is locked first, so the hold is read after any release of the
+    same subscription that was under way has committed (a lifted hold is then seen)."""
+    lock_subscription(session, work.subscription_id)
+    state = session.connection().execute(_MARK_PROVISIONING, {"change_id": work.change_id}).scalar()
+    if state is None:
         session.rollback()
-        return False
+        return None
     session.commit()
-    return True
+    return ChangeState(state)
 
 
 def _mark_retrying(session: Session, work: _Work, message: str) -> None:
@@ -271,24 +358,79 @@ def _mark_retrying(session: Session, work: _Work, message: str) -> None:
     session.commit()
 
 
-def _apply(session: Session, adapter: ProviderAdapter, work: _Work) -> Result[ProviderSubscription]:
+@dataclass(frozen=True)
+class _Partial:
+    """A bundle some of whose parts the provider applied before another part failed for good."""
+
+    applied: tuple[tuple[_Part, ProviderSubscription], ...]
+    failed: _Part
+    reason: str
+    not_sent: tuple[_Part, ...]
+
+
+def _apply(
+    session: Session, adapter: ProviderAdapter, work: _Work, *, last_attempt: bool = False
+) -> Result[ProviderSubscription] | _Partial:
     """Send the change for the subscription and each child of a bundle; the parent's answer.
 
-    Any technical failure makes the whole change retry (the parts already applied replay
-    without a second effect); a rejection of any part rejects the change. What the provider
+    A technical failure makes the whole change retry (the parts already applied replay
+    without a second effect). When a part fails for good (a rejection, or a technical failure
+    on the last attempt) after others were applied, the outcome is partial: what each part's
+    provider answer was is kept (:class:`_Partial`), never forgotten. What the provider
     confirmed is written to the subscriptions here; the caller commits it with the change.
     """
     answers: list[ProviderSubscription] = []
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    for part in work.parts:
+    for index, part in enumerate(work.parts):
         with call_slot(app):  # the host's cap on calls at once (none by default)
             answer = _apply_one(adapter, work, part)
         if not isinstance(answer, Succeeded):
+            final = isinstance(answer, BusinessRejection) or last_attempt
+            if answers and final:
+                reason = answer.reason if isinstance(answer, BusinessRejection) else answer.message
+                applied = tuple(zip(work.parts, answers, strict=False))
+                return _Partial(applied, part, reason, work.parts[index + 1 :])
             return answer
         answers.append(answer.value)
     for part, value in zip(work.parts, answers, strict=True):
         _record_provisioned(session, work, part, value)
     return Succeeded(answers[0])
+
+
+def _partly_applied(session: Session, work: _Work, partial: _Partial) -> Outcome:
+    """Record what the provider applied (each applied part's subscription, with its reference)
+    and leave the change failed, for staff, saying which parts were and were not applied."""
+    for part, value in partial.applied:
+        _record_provisioned(session, work, part, value)
+    names = _part_names(session, [p.subscription_id for p in work.parts])
+    done = "; ".join(
+        f"{names.get(part.subscription_id, part.subscription_id)} ({value.subscription_ref}, "
+        f"{value.quantity} seats)"
+        for part, value in partial.applied
+    )
+    missing = [f"{names.get(partial.failed.subscription_id)}: {partial.reason}"] + [
+        f"{names.get(part.subscription_id)}: not sent" for part in partial.not_sent
+    ]
+    answer = f"Partly applied. Applied: {done}. Not applied: {'; '.join(missing)}"
+    _finish(
+        session,
+        work,
+        ChangeState.FAILED,
+        answer=answer,
+        code=PARTLY_APPLIED_CODE,
+        effective_at=utcnow(),
+        quantity_from=work.quantity_before,
+    )
+    return Done({"state": "failed", "partly_applied": len(partial.applied)})
+
+
+def _part_names(session: Session, subscription_ids: list[int]) -> dict[int, str]:
+    rows = session.execute(
+        select(_subscription.c.id, _product.c.name)
+        .join(_product, _product.c.id == _subscription.c.product_id)
+        .where(_subscription.c.id.in_(subscription_ids))
+    )
+    return {row.id: row.name for row in rows}
 
 
 def _apply_one(adapter: ProviderAdapter, work: _Work, part: _Part) -> Result[ProviderSubscription]:
@@ -304,7 +446,9 @@ def _apply_one(adapter: ProviderAdapter, work: _Work, part: _Part) -> Result[Pro
                 billing_frequency=work.billing_frequency,
             )
         )
-    assert part.provider_ref is not None, "a bought subscription has a provider ref"
+    if part.provider_ref is None:
+        # its purchase failed (or was never applied): there is nothing at the provider to change
+        return BusinessRejection(NOT_BOUGHT_REASON, code=NOT_BOUGHT_CODE)
     if work.attempts >= 1:
         # an earlier attempt may have taken effect without us hearing the answer
         read = adapter.get_subscription(work.tenant, part.provider_ref)
@@ -344,8 +488,13 @@ def _finish(
     answer: str,
     code: str | None = None,
     effective_at: datetime | None = None,
+    quantity_from: int | None = None,
 ) -> OutboxItem | None:
     """Record a final state (or failed), let the next change go and see that people are told.
+
+    ``quantity_from`` is the provider's quantity before the change, recorded when it took
+    effect (the request's own figure was a forecast). The next change is released in the same
+    statement that reads the credit hold, under the subscription's row lock the caller took.
 
     Returns the outbox item of the next change, when one was released: this worker runs it
     next. A provisioned change followed at once by the next one is told about with that one
@@ -359,10 +508,12 @@ def _finish(
     }
     if effective_at is not None:
         values["effective_at"] = effective_at
+    if quantity_from is not None:
+        values["quantity_from"] = quantity_from
     session.connection().execute(_SET_CHANGE, {"change_id": work.change_id, **values})
     released = None
-    if state is not ChangeState.FAILED and not work.credit_hold:
-        # a failed change holds the later ones back
+    if state is not ChangeState.FAILED:
+        # a failed change holds the later ones back; a credit hold is read fresh here
         released = release_next_of(session, work.subscription_id)
     if state is not ChangeState.PROVISIONED or released is None:
         _notify_later(session, work.change_id, work.partner_id, work.customer_id)
@@ -580,6 +731,10 @@ def retry(db_session: Session, partner: Partner, change: LicenceChange, staff: S
     """Send a failed change again (same request id: no second effect if it did go through)."""
     if change.state is not ChangeState.FAILED:
         raise ServiceError(_("Only a failed change can be retried."))
+    if change.subscription.product.requires_mca:
+        # the same gate as the customer's own request: no MCA, nothing goes to Microsoft
+        customer = db_session.get_one(Customer, change.customer_id)
+        require_agreement(db_session, customer)
     _queue(db_session, change)
     audit.record(
         db_session,
@@ -621,7 +776,11 @@ def resolve(
     change.finished_at = change.notified_at = utcnow()  # staff settle it with the people
     if applied:
         change.state = ChangeState.PROVISIONED
-        change.effective_at = utcnow()
+        # the provider's quantity before it: what the portal last had confirmed (the parent's
+        # own, unless a partial outcome already recorded its part as applied)
+        if change.effective_at is None:
+            change.quantity_from = subscription.quantity
+            change.effective_at = utcnow()
         for part in (subscription, *subscription.children):
             part.quantity = change.quantity_to
             part.status = SubscriptionStatus.ACTIVE

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
 
-from flask import current_app
+from flask import Flask, current_app
 from flask_babel import format_date, format_datetime
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Table, bindparam, case, func, select, true, update
 from sqlalchemy.orm import Session
 
-from portal.core.db import utcnow
+from portal.core.db import get_database, utcnow
 from portal.core.errors import ServiceError, _
 from portal.core.money import to_major
 from portal.core.proration import Period, billing_period, prorated_minor
@@ -50,10 +50,14 @@ from portal.features.tenancy.models import Customer, Partner
 from portal.features.tenancy.services import local_today
 from portal.integrations.registry import integrations
 from portal.outbox.items import enqueue
-from portal.outbox.models import OutboxItem
+from portal.outbox.models import OutboxItem, OutboxState
 
 PROVISION_KIND = "licences.provision"
+NOTIFY_KIND = "licences.notify"
 CHANGEABLE = (SubscriptionStatus.ACTIVE, SubscriptionStatus.PENDING)
+# provider codes the portal itself gives a change (the page words them in the reader's language)
+NOT_BOUGHT_CODE = "portal.not_bought"  # its subscription's purchase failed
+PARTLY_APPLIED_CODE = "portal.partly_applied"  # some parts of a bundle applied, others not
 
 
 class StaleSubscription(ServiceError):
@@ -376,6 +380,15 @@ def _record_change(
         or 0
     ) + 1
     held_by_earlier = _has_holding_change(db_session, subscription.id)
+    # read now, under the subscription's row lock the request took (its version): a hold
+    # lifted meanwhile is seen here, or its release (which takes the same lock) sees this change
+    on_hold = bool(
+        db_session.scalar(
+            select(Customer.credit_hold)
+            .where(Customer.id == customer.id)
+            .execution_options(populate_existing=True)
+        )
+    )
     change = LicenceChange(
         partner_id=subscription.partner_id,
         customer_id=customer.id,
@@ -392,7 +405,7 @@ def _record_change(
         requested_at=now,
         state=ChangeState.AWAITING,
     )
-    if customer.credit_hold:
+    if on_hold:
         change.hold_reason = HoldReason.CREDIT_HOLD
     elif held_by_earlier:
         change.hold_reason = HoldReason.EARLIER_CHANGE
@@ -570,8 +583,16 @@ class Released:
 
 
 _change = cast(Table, LicenceChange.__table__)
+_subscription = cast(Table, Subscription.__table__)
+_customer = cast(Table, Customer.__table__)
+# the customer's credit hold as it is when the statement runs
+_HELD = (
+    select(_customer.c.credit_hold).where(_customer.c.id == _change.c.customer_id).scalar_subquery()
+    == true()
+)
 # the earliest change that holds the subscription back, queued if it is only awaiting its turn
-# (one statement: the row lock, the check and the write; SQLite serialises writers anyway)
+# and no credit hold applies now (else it keeps waiting, with the hold as its reason); one
+# statement: the row lock, the fresh reads and the write (SQLite serialises writers anyway)
 _RELEASE_NEXT = (
     update(_change)
     .where(
@@ -587,18 +608,30 @@ _RELEASE_NEXT = (
         .scalar_subquery(),
         _change.c.state == ChangeState.AWAITING,
     )
-    .values(state=ChangeState.QUEUED, hold_reason=None)
-    .returning(_change.c.id, _change.c.partner_id, _change.c.customer_id)
+    .values(
+        state=case((_HELD, ChangeState.AWAITING.value), else_=ChangeState.QUEUED.value),
+        hold_reason=case((_HELD, HoldReason.CREDIT_HOLD.value), else_=None),
+    )
+    .returning(_change.c.id, _change.c.partner_id, _change.c.customer_id, _change.c.state)
+)
+_LOCK_SUBSCRIPTION = (
+    select(_subscription.c.id).where(_subscription.c.id == bindparam("id")).with_for_update()
 )
 
 
+def lock_subscription(db_session: Session, subscription_id: int) -> None:
+    """Take the subscription's row lock (PostgreSQL; SQLite serialises writers anyway): the
+    release of its changes is decided under it, with reads made after it is taken."""
+    db_session.connection().execute(_LOCK_SUBSCRIPTION, {"id": subscription_id})
+
+
 def release_next(db_session: Session, customer: Customer, subscription_id: int) -> Released | None:
-    """Queue the subscription's earliest awaiting change, if nothing before it holds it back.
+    """Queue the subscription's earliest awaiting change, if nothing before it holds it back
+    and the customer is not on credit hold (read fresh, not from ``customer``).
 
     Called when staff resolve a change and when a credit hold is lifted; the caller commits.
     """
-    if customer.credit_hold:
-        return None
+    lock_subscription(db_session, subscription_id)
     item = release_next_of(db_session, subscription_id)
     if item is None:
         return None
@@ -609,13 +642,13 @@ def release_next(db_session: Session, customer: Customer, subscription_id: int) 
 
 
 def release_next_of(db_session: Session, subscription_id: int) -> OutboxItem | None:
-    """:func:`release_next` for a caller that has checked the credit hold and needs only the
-    outbox item (the provisioning of every change ends here: no ORM object is loaded)."""
+    """:func:`release_next` for a caller that holds the subscription's row lock and needs only
+    the outbox item (the provisioning of every change ends here: no ORM object is loaded)."""
     row = (
         db_session.connection().execute(_RELEASE_NEXT, {"of_subscription": subscription_id}).first()
     )
-    if row is None:
-        return None  # nothing waiting, or the earliest one is still on its way (or failed)
+    if row is None or row.state != ChangeState.QUEUED.value:
+        return None  # nothing waiting, the earliest one still on its way (or failed), or held
     return _enqueue_provision(db_session, row.id, row.partner_id, row.customer_id)
 
 
@@ -653,7 +686,103 @@ def set_credit_hold(
         reason=reason,
     )
     if not on_hold:
-        # the changes recorded during the hold go out now, in order, in the same commit
+        # the changes recorded during the hold go out now, in order, in the same commit; the
+        # subscriptions' row locks first: a request or a provisioning that read the hold
+        # before this commit has then committed its change, and it is seen here
         db_session.flush()
+        db_session.execute(
+            select(Subscription.id)
+            .where(Subscription.customer_id == customer.id)
+            .order_by(Subscription.id)
+            .with_for_update()
+        ).all()
         release_held(db_session, customer)
     db_session.commit()
+
+
+def release_stranded(db_session: Session, limit: int = 500) -> int:
+    """The periodic sweep: release awaiting changes whose reason has gone (no credit hold, no
+    earlier change still on its way), which a race may have left waiting. Returns how many
+    went out; the caller commits. The subscriptions are read across tenants (a system job)."""
+    candidates = db_session.scalars(
+        select(LicenceChange.subscription_id)
+        .join(Customer, Customer.id == LicenceChange.customer_id)
+        .where(LicenceChange.state == ChangeState.AWAITING, Customer.credit_hold.is_(False))
+        .distinct()
+        .order_by(LicenceChange.subscription_id)
+        .limit(limit)
+        .execution_options(unscoped=True)
+    ).all()
+    released = 0
+    for subscription_id in candidates:
+        lock_subscription(db_session, subscription_id)
+        if release_next_of(db_session, subscription_id) is not None:
+            released += 1
+    return released
+
+
+_IN_FLIGHT = (ChangeState.QUEUED, ChangeState.RETRYING, ChangeState.PROVISIONING)
+_ALIVE = (OutboxState.PENDING, OutboxState.RUNNING)
+GAVE_UP_CODE = "portal.gave_up"
+
+
+def fail_abandoned(db_session: Session, limit: int = 500) -> list[LicenceChange]:
+    """The periodic sweep, second half: a change still in flight whose background work the
+    outbox gave up on (no item of it pending or running, one failed) is failed, with the
+    item's last error, so staff can act on it. Returns the changes failed; the caller commits
+    and tells the service team."""
+    in_flight = list(
+        db_session.scalars(
+            select(LicenceChange)
+            .where(LicenceChange.state.in_(_IN_FLIGHT))
+            .order_by(LicenceChange.id)
+            .limit(limit)
+            .execution_options(unscoped=True)
+        )
+    )
+    if not in_flight:
+        return []
+    change_id = OutboxItem.payload["change_id"].as_integer()
+    items = db_session.execute(
+        select(change_id, OutboxItem.state, OutboxItem.last_error)
+        .where(
+            OutboxItem.kind == PROVISION_KIND,
+            change_id.in_([change.id for change in in_flight]),
+        )
+        .order_by(OutboxItem.id)
+    ).all()
+    alive = {row[0] for row in items if row.state in _ALIVE}
+    errors = {row[0]: row.last_error for row in items if row.state is OutboxState.FAILED}
+    failed = []
+    for change in in_flight:
+        if change.id in alive or change.id not in errors:
+            continue
+        lock_subscription(db_session, change.subscription_id)
+        db_session.refresh(change)
+        if change.state not in _IN_FLIGHT:
+            continue
+        change.state = ChangeState.FAILED
+        change.provider_code = GAVE_UP_CODE
+        change.provider_answer = (errors[change.id] or "the background work gave up")[:2000]
+        change.finished_at = utcnow()
+        failed.append(change)
+    return failed
+
+
+def sweep_awaiting(app: Flask) -> int:
+    """The periodic job: release awaiting changes whose reason has gone
+    (:func:`release_stranded`) and fail in-flight changes whose work was given up
+    (:func:`fail_abandoned`, the service team is told). Returns how many changes it moved."""
+    with app.app_context(), get_database(app).sessions() as session:
+        released = release_stranded(session)
+        failed = fail_abandoned(session)
+        for change in failed:
+            enqueue(
+                session,
+                NOTIFY_KIND,
+                {"change_id": change.id},
+                partner_id=change.partner_id,
+                customer_id=change.customer_id,
+            )
+        session.commit()
+    return released + len(failed)
