@@ -367,3 +367,36 @@ def test_the_purchase_handler_bills_a_provisioned_purchase_once(app: Flask, utc:
     assert lines(app, made.id) == [
         (LineKind.ADVANCE, sub, 2, date(2027, 1, 5), date(2027, 2, 5), 2_000)
     ]
+
+
+def test_a_purchase_put_on_a_contract_before_it_was_provisioned_is_invoiced_when_it_is(
+    app: Flask, utc: Tenant
+) -> None:
+    """Staff put the pending purchase on the contract (nothing to bill yet); the provider then
+    applies it and the provisioning queues ``billing.purchase``: the invoice is made by the
+    worker, with no billing run."""
+    product = make_product(app, utc.partner.id, price_minor=1_000)
+    contract_id = contract(app, utc, JAN_1)
+    day = date(2027, 1, 10)
+    with time_machine.travel(_at(day), tick=False):
+        with app.app_context(), get_database(app).sessions() as s:
+            bought = licences.purchase(
+                s,
+                s.get_one(Partner, utc.partner.id),
+                s.get_one(Customer, utc.customers["a"].id),
+                s.get_one(Product, product),
+                3,
+                utc.users[BUYER],
+            )
+            s.commit()
+            sub = bought.id
+    assign(app, contract_id, sub, day)
+    assert invoices(app) == [], "nothing was provisioned yet"
+    with time_machine.travel(_at(day, 12), tick=False):
+        drain(app)
+    (made,) = invoices(app)
+    assert made.purchase_change_id is not None and made.period_start == JAN_1
+    assert lines(app, made.id) == [(LineKind.ADVANCE, sub, 3, day, date(2027, 2, 10), 3_000)]
+    with time_machine.travel(_at(day, 13), tick=False):
+        drain(app)
+    assert len(invoices(app)) == 1

@@ -62,6 +62,10 @@ from portal.outbox.models import OutboxItem
 
 log = logging.getLogger(__name__)
 
+# billing's kind (portal.features.billing.services.purchases.PURCHASE_KIND): licences sit below
+# billing and queue its work by name
+BILL_PURCHASE_KIND = "billing.purchase"
+
 FINISHED_HOOK = "portal_on_licence_change_finished"
 
 ANSWER_LIMIT = 2000
@@ -515,6 +519,15 @@ def _finish(
     if state is not ChangeState.FAILED:
         # a failed change holds the later ones back; a credit hold is read fresh here
         released = release_next_of(session, work.subscription_id)
+    if state is ChangeState.PROVISIONED and work.kind is ChangeKind.PURCHASE:
+        # billed in advance: the purchase's invoice is made now, not at the next run
+        enqueue(
+            session,
+            BILL_PURCHASE_KIND,
+            {"change_id": work.change_id},
+            partner_id=work.partner_id,
+            customer_id=work.customer_id,
+        )
     if state is not ChangeState.PROVISIONED or released is None:
         _notify_later(session, work.change_id, work.partner_id, work.customer_id)
     return released
@@ -784,6 +797,14 @@ def resolve(
         for part in (subscription, *subscription.children):
             part.quantity = change.quantity_to
             part.status = SubscriptionStatus.ACTIVE
+        if change.kind is ChangeKind.PURCHASE:
+            enqueue(
+                db_session,
+                BILL_PURCHASE_KIND,
+                {"change_id": change.id},
+                partner_id=change.partner_id,
+                customer_id=change.customer_id,
+            )
     else:
         change.state = ChangeState.REJECTED
         change.provider_answer = note
