@@ -1,0 +1,57 @@
+"""The model-based test of the money loop (issue 13, point 11): see :mod:`tests.model.machine`.
+
+Run the default budget: ``.venv/bin/pytest -q tests/model``; a longer run:
+``PORTAL_MODEL_EXAMPLES=2000 .venv/bin/pytest -q tests/model``; the licence rules alone:
+``PORTAL_MODEL_GROUPS=licences`` (or ``-m model_licences``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from flask import Flask
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import run_state_machine_as_test
+from partner_center_provider.fake import FakePartnerCenter
+
+from tests.model.machine import MoneyLoop, groups_from_environment
+
+EXAMPLES = int(os.environ.get("PORTAL_MODEL_EXAMPLES", "60"))
+STEPS = int(os.environ.get("PORTAL_MODEL_STEPS", "30"))
+
+
+def model_settings(examples: int) -> settings:
+    return settings(
+        max_examples=examples,
+        stateful_step_count=STEPS,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        print_blob=True,
+    )
+
+
+def run_machine(app: Flask, fake: FakePartnerCenter, groups: frozenset[str], examples: int) -> None:
+    machine = type("Loop", (MoneyLoop,), {"app": app, "fake": fake, "groups": groups})
+    run_state_machine_as_test(machine, settings=model_settings(examples))
+
+
+@pytest.mark.model
+@pytest.mark.model_licences
+def test_licence_loop(model_app: Flask, partner_center: FakePartnerCenter) -> None:
+    """Licence changes, purchases, provider faults, credit holds, staff and the outbox."""
+    groups = groups_from_environment() & {"licences"}
+    if not groups:
+        pytest.skip("PORTAL_MODEL_GROUPS leaves the licence rules out")
+    run_machine(model_app, partner_center, frozenset(groups), EXAMPLES)
+
+
+@pytest.mark.model
+@pytest.mark.model_money
+def test_money_loop(model_app: Flask, partner_center: FakePartnerCenter) -> None:
+    """Every behaviour group chosen (``PORTAL_MODEL_GROUPS``, default all): the licence rules
+    with billing runs over the months the journey covers."""
+    groups = groups_from_environment()
+    if groups <= {"licences"}:
+        pytest.skip("only the licence rules are chosen: test_licence_loop runs them")
+    run_machine(model_app, partner_center, groups, EXAMPLES)
