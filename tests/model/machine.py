@@ -44,6 +44,7 @@ from hypothesis.stateful import (
     rule,
 )
 from partner_center_provider.fake import FakePartnerCenter, Fault
+from stripe_payments.fake import FakeStripe
 
 from portal.core.db import get_database, utcnow
 from portal.core.errors import ServiceError
@@ -53,7 +54,9 @@ from portal.features.billing.models import (
     CreditNoteLine,
     Invoice,
     InvoiceLine,
+    InvoicePayment,
 )
+from portal.features.billing.services import queries
 from portal.features.billing.services.contracts import assign_subscriptions, create_contract
 from portal.features.billing.services.run import run_billing_for_partner
 from portal.features.catalogue.models import Product
@@ -64,6 +67,7 @@ from portal.features.licences.services.subscriptions import (
     request_quantity,
     set_credit_hold,
 )
+from portal.features.payments.services.pay import pay_invoice
 from tests.model import world
 from tests.model.world import Scene
 
@@ -133,6 +137,7 @@ class MoneyLoop(RuleBasedStateMachine):
 
     app: ClassVar[Flask]
     fake: ClassVar[FakePartnerCenter]
+    stripe: ClassVar[FakeStripe | None] = None
     groups: ClassVar[frozenset[str]] = ALL_GROUPS
 
     def __init__(self) -> None:
@@ -146,6 +151,9 @@ class MoneyLoop(RuleBasedStateMachine):
         self.first_day = START.date()
         self.next_period = self.first_day + relativedelta(months=1)
         self.billed: list[date] = []  # the period starts billed so far
+        self.delivered: set[str] = set()  # Stripe events delivered at least once
+        self.disputed: set[str] = set()
+        self.lost: dict[str, int] = {}  # payment intent -> amount a lost dispute took back
 
     # -- the scene ------------------------------------------------------------------------------
 
@@ -170,6 +178,11 @@ class MoneyLoop(RuleBasedStateMachine):
                 s.commit()
                 self.contract_id = contract.id
         self.observe()
+
+    @property
+    def the_stripe(self) -> FakeStripe:
+        assert self.stripe is not None
+        return self.stripe
 
     @property
     def the_scene(self) -> Scene:
@@ -347,6 +360,9 @@ class MoneyLoop(RuleBasedStateMachine):
                 self.settle()
                 self.check_provider_matches_portal()
                 self.check_no_orphan_at_provider()
+                if self.payments():
+                    self.settle_payments()
+                    self.check_payments(quiescent=True)
         finally:
             self.traveller.stop()
 
@@ -443,6 +459,223 @@ class MoneyLoop(RuleBasedStateMachine):
                     f"the provider held {held} (its timeline: "
                     f"{self.reference.days.get(parent.provider_ref or '', [])})"
                 )
+
+    # -- payments -------------------------------------------------------------------------------
+
+    def payments(self) -> bool:
+        return "payments" in self.groups and self.stripe is not None
+
+    def issued_invoices(self) -> list[Invoice]:
+        with get_database(self.app).sessions() as s:
+            return list(
+                s.scalars(
+                    sa.select(Invoice)
+                    .where(
+                        Invoice.customer_id == self.the_scene.customer_id,
+                        Invoice.state == "issued",
+                    )
+                    .order_by(Invoice.id)
+                )
+            )
+
+    @precondition(lambda self: self.payments())
+    @rule(
+        which=st.integers(0, 3),
+        share=st.sampled_from(["all", "half", "a little"]),
+        clicks=st.integers(1, 2),
+    )
+    def pay_now(self, which: int, share: str, clicks: int) -> None:
+        """The Finance Manager pays (part of) an invoice by card: "Pay now", perhaps clicked
+        twice; another amount replaces the open checkout."""
+        invoices = self.issued_invoices()
+        if not invoices:
+            return
+        invoice_id = invoices[which % len(invoices)].id
+        for _ in range(clicks):
+            with world.service_session(self.app) as s:
+                who = world.parties(s, self.the_scene)
+                detail = queries.invoice_detail(s, invoice_id, today=utcnow().date())
+                if detail is None or detail.balance_minor <= 0:
+                    return
+                balance = detail.balance_minor
+                wanted = {"all": balance, "half": max(balance // 2, 100), "a little": 100}[share]
+                wanted = min(wanted, balance)
+                try:
+                    pay_invoice(
+                        s,
+                        partner=who.partner,
+                        invoice_id=invoice_id,
+                        role="finance_manager",
+                        actor=who.user.email,
+                        amount=Decimal(wanted).scaleb(-2),
+                        return_url=lambda attempt: f"https://portal.test/pay/{attempt}",
+                        today=utcnow().date(),
+                    )
+                except ServiceError:
+                    s.rollback()
+
+    @precondition(lambda self: self.payments())
+    @rule(which=st.integers(0, 5), declined=st.booleans())
+    def the_customer_completes_a_checkout(self, which: int, declined: bool) -> None:
+        """On Stripe's page, with a card that pays or is declined (any open session: also one
+        the portal replaced)."""
+        stripe = self.the_stripe
+        with stripe._lock:
+            open_sessions = [
+                sid
+                for sid, session in stripe.sessions.items()
+                if session["mode"] == "payment" and session["status"] == "open"
+            ]
+        if not open_sessions:
+            return
+        stripe.complete_checkout(
+            open_sessions[which % len(open_sessions)], "decline" if declined else "succeed"
+        )
+
+    @precondition(lambda self: self.payments())
+    @rule(data=st.data())
+    def stripe_delivers_webhooks(self, data: st.DataObject) -> None:
+        """Some of the events so far, in any order, some twice (Stripe retries, and does not
+        keep the order)."""
+        events = list(self.the_stripe.events)
+        if not events:
+            return
+        chosen = data.draw(
+            st.lists(st.sampled_from(range(len(events))), min_size=1, max_size=8),
+            label="events (their indexes)",
+        )
+        for index in chosen:
+            self.deliver(events[index])
+
+    def deliver(self, event: dict[str, object]) -> None:
+        body, headers = self.the_stripe.delivery(event)
+        client = self.app.test_client()
+        answer = client.post("/p/stripe/webhook", data=body, headers=headers)
+        assert answer.status_code < 500 or answer.status_code == 503, answer.status_code
+        self.delivered.add(str(event["id"]))
+
+    def paid_intents(self) -> list[dict[str, object]]:
+        with self.the_stripe._lock:
+            return [
+                dict(intent)
+                for intent in self.the_stripe.intents.values()
+                if intent["status"] == "succeeded"
+            ]
+
+    @precondition(lambda self: self.payments())
+    @rule(which=st.integers(0, 5), whole=st.booleans())
+    def stripe_refunds(self, which: int, whole: bool) -> None:
+        """Staff refund (part of) a payment in Stripe's dashboard."""
+        intents = self.paid_intents()
+        if not intents:
+            return
+        intent = intents[which % len(intents)]
+        charge = self.the_stripe.charges[str(intent["latest_charge"])]
+        left = int(charge["amount"]) - int(charge["amount_refunded"])
+        if left <= 0:
+            return
+        self.the_stripe.refund(str(intent["id"]), None if whole else max(1, left // 3))
+
+    @precondition(lambda self: self.payments())
+    @rule(which=st.integers(0, 5), lost=st.booleans())
+    def a_bank_disputes_a_payment(self, which: int, lost: bool) -> None:
+        """The card holder's bank disputes a payment; the dispute closes won or lost."""
+        intents = [i for i in self.paid_intents() if str(i["id"]) not in self.disputed]
+        if not intents:
+            return
+        intent = intents[which % len(intents)]
+        dispute = self.the_stripe.dispute(str(intent["id"]))
+        self.disputed.add(str(intent["id"]))
+        with self.the_stripe._lock:
+            closed = {**dispute, "status": "lost" if lost else "won"}
+            self.the_stripe._emit("charge.dispute.closed", closed)
+        if lost:
+            self.lost[str(intent["id"])] = int(dispute["amount"])
+
+    def settle_payments(self) -> None:
+        """Stripe's webhooks all arrive in the end; the outbox runs."""
+        for event in list(self.the_stripe.events):
+            if str(event["id"]) not in self.delivered:
+                self.deliver(event)
+        world.drain(self.app)
+
+    def check_payments(self, quiescent: bool) -> None:
+        """Per invoice: what Stripe charged for it never exceeds its total; once every webhook
+        arrived, each charge is recorded exactly once and the balance is its total, less
+        credits, less what was paid, plus what was refunded and what disputes took back."""
+        charged: dict[int, int] = defaultdict(int)
+        refunded: dict[int, int] = defaultdict(int)
+        taken_back: dict[int, int] = defaultdict(int)
+        intents = {}
+        for intent in self.paid_intents():
+            invoice_id = int(str(dict(intent["metadata"])["invoice_ref"]))  # type: ignore[call-overload]
+            charge = self.the_stripe.charges[str(intent["latest_charge"])]
+            charged[invoice_id] += int(charge["amount"])
+            refunded[invoice_id] += int(charge["amount_refunded"])
+            taken_back[invoice_id] += self.lost.get(str(intent["id"]), 0)
+            intents[str(intent["id"])] = invoice_id
+        with get_database(self.app).sessions() as s:
+            invoices = {
+                invoice.id: invoice
+                for invoice in s.scalars(
+                    sa.select(Invoice).where(Invoice.customer_id == self.the_scene.customer_id)
+                )
+            }
+            for invoice_id, amount in charged.items():
+                total = invoices[invoice_id].total_minor
+                assert amount <= total, (
+                    f"invoice {invoice_id} (total {total}): cards were charged {amount}"
+                )
+            if not quiescent:
+                return
+            payments = s.scalars(
+                sa.select(InvoicePayment).where(
+                    InvoicePayment.customer_id == self.the_scene.customer_id,
+                    InvoicePayment.kind != "refund",
+                )
+            ).all()
+            recorded: dict[str, int] = defaultdict(int)
+            for payment in payments:
+                recorded[payment.gateway_reference] += 1
+            for intent_id, invoice_id in intents.items():
+                assert recorded.get(intent_id) == 1, (
+                    f"the charge {intent_id} for invoice {invoice_id} is recorded "
+                    f"{recorded.get(intent_id, 0)} times"
+                )
+            unknown = set(recorded) - set(intents)
+            assert not unknown, f"payments recorded that Stripe never took: {sorted(unknown)}"
+            today = utcnow().date()
+            for invoice_id, invoice in invoices.items():
+                if invoice.state != "issued":
+                    continue
+                detail = queries.invoice_detail(s, invoice_id, today=today)
+                assert detail is not None
+                credited = int(
+                    s.scalar(
+                        sa.select(sa.func.coalesce(sa.func.sum(CreditNote.total_minor), 0)).where(
+                            CreditNote.invoice_id == invoice_id, CreditNote.state == "issued"
+                        )
+                    )
+                    or 0
+                )
+                expected = (
+                    invoice.total_minor
+                    - credited
+                    - charged[invoice_id]
+                    + refunded[invoice_id]
+                    + taken_back[invoice_id]
+                )
+                assert detail.balance_minor == expected, (
+                    f"invoice {invoice_id}: balance {detail.balance_minor}, expected {expected} "
+                    f"(total {invoice.total_minor}, credited {credited}, charged "
+                    f"{charged[invoice_id]}, refunded {refunded[invoice_id]}, lost in disputes "
+                    f"{taken_back[invoice_id]})"
+                )
+
+    @invariant()
+    def card_charges_never_exceed_the_invoice(self) -> None:
+        if self.scene is not None and self.payments():
+            self.check_payments(quiescent=False)
 
     @invariant()
     def every_document_adds_up(self) -> None:
