@@ -162,6 +162,8 @@ class MoneyLoop(RuleBasedStateMachine):
         self.clock = self.traveller.start()
         world.empty_database(self.app)
         self.fake.clear_faults()
+        if self.stripe is not None:
+            world.forget_everything(self.stripe)
         self.scene = world.set_the_scene(self.app, self.fake)
         if self.billing():
             with world.service_session(self.app) as s:
@@ -364,7 +366,8 @@ class MoneyLoop(RuleBasedStateMachine):
                     self.settle_payments()
                     self.check_payments(quiescent=True)
         finally:
-            self.traveller.stop()
+            if self.clock is not None:
+                self.traveller.stop()
 
     # -- billing --------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from flask import Flask
 from partner_center_provider.fake import FakePartnerCenter
 from sqlalchemy.orm import Session
+from stripe_payments.fake import FakeStripe
 
 from portal.core.db import Base, get_database, utcnow
 from portal.core.extensions import rendering_in
@@ -282,3 +283,28 @@ def subscriptions_of(app: Flask, customer_id: int) -> list[Subscription]:
 def provider_quantities(fake: FakePartnerCenter, tenant: str) -> dict[str, int]:
     """What the provider holds: seats per subscription reference."""
     return {str(sub["id"]): int(sub["quantity"]) for sub in fake.subscriptions(tenant)}
+
+
+def forget_everything(stripe: FakeStripe) -> None:
+    """The fake Stripe as new (its server kept running): each example starts from nothing, as
+    its database does (ids restart, so a kept idempotency key or an old invoice ref would
+    otherwise meet the next example's)."""
+    with stripe._lock:
+        for table in (
+            stripe.customers,
+            stripe.sessions,
+            stripe.intents,
+            stripe.charges,
+            stripe.refunds,
+            stripe.disputes,
+            stripe.methods,
+            stripe.setup_intents,
+            stripe._behaviour,
+            stripe._order,
+            stripe._kept,
+        ):
+            table.clear()
+        stripe.events.clear()
+        stripe._in_flight.clear()
+        stripe._effects.clear()
+        stripe._faults.clear()
