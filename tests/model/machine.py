@@ -29,7 +29,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 import time_machine
@@ -58,6 +58,7 @@ from portal.features.billing.models import (
 )
 from portal.features.billing.services import queries
 from portal.features.billing.services.contracts import assign_subscriptions, create_contract
+from portal.features.billing.services.documents import set_invoice_review
 from portal.features.billing.services.run import run_billing_for_partner
 from portal.features.catalogue.models import Product
 from portal.features.licences.models import LicenceChange, Subscription
@@ -179,6 +180,9 @@ class MoneyLoop(RuleBasedStateMachine):
                 )
                 s.commit()
                 self.contract_id = contract.id
+                # invoices go out as the run makes them (no draft review by staff)
+                set_invoice_review(s, who.partner, False, "finance@model")
+                s.commit()
         self.observe()
 
     @property
@@ -550,14 +554,14 @@ class MoneyLoop(RuleBasedStateMachine):
         for index in chosen:
             self.deliver(events[index])
 
-    def deliver(self, event: dict[str, object]) -> None:
+    def deliver(self, event: dict[str, Any]) -> None:
         body, headers = self.the_stripe.delivery(event)
         client = self.app.test_client()
         answer = client.post("/p/stripe/webhook", data=body, headers=headers)
         assert answer.status_code < 500 or answer.status_code == 503, answer.status_code
         self.delivered.add(str(event["id"]))
 
-    def paid_intents(self) -> list[dict[str, object]]:
+    def paid_intents(self) -> list[dict[str, Any]]:
         with self.the_stripe._lock:
             return [
                 dict(intent)
@@ -609,9 +613,9 @@ class MoneyLoop(RuleBasedStateMachine):
         charged: dict[int, int] = defaultdict(int)
         refunded: dict[int, int] = defaultdict(int)
         taken_back: dict[int, int] = defaultdict(int)
-        intents = {}
+        intents: dict[str, int] = {}  # payment intent -> invoice
         for intent in self.paid_intents():
-            invoice_id = int(str(dict(intent["metadata"])["invoice_ref"]))  # type: ignore[call-overload]
+            invoice_id = int(intent["metadata"]["invoice_ref"])
             charge = self.the_stripe.charges[str(intent["latest_charge"])]
             charged[invoice_id] += int(charge["amount"])
             refunded[invoice_id] += int(charge["amount_refunded"])
