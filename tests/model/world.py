@@ -225,6 +225,7 @@ def crash(app: Flask, item_id: int) -> str:
     database = get_database(app)
     with app.app_context():
         with database.sessions() as s:
+            s.expire_on_commit = False  # the item goes on to the handler as claimed
             item = claim(s, item_id, "model-crasher", lease_duration(app))
             s.commit()
             if item is None:
