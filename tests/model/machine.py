@@ -88,6 +88,13 @@ def _overlap(line: InvoiceLine | CreditNoteLine, begin: date, end: date) -> int:
     return max(0, (min(line.period_end, end) - max(line.period_start, begin)).days)
 
 
+def rules_left_out() -> frozenset[str]:
+    """Rules to leave out (``PORTAL_MODEL_WITHOUT=credit_hold,…``): to look for one defect
+    while another, already known, would be found first."""
+    raw = os.environ.get("PORTAL_MODEL_WITHOUT", "")
+    return frozenset(part.strip() for part in raw.split(",") if part.strip())
+
+
 def groups_from_environment() -> frozenset[str]:
     raw = os.environ.get("PORTAL_MODEL_GROUPS", "")
     if not raw.strip():
@@ -140,6 +147,7 @@ class MoneyLoop(RuleBasedStateMachine):
     fake: ClassVar[FakePartnerCenter]
     stripe: ClassVar[FakeStripe | None] = None
     groups: ClassVar[frozenset[str]] = ALL_GROUPS
+    left_out: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self) -> None:
         super().__init__()
@@ -202,12 +210,15 @@ class MoneyLoop(RuleBasedStateMachine):
     def licences(self) -> bool:
         return "licences" in self.groups
 
+    def may(self, rule_name: str) -> bool:
+        return rule_name not in self.left_out
+
     def billing(self) -> bool:
         return "billing" in self.groups
 
     # -- licences: the customer -------------------------------------------------------------------
 
-    @precondition(lambda self: self.licences())
+    @precondition(lambda self: self.licences() and self.may("buy"))
     @rule(bundle=st.booleans(), quantity=st.integers(1, 20))
     def buy(self, bundle: bool, quantity: int) -> None:
         scene = self.the_scene
@@ -259,7 +270,7 @@ class MoneyLoop(RuleBasedStateMachine):
 
     # -- licences: the provider -----------------------------------------------------------------
 
-    @precondition(lambda self: self.licences())
+    @precondition(lambda self: self.licences() and self.may("provider_will"))
     @rule(
         call=st.sampled_from(["order", "quantity"]),
         outcome=st.sampled_from(["rejects", "fails", "drops the answer after doing it"]),
@@ -278,7 +289,7 @@ class MoneyLoop(RuleBasedStateMachine):
 
     # -- licences: staff --------------------------------------------------------------------------
 
-    @precondition(lambda self: self.licences())
+    @precondition(lambda self: self.licences() and self.may("credit_hold"))
     @rule(on=st.booleans())
     def credit_hold(self, on: bool) -> None:
         scene = self.the_scene
@@ -287,7 +298,7 @@ class MoneyLoop(RuleBasedStateMachine):
             set_credit_hold(s, who.partner, who.customer, on, "finance@model", "model")
         self.reference.on_hold = on
 
-    @precondition(lambda self: self.licences())
+    @precondition(lambda self: self.licences() and self.may("staff_act_on_a_failed_change"))
     @rule(which=st.integers(0, 7), resolve=st.booleans())
     def staff_act_on_a_failed_change(self, which: int, resolve: bool) -> None:
         """Staff retry a failed change, or resolve it by hand saying truthfully what the
@@ -331,14 +342,14 @@ class MoneyLoop(RuleBasedStateMachine):
         if not ids:
             return
         item_id = ids[which % len(ids)]
-        effects = self.fake.total_effects()
+        effects = self.fake.total_effects
         if dies:
             world.crash(self.app, item_id)
         else:
             world.run(self.app, item_id)
         self.observe()
         if self.reference.on_hold:
-            assert self.fake.total_effects() == effects, (
+            assert self.fake.total_effects == effects, (
                 "a change reached the provider while the customer was on credit hold"
             )
 
@@ -350,11 +361,11 @@ class MoneyLoop(RuleBasedStateMachine):
 
     def settle(self) -> None:
         self.fake.clear_faults()
-        effects = self.fake.total_effects()
+        effects = self.fake.total_effects
         world.drain(self.app)
         self.observe()
         if self.reference.on_hold:
-            assert self.fake.total_effects() == effects, (
+            assert self.fake.total_effects == effects, (
                 "a change reached the provider while the customer was on credit hold"
             )
         assert world.unfinished_items(self.app) == 0

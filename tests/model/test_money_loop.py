@@ -16,7 +16,7 @@ from hypothesis.stateful import run_state_machine_as_test
 from partner_center_provider.fake import FakePartnerCenter
 from stripe_payments.fake import FakeStripe
 
-from tests.model.machine import MoneyLoop, groups_from_environment
+from tests.model.machine import MoneyLoop, groups_from_environment, rules_left_out
 
 EXAMPLES = int(os.environ.get("PORTAL_MODEL_EXAMPLES", "60"))
 STEPS = int(os.environ.get("PORTAL_MODEL_STEPS", "30"))
@@ -39,7 +39,13 @@ def run_machine(
     examples: int,
     stripe: FakeStripe | None = None,
 ) -> None:
-    attributes = {"app": app, "fake": fake, "groups": groups, "stripe": stripe}
+    attributes = {
+        "app": app,
+        "fake": fake,
+        "groups": groups,
+        "stripe": stripe,
+        "left_out": rules_left_out(),
+    }
     machine = type("Loop", (MoneyLoop,), attributes)
     run_state_machine_as_test(machine, settings=model_settings(examples))
 
