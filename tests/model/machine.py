@@ -343,7 +343,7 @@ class MoneyLoop(RuleBasedStateMachine):
             return
         item_id = ids[which % len(ids)]
         effects = self.fake.total_effects
-        if dies:
+        if dies and self.may("crash"):
             world.crash(self.app, item_id)
         else:
             world.run(self.app, item_id)
@@ -380,9 +380,25 @@ class MoneyLoop(RuleBasedStateMachine):
                 if self.payments():
                     self.settle_payments()
                     self.check_payments(quiescent=True)
+                if os.environ.get("PORTAL_MODEL_TRACE"):
+                    self.trace()
         finally:
             if self.clock is not None:
                 self.traveller.stop()
+
+    def trace(self) -> None:
+        """One line per journey (``PORTAL_MODEL_TRACE=1``): what it got to."""
+        states = defaultdict(int)
+        for change in world.changes_of(self.app, self.the_scene.customer_id):
+            states[f"{change.kind}:{change.state}"] += 1
+        with get_database(self.app).sessions() as s:
+            invoices = s.scalar(sa.select(sa.func.count(Invoice.id))) or 0
+            payments = s.scalar(sa.select(sa.func.count(InvoicePayment.id))) or 0
+        events = len(self.stripe.events) if self.stripe is not None else 0
+        print(
+            f"journey: {dict(states)} runs={len(self.billed)} invoices={invoices} "
+            f"payments={payments} stripe_events={events}"
+        )
 
     # -- billing --------------------------------------------------------------------------------
 
