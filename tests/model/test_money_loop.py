@@ -19,13 +19,16 @@ from stripe_payments.fake import FakeStripe
 from tests.model.machine import MoneyLoop, groups_from_environment, rules_left_out
 
 EXAMPLES = int(os.environ.get("PORTAL_MODEL_EXAMPLES", "60"))
+MONEY_EXAMPLES = int(os.environ.get("PORTAL_MODEL_EXAMPLES", "30"))
 STEPS = int(os.environ.get("PORTAL_MODEL_STEPS", "30"))
+# the whole loop needs longer journeys: months to bill, then invoices to pay
+MONEY_STEPS = int(os.environ.get("PORTAL_MODEL_STEPS", "50"))
 
 
-def model_settings(examples: int) -> settings:
+def model_settings(examples: int, steps: int) -> settings:
     return settings(
         max_examples=examples,
-        stateful_step_count=STEPS,
+        stateful_step_count=steps,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         print_blob=True,
@@ -38,6 +41,7 @@ def run_machine(
     groups: frozenset[str],
     examples: int,
     stripe: FakeStripe | None = None,
+    steps: int = STEPS,
 ) -> None:
     attributes = {
         "app": app,
@@ -47,7 +51,7 @@ def run_machine(
         "left_out": rules_left_out(),
     }
     machine = type("Loop", (MoneyLoop,), attributes)
-    run_state_machine_as_test(machine, settings=model_settings(examples))
+    run_state_machine_as_test(machine, settings=model_settings(examples, steps))
 
 
 @pytest.mark.model
@@ -72,4 +76,4 @@ def test_money_loop(
         pytest.skip("only the licence rules are chosen: test_licence_loop runs them")
     if "payments" in groups:
         groups = groups | {"billing"}  # no invoice to pay without a billing run
-    run_machine(model_app, partner_center, groups, EXAMPLES, stripe)
+    run_machine(model_app, partner_center, groups, MONEY_EXAMPLES, stripe, MONEY_STEPS)
