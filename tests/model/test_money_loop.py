@@ -1,6 +1,6 @@
 """The model-based test of the money loop (issue 13, point 11): see :mod:`tests.model.machine`.
 
-- the default budget (60 journeys of 30 steps for the licence rules, 30 of 50 for the whole
+- the default budget (60 journeys of 30 steps for the licence rules, 15 of 50 for the whole
   loop, on SQLite and, when ``PORTAL_TEST_DATABASE_URL`` is set, PostgreSQL):
   ``.venv/bin/pytest -q tests/model``;
 - a longer run: ``PORTAL_MODEL_EXAMPLES=1000`` (journeys per test), ``PORTAL_MODEL_STEPS=80``;
@@ -26,7 +26,7 @@ from stripe_payments.fake import FakeStripe
 from tests.model.machine import MoneyLoop, groups_from_environment, rules_left_out
 
 EXAMPLES = int(os.environ.get("PORTAL_MODEL_EXAMPLES", "60"))
-MONEY_EXAMPLES = int(os.environ.get("PORTAL_MODEL_EXAMPLES", "30"))
+MONEY_EXAMPLES = int(os.environ.get("PORTAL_MODEL_EXAMPLES", "15"))
 STEPS = int(os.environ.get("PORTAL_MODEL_STEPS", "30"))
 # the whole loop needs longer journeys: months to bill, then invoices to pay
 MONEY_STEPS = int(os.environ.get("PORTAL_MODEL_STEPS", "50"))
