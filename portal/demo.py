@@ -314,7 +314,7 @@ def _demo_subscription(
             state=ChangeState.PROVISIONED,
             quantity_from=0,
             quantity_to=seats,
-            amount_minor=0,
+            amount_minor=_shown_amount(product, customer.default_currency, seats),
             currency=customer.default_currency,
             requested_by="demo data",
             requested_at=bought,
@@ -325,6 +325,12 @@ def _demo_subscription(
         )
     )
     return parent
+
+
+def _shown_amount(product: Product, currency: str, seats: int) -> int:
+    """What the customer was shown for a purchase's first period: billed as shown."""
+    price = product.price_in(currency)
+    return 0 if price is None else price.price_minor * seats
 
 
 def _demo_acceptance(customer: Customer, accepted_at: datetime) -> AgreementAcceptance:

@@ -174,7 +174,14 @@ def buy(
         parent.children = [subscription(part) for part in product.components]
         s.add(parent)
         s.flush()
-        s.add(_change(parent, 1, ChangeKind.PURCHASE, 0, seats, bought))
+        purchase = _change(parent, 1, ChangeKind.PURCHASE, 0, seats, bought)
+        price = s.scalar(
+            select(ProductPrice.price_minor).where(
+                ProductPrice.product_id == product_id, ProductPrice.currency == contract.currency
+            )
+        )
+        purchase.amount_minor = (price or 0) * seats  # the first period, as shown when bought
+        s.add(purchase)
         s.commit()
         return parent.id
 

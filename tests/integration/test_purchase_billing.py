@@ -164,6 +164,42 @@ def change_quantity(app: Flask, tenant: Tenant, subscription_id: int, seats: int
         drain(app)
 
 
+def request(app: Flask, tenant: Tenant, product_id: int, seats: int, on: date) -> int:
+    """The customer buys on ``on``; the provider has not applied it yet (see :func:`apply`)."""
+    with (
+        time_machine.travel(_at(on), tick=False),
+        app.app_context(),
+        get_database(app).sessions() as s,
+    ):
+        bought = licences.purchase(
+            s,
+            s.get_one(Partner, tenant.partner.id),
+            s.get_one(Customer, tenant.customers["a"].id),
+            s.get_one(Product, product_id),
+            seats,
+            tenant.users[BUYER],
+        )
+        s.commit()
+        return bought.id
+
+
+def apply(app: Flask, on: date) -> None:
+    """The provider applies what is pending on ``on``."""
+    with time_machine.travel(_at(on, 12), tick=False):
+        drain(app)
+
+
+def billed(app: Flask, subscription_id: int) -> list[tuple[Any, ...]]:
+    """Every line of the subscription on any invoice, in the order of the days they bill."""
+    found = [
+        line
+        for invoice in invoices(app)
+        for line in lines(app, invoice.id)
+        if line[1] == subscription_id
+    ]
+    return sorted(found, key=lambda line: (line[3], line[4]))
+
+
 def run(app: Flask, tenant: Tenant, on: date) -> None:
     with time_machine.travel(_at(on, 23), tick=False), app.app_context():
         billing_run.run_billing(on, "schedule", partner_id=tenant.partner.id)
@@ -378,21 +414,7 @@ def test_a_purchase_put_on_a_contract_before_it_was_provisioned_is_invoiced_when
     product = make_product(app, utc.partner.id, price_minor=1_000)
     contract_id = contract(app, utc, JAN_1)
     day = date(2027, 1, 10)
-    with (
-        time_machine.travel(_at(day), tick=False),
-        app.app_context(),
-        get_database(app).sessions() as s,
-    ):
-        bought = licences.purchase(
-            s,
-            s.get_one(Partner, utc.partner.id),
-            s.get_one(Customer, utc.customers["a"].id),
-            s.get_one(Product, product),
-            3,
-            utc.users[BUYER],
-        )
-        s.commit()
-        sub = bought.id
+    sub = request(app, utc, product, 3, day)
     assign(app, contract_id, sub, day)
     assert invoices(app) == [], "nothing was provisioned yet"
     with time_machine.travel(_at(day, 12), tick=False):
@@ -403,3 +425,149 @@ def test_a_purchase_put_on_a_contract_before_it_was_provisioned_is_invoiced_when
     with time_machine.travel(_at(day, 13), tick=False):
         drain(app)
     assert len(invoices(app)) == 1
+
+
+@pytest.mark.parametrize("applied_on", [FEB_1, date(2027, 2, 3)])
+def test_a_purchase_applied_in_a_later_period_than_it_was_requested_in_is_billed_every_day(
+    app: Flask, utc: Tenant, applied_on: date
+) -> None:
+    """Monthly contract from the 1st; requested on 31 January, applied by the provider on
+    1 February (before February's run) or on 3 February (after it): every day from 31 January
+    is billed exactly once, across the purchase's invoice and the runs that follow."""
+    product = make_product(app, utc.partner.id, price_minor=1_000)
+    contract_id = contract(app, utc, JAN_1)
+    sub = request(app, utc, product, 2, date(2027, 1, 31))
+    assign(app, contract_id, sub, date(2027, 1, 31))
+    if applied_on == FEB_1:
+        apply(app, FEB_1)
+        run(app, utc, FEB_1)
+    else:
+        run(app, utc, FEB_1)
+        apply(app, applied_on)
+    run(app, utc, date(2027, 3, 1))
+    run(app, utc, date(2027, 4, 1))
+    purchase = [i for i in invoices(app) if i.purchase_change_id is not None]
+    assert len(purchase) == 1
+    assert billed(app, sub) == [
+        (LineKind.ADVANCE, sub, 2, date(2027, 1, 31), date(2027, 2, 28), 2_000),
+        (LineKind.ADVANCE, sub, 2, date(2027, 2, 28), date(2027, 3, 31), 2_000),
+        (LineKind.ADVANCE, sub, 2, date(2027, 3, 31), date(2027, 4, 30), 2_000),
+        (LineKind.ADVANCE, sub, 2, date(2027, 4, 30), date(2027, 5, 31), 2_000),
+    ]
+
+
+@pytest.mark.parametrize("applied_on", [JAN_1, date(2027, 1, 3)])
+def test_a_purchase_requested_before_its_contracts_first_day_and_applied_on_or_after_it(
+    app: Flask, utc: Tenant, applied_on: date
+) -> None:
+    """Requested on 31 December, the day before the contract's first day, applied on 1 or
+    3 January: the periods from the contract's first day are each billed exactly once (the
+    first one is not lost), before or after January's run."""
+    product = make_product(app, utc.partner.id, price_minor=1_000)
+    contract_id = contract(app, utc, JAN_1)
+    sub = request(app, utc, product, 2, date(2026, 12, 31))
+    assign(app, contract_id, sub, date(2026, 12, 31))
+    if applied_on == JAN_1:
+        apply(app, JAN_1)
+        run(app, utc, JAN_1)
+    else:
+        run(app, utc, JAN_1)
+        apply(app, applied_on)
+    run(app, utc, FEB_1)
+    run(app, utc, date(2027, 3, 1))
+    assert billed(app, sub) == [
+        (LineKind.ADVANCE, sub, 2, date(2027, 1, 31), date(2027, 2, 28), 2_000),
+        (LineKind.ADVANCE, sub, 2, date(2027, 2, 28), date(2027, 3, 31), 2_000),
+        (LineKind.ADVANCE, sub, 2, date(2027, 3, 31), date(2027, 4, 30), 2_000),
+    ]
+
+
+def test_a_seat_added_after_a_purchase_applied_in_a_later_period_is_settled_once(
+    app: Flask, utc: Tenant
+) -> None:
+    """Requested 31 January, applied 3 February, a seat added on 10 February: March's run
+    charges the seat from 10 February over the two periods billed before March, once."""
+    product = make_product(app, utc.partner.id, price_minor=2_800)
+    contract_id = contract(app, utc, JAN_1)
+    sub = request(app, utc, product, 2, date(2027, 1, 31))
+    assign(app, contract_id, sub, date(2027, 1, 31))
+    run(app, utc, FEB_1)
+    apply(app, date(2027, 2, 3))
+    change_quantity(app, utc, sub, 3, date(2027, 2, 10))
+    run(app, utc, date(2027, 3, 1))
+    run(app, utc, date(2027, 4, 1))
+    got = billed(app, sub)
+    advance = [line for line in got if line[0] is LineKind.ADVANCE]
+    assert [(line[2], line[3], line[4]) for line in advance] == [
+        (2, date(2027, 1, 31), date(2027, 2, 28)),
+        (2, date(2027, 2, 28), date(2027, 3, 31)),
+        (3, date(2027, 3, 31), date(2027, 4, 30)),
+        (3, date(2027, 4, 30), date(2027, 5, 31)),
+    ]
+    additions = [line for line in got if line[0] is LineKind.ADDITION]
+    assert [(line[2], line[3], line[4]) for line in additions] == [
+        (1, date(2027, 2, 10), date(2027, 2, 28)),
+        (1, date(2027, 2, 28), date(2027, 3, 31)),
+    ]
+
+
+def test_a_purchase_shown_at_no_charge_is_billed_at_no_charge(app: Flask, utc: Tenant) -> None:
+    """Bought when the catalogue price was 0 (the customer was shown 0): billed at 0 after
+    the price went up, not at the catalogue's price."""
+    from portal.features.catalogue.models import ProductPrice
+
+    product = make_product(app, utc.partner.id, price_minor=0)
+    contract_id = contract(app, utc, JAN_1)
+    sub = buy(app, utc, product, 3, date(2027, 1, 10))
+    with app.app_context(), get_database(app).sessions() as s:
+        s.execute(
+            sa.update(ProductPrice)
+            .where(ProductPrice.product_id == product)
+            .values(price_minor=1_000)
+        )
+        s.commit()
+    assign(app, contract_id, sub, date(2027, 1, 10))
+    assert all(line[5] == 0 for line in billed(app, sub))
+    assert all(invoice.total_minor == 0 for invoice in invoices(app))
+
+
+def test_one_purchase_that_fails_to_bill_does_not_stop_the_run(
+    app: Flask, utc: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two purchases left unbilled; billing the first fails: the run logs it and goes on (the
+    second purchase and the contract's period are invoiced, the run reports the failure), and
+    the next run bills the first."""
+    from portal.features.billing.services import purchases
+
+    product = make_product(app, utc.partner.id, price_minor=1_000)
+    contract_id = contract(app, utc, date(2026, 12, 1))
+    older = buy(app, utc, product, 1, date(2026, 12, 1))
+    assign(app, contract_id, older, date(2026, 12, 1))
+    first = buy(app, utc, product, 2, date(2026, 12, 20))
+    second = buy(app, utc, product, 3, date(2026, 12, 21))
+    with app.app_context(), get_database(app).sessions() as s:
+        # on the contract without billing (as when the item that billed them was lost)
+        for sub in (first, second):
+            s.get_one(Subscription, sub).billing_contract_id = contract_id
+        s.commit()
+    original = purchases._bill_one
+
+    def failing(db_session: Any, partner_id: int, row: Any, *args: Any) -> int | None:
+        if row.subscription_id == first:
+            raise RuntimeError("boom")
+        return original(db_session, partner_id, row, *args)
+
+    monkeypatch.setattr(purchases, "_bill_one", failing)
+    with time_machine.travel(_at(JAN_1, 23), tick=False), app.app_context():
+        (done,) = billing_run.run_billing(JAN_1, "schedule", partner_id=utc.partner.id)
+    assert done.error is not None and "boom" in done.error
+    first_period = (LineKind.ADVANCE, first, 2, date(2026, 12, 20), date(2027, 1, 20), 2_000)
+    assert first_period not in billed(app, first)
+    assert (LineKind.ADVANCE, second, 3, date(2026, 12, 21), date(2027, 1, 21), 3_000) in billed(
+        app, second
+    )
+    assert (LineKind.ADVANCE, older, 1, JAN_1, FEB_1, 1_000) in billed(app, older)
+    monkeypatch.setattr(purchases, "_bill_one", original)
+    run(app, utc, date(2027, 1, 2))
+    assert first_period in billed(app, first)
+    assert len([line for line in billed(app, first) if line == first_period]) == 1

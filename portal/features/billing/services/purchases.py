@@ -4,13 +4,19 @@ A purchase (the licence change from 0 seats) is billed in advance, at the price 
 was shown, on the invoice of the contract period it starts in: an invoice made for it as soon
 as billing learns of it, beside the contract's own invoice for that period (which the run
 made at the period's start, before the purchase, or makes later with nothing of it). Its
-lines are every own billing period of the subscription that starts in that contract period,
-from the purchase's day: for the seats bought, at the unit price shown at purchase (the
-purchase's recorded amount per seat, ``LicenceChange.amount_minor``), less the contract's
-prepaid (upfront) discount for an annually or triennially billed product (the seats bought
-with the term), then the contract's discount and tax. The run never settles a purchase as
-an addition (:func:`portal.features.billing.services.run._billed`); changes after it are
-settled as before, over the periods billed here.
+lines are every own billing period of the subscription from the purchase's day (the
+subscription's start) that starts before the end of the contract period in which the
+provider applied it (the change's ``effective_at``, the truth): usually the period it was
+requested in; when the provider applied it in a later one (requested 31 January, applied
+1 February), that period's run counted no seats of it (the runs count a purchase's seats from
+the day it was applied), so its invoice bills those periods too, and the invoice's period runs
+from the first contract period to the end of the one it was applied in. Each line is for the
+seats bought, at the unit price shown at purchase (the purchase's recorded amount per seat,
+``LicenceChange.amount_minor``, 0 included), less the contract's prepaid (upfront) discount
+for an annually or triennially billed product (the seats bought with the term), then the
+contract's discount and tax. The run never settles a purchase as an addition
+(:func:`portal.features.billing.services.run._billed`); changes after it are settled as
+before, over the periods billed here.
 
 **When**: :func:`bill_purchases` is called when a purchased subscription is put on a contract
 (:func:`portal.features.billing.services.contracts.assign_subscriptions`), at the start of each
@@ -20,8 +26,9 @@ when a purchase is provisioned. Each purchase gets one invoice, by constraint
 (``UNIQUE (purchase_change_id)``, inserted ``ON CONFLICT DO NOTHING``): callers at the same
 time make one. With the partner's review on it stays a draft for staff; off, it is issued.
 
-A purchase on a day before its contract's first day is not billed here: the contract's first
-invoice bills the periods from its first day, as for any subscription brought onto it.
+A purchase applied before its contract's first day is not billed here: the contract's first
+invoice bills the periods from its first day, as for any subscription brought onto it. One
+requested before that day but applied on or after it is billed here from that day.
 Purchases an earlier version already settled as an addition on the next period's invoice
 (before this rule) are left as they were billed.
 """
@@ -98,6 +105,44 @@ def bill_purchases(
     if partner is None:
         return []
     zone = ZoneInfo(partner.timezone or "UTC")
+    statement = _unbilled(db_session, partner_id)
+    if subscription_ids is not None:
+        statement = statement.where(Subscription.id.in_(list(subscription_ids)))
+    if change_ids is not None:
+        statement = statement.where(LicenceChange.id.in_(list(change_ids)))
+    rows = db_session.execute(statement).all()
+    if not rows:
+        return []
+    flask_app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    settings = billing_settings(db_session, partner_id)
+    issue_on = today or utcnow().astimezone(zone).date()
+    made: list[tuple[int, Any]] = []
+    for row in rows:
+        invoice_id = _bill_one(db_session, partner_id, row, zone, by, run_id)
+        if invoice_id is not None:
+            made.append((invoice_id, row))
+    if made and not settings.invoice_review:
+        issue_drafts(
+            db_session,
+            partner_id,
+            [Draft(made_id, row.customer_id, row.payment_terms_days) for made_id, row in made],
+            today=issue_on,
+            by=by,
+            settings=settings,
+            app=flask_app,
+        )
+    return [invoice_id for invoice_id, _ in made]
+
+
+def unbilled_purchases(db_session: Session, partner_id: int) -> list[int]:
+    """The ids of the partner's purchases :func:`bill_purchases` would bill now, in order (a
+    caller can bill them one at a time, each in a transaction of its own)."""
+    return [row.change_id for row in db_session.execute(_unbilled(db_session, partner_id))]
+
+
+def _unbilled(db_session: Session, partner_id: int) -> Any:
+    """The statement of the partner's applied purchases on an active contract with no
+    invoice yet, with what billing them needs."""
     billed = select(_INVOICE.c.id).where(_INVOICE.c.purchase_change_id == LicenceChange.id)
     statement = (
         select(
@@ -139,44 +184,20 @@ def bill_purchases(
             Subscription.parent_id.is_(None),
             Subscription.status != SubscriptionStatus.FAILED,
             BillingContract.active.is_(True),
-            Subscription.term_started_at >= _day_before(db_session, BillingContract.anchor_on),
+            func.coalesce(LicenceChange.effective_at, Subscription.term_started_at)
+            >= _day_before(db_session, BillingContract.anchor_on),
             ~billed.exists(),
         )
         .order_by(LicenceChange.id)
         .execution_options(unscoped=True)
     )
-    if subscription_ids is not None:
-        statement = statement.where(Subscription.id.in_(list(subscription_ids)))
-    if change_ids is not None:
-        statement = statement.where(LicenceChange.id.in_(list(change_ids)))
-    rows = db_session.execute(statement).all()
-    if not rows:
-        return []
-    flask_app = app or current_app._get_current_object()  # type: ignore[attr-defined]
-    settings = billing_settings(db_session, partner_id)
-    issue_on = today or utcnow().astimezone(zone).date()
-    made: list[tuple[int, Any]] = []
-    for row in rows:
-        invoice_id = _bill_one(db_session, partner_id, row, zone, by, run_id)
-        if invoice_id is not None:
-            made.append((invoice_id, row))
-    if made and not settings.invoice_review:
-        issue_drafts(
-            db_session,
-            partner_id,
-            [Draft(made_id, row.customer_id, row.payment_terms_days) for made_id, row in made],
-            today=issue_on,
-            by=by,
-            settings=settings,
-            app=flask_app,
-        )
-    return [invoice_id for invoice_id, _ in made]
+    return statement
 
 
 def _day_before(db_session: Session, day: Any) -> Any:
     """The day before a date column, as SQL (a day's margin for the partner's time zone: the
-    exact test is on the local day, in Python). Subscriptions bought before their contract's
-    first day are most of them, and are left out in the statement, not row by row."""
+    exact test is on the local day, in Python). Purchases applied before their contract's first
+    day are most of them, and are left out in the statement, not row by row."""
     if db_session.get_bind().dialect.name == "sqlite":
         return func.date(day, "-1 day")
     return day - 1
@@ -196,7 +217,9 @@ def _bill_one(
 ) -> int | None:
     """The invoice of one purchase, or None (not billable here, or made meanwhile)."""
     first_day = row.term_started_at.astimezone(zone).date()  # the subscription's anchor
-    if first_day < row.anchor_on:
+    # the day the provider applied it: the runs count its seats from then on
+    applied = max(first_day, (row.effective_at or row.term_started_at).astimezone(zone).date())
+    if applied < row.anchor_on:
         return None  # before the contract's first day: its first invoice bills from that day
     if row.currency != row.contract_currency:
         log.error(
@@ -207,14 +230,22 @@ def _bill_one(
             row.contract_currency,
         )
         return None
-    contract_period = billing_period(row.anchor_on, row.frequency.months, first_day)
-    from_purchase = Period(first_day, contract_period.end)
+    months = row.frequency.months
+    from_day = max(first_day, row.anchor_on)
+    applied_period = billing_period(row.anchor_on, months, applied)
+    # the contract periods from the one the subscription starts in (or the contract's first)
+    # to the one the provider applied it in: the runs of those after the first were made (or
+    # are made) without its seats, which they count from the day it was applied
+    contract_period = Period(
+        billing_period(row.anchor_on, months, from_day).start, applied_period.end
+    )
+    from_purchase = Period(from_day, contract_period.end)
     periods = [
         own
         for own in _own_periods(first_day, row.billing_frequency.months, from_purchase)
         if row.auto_renew or own.start <= row.term_ends_on
     ]
-    if not periods or _settled_as_addition(db_session, row, zone, contract_period):
+    if not periods or _settled_as_addition(db_session, row, zone, applied_period):
         return None
     unit_price = _shown_price(row)
     if unit_price is None:
@@ -294,8 +325,9 @@ def _bill_one(
 def _shown_price(row: Any) -> int | None:
     """The price of one seat for one period that the customer was shown when buying: the
     purchase's recorded amount (the first period, which starts on the day of the purchase,
-    so whole) per seat; the catalogue's price when that amount is not a whole per-seat price."""
-    if row.amount_minor > 0 and row.amount_minor % row.quantity_to == 0:
+    so whole) per seat, 0 included (shown free, billed free); the catalogue's price when that
+    amount is not a whole per-seat price."""
+    if row.amount_minor >= 0 and row.amount_minor % row.quantity_to == 0:
         return int(row.amount_minor // row.quantity_to)
     return None if row.price_minor is None else int(row.price_minor)
 

@@ -16,8 +16,10 @@
   (:func:`portal.features.licences.rules.reducible_seats` over the change log, at the moment it took
   effect) is credited on a credit note applied to the invoice; outside it, nothing. A purchase
   is never settled here: it is billed in advance, at once, on an invoice of its own for the
-  period it starts in (:mod:`portal.features.billing.services.purchases`), which each run
-  makes first for the purchases not billed yet;
+  period it starts in, up to the end of the period the provider applied it in (its seats count
+  at a period's start only from the day it was applied)
+  (:mod:`portal.features.billing.services.purchases`), which each run makes first for the
+  purchases not billed yet, each on its own (one that fails is reported and retried next run);
 - *usage* in arrears, from :func:`usage_charges` (the usage module does not exist yet: none);
 - the contract's discount and tax (the domain).
 
@@ -101,7 +103,7 @@ from portal.features.billing.services.documents import (
     issue_drafts,
     line_rows,
 )
-from portal.features.billing.services.purchases import bill_purchases
+from portal.features.billing.services.purchases import bill_purchases, unbilled_purchases
 from portal.features.catalogue.models import Product, ProductPrice
 from portal.features.catalogue.rules import BillingFrequency, ReductionBehaviour
 from portal.features.licences.models import LicenceChange, Subscription, SubscriptionStatus
@@ -208,17 +210,33 @@ def run_billing_for_partner(
 
 def _bill_purchases(context: _RunContext) -> None:
     """The invoices of purchases not billed yet (one made at once may have been missed: the
-    purchase was applied before its subscription went on a contract, or its item failed)."""
-    with context.app.app_context(), get_database(context.app).sessions() as session:
-        bill_purchases(
-            session,
-            context.partner_id,
-            by=context.started_by,
-            today=context.issue_on,
-            run_id=context.run_id,
-            app=context.app,
-        )
-        session.commit()
+    purchase was applied before its subscription went on a contract, or its item failed), each
+    in a transaction of its own: one that fails is logged and reported on the run, and the run
+    goes on (the next run tries it again)."""
+    database = get_database(context.app)
+    with context.app.app_context():
+        with database.sessions() as session:
+            change_ids = unbilled_purchases(session, context.partner_id)
+        for change_id in change_ids:
+            try:
+                with database.sessions() as session:
+                    bill_purchases(
+                        session,
+                        context.partner_id,
+                        by=context.started_by,
+                        change_ids=[change_id],
+                        today=context.issue_on,
+                        run_id=context.run_id,
+                        app=context.app,
+                    )
+                    session.commit()
+            except Exception as error:
+                log.exception(
+                    "billing run %s: purchase %s could not be billed", context.run_id, change_id
+                )
+                context.errors.append(
+                    f"purchase {change_id}: not billed ({type(error).__name__}: {error})"
+                )
 
 
 def _start(
