@@ -378,18 +378,21 @@ def test_a_purchase_put_on_a_contract_before_it_was_provisioned_is_invoiced_when
     product = make_product(app, utc.partner.id, price_minor=1_000)
     contract_id = contract(app, utc, JAN_1)
     day = date(2027, 1, 10)
-    with time_machine.travel(_at(day), tick=False):
-        with app.app_context(), get_database(app).sessions() as s:
-            bought = licences.purchase(
-                s,
-                s.get_one(Partner, utc.partner.id),
-                s.get_one(Customer, utc.customers["a"].id),
-                s.get_one(Product, product),
-                3,
-                utc.users[BUYER],
-            )
-            s.commit()
-            sub = bought.id
+    with (
+        time_machine.travel(_at(day), tick=False),
+        app.app_context(),
+        get_database(app).sessions() as s,
+    ):
+        bought = licences.purchase(
+            s,
+            s.get_one(Partner, utc.partner.id),
+            s.get_one(Customer, utc.customers["a"].id),
+            s.get_one(Product, product),
+            3,
+            utc.users[BUYER],
+        )
+        s.commit()
+        sub = bought.id
     assign(app, contract_id, sub, day)
     assert invoices(app) == [], "nothing was provisioned yet"
     with time_machine.travel(_at(day, 12), tick=False):
