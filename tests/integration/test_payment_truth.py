@@ -1,7 +1,8 @@
 """Issue 13, the payments part: the customer pays once, whatever runs first.
 
 - Autopay and "Pay now" never both charge an invoice: one open charge at a time, the balance
-  re-read under the invoice's lock, an autopay retry charging the balance as it is then (2);
+  re-read under the invoice's lock, an autopay retry never charging a changed balance under a
+  new key, an automatic charge that failed or was left unfinished no longer blocking Pay now (2);
 - a replaced or aged Checkout Session is expired at Stripe before the next one opens, and a
   payment that leaves an invoice overpaid is flagged for staff (3);
 - lost disputes and failed refunds move the balance, and the reconciliation finds refunds of
@@ -13,6 +14,7 @@ Against the fake Stripe on 127.0.0.1 through the real SDK, on every backend.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 from collections.abc import Callable, Iterator
@@ -29,7 +31,9 @@ from portal.features.billing.services import documents as billing_documents
 from portal.features.billing.services import queries
 from portal.features.identity.models import AuditEvent
 from portal.features.payments.models import AttemptState, PaymentAttempt, PaymentDispute
+from portal.features.payments.services import events as payment_events
 from portal.features.payments.services.events import reconcile
+from portal.features.payments.services.pay import BALANCE_CHANGED
 from portal.integrations.registry import integrations
 from tests.integration.payments_support import (
     attempts_of,
@@ -172,21 +176,116 @@ def test_pay_now_is_refused_while_an_automatic_charge_is_open(
     assert balance(app, invoice_id) == 0
 
 
-def test_an_autopay_retry_charges_the_balance_as_it_is_then(
+def test_an_autopay_retry_never_charges_a_changed_balance_under_a_new_key(
     app: Flask, tenant: Tenant, finance: HttpsClient, fake: FakeStripe
 ) -> None:
+    """Stripe did not answer the first try: it may have charged. 10.00 comes another way
+    meanwhile; the retry must not charge 32.00 under a new key (84 on a 42.00 invoice if the
+    first went through): the attempt closes, and the customer can still pay what is owed."""
     save_card(app, finance, fake)
     invoice_id = draft_for(app, tenant, amount=4_200)
     issue(app, tenant, invoice_id)
     stripe_down(fake)
     assert run_all(app, AUTOPAY) == ["retry"]
     stripe_up(fake)
-    # meanwhile 10.00 of it was paid another way (a payment announced by its webhook)
     paid_at_stripe(fake, finance, tenant, invoice_id, 1_000)
     assert run_all(app, AUTOPAY) == ["done"]
-    assert sorted(p.amount_minor for p in ledger_of(app, invoice_id)) == [1_000, 3_200]
-    assert [i["amount"] for i in off_session_intents(fake, invoice_id)] == [3_200]
-    assert balance(app, invoice_id) == 0
+    assert off_session_intents(fake, invoice_id) == []
+    (attempt,) = attempts_of(app, invoice_id)
+    assert (attempt.state, attempt.failure_code) == (AttemptState.FAILED, BALANCE_CHANGED)
+    assert balance(app, invoice_id) == 3_200
+    assert pay(finance, invoice_id, "32.00").status_code == 302
+
+
+def test_an_autopay_charge_whose_answer_was_lost_is_not_charged_again_for_a_new_balance(
+    app: Flask, tenant: Tenant, finance: HttpsClient, fake: FakeStripe
+) -> None:
+    """Review finding 2: 42.00 reached Stripe and succeeded, its answer was lost; 10.00 came
+    another way; the retry charged 32.00 under a new key: 84.00 charged on 42.00."""
+    save_card(app, finance, fake)
+    invoice_id = draft_for(app, tenant, amount=4_200)
+    issue(app, tenant, invoice_id)
+    fake.inject(Fault.drop_after_commit(method="POST", path="/v1/payment_intents"))
+    assert run_all(app, AUTOPAY) == ["retry"]
+    assert [i["amount"] for i in off_session_intents(fake, invoice_id)] == [4_200]
+    paid_at_stripe(fake, finance, tenant, invoice_id, 1_000)
+    assert run_all(app, AUTOPAY) == ["done"]
+    assert [i["amount"] for i in off_session_intents(fake, invoice_id)] == [4_200]
+    (attempt,) = attempts_of(app, invoice_id)
+    assert (attempt.state, attempt.failure_code) == (AttemptState.FAILED, BALANCE_CHANGED)
+
+
+def test_a_failed_automatic_charge_no_longer_blocks_pay_now(
+    app: Flask, tenant: Tenant, finance: HttpsClient, fake: FakeStripe
+) -> None:
+    """Review finding 5: an automatic charge still open (processing) fails later at Stripe:
+    its ``payment_failed`` closes the attempt, and Pay now works again."""
+    save_card(app, finance, fake)
+    invoice_id = draft_for(app, tenant, amount=4_200)
+    issue(app, tenant, invoice_id)
+    stripe_down(fake)
+    assert run_all(app, AUTOPAY) == ["retry"]
+    stripe_up(fake)
+    # as if the charge had answered "processing": the attempt knows its PaymentIntent
+    intent = fake.add_succeeded_payment(
+        4_200, invoice_ref=str(invoice_id), customer_ref=str(tenant.customers["a"].id)
+    )
+    with app.app_context(), get_database(app).sessions() as s:
+        s.execute(
+            sa.update(PaymentAttempt)
+            .where(PaymentAttempt.invoice_id == invoice_id)
+            .values(payment_ref=intent["id"])
+        )
+        s.commit()
+    failed = copy.deepcopy(event_of(fake, "payment_intent.succeeded", intent["id"]))
+    failed["id"] = failed["id"] + "_failed"
+    failed["type"] = "payment_intent.payment_failed"
+    failed["data"]["object"].update(
+        status="requires_payment_method",
+        amount_received=0,
+        last_payment_error={
+            "type": "card_error",
+            "code": "card_declined",
+            "decline_code": "insufficient_funds",
+            "message": "Your card has insufficient funds.",
+        },
+    )
+    assert post_event(finance, fake, failed) == 200
+    (attempt,) = attempts_of(app, invoice_id)
+    assert attempt.state is AttemptState.FAILED
+    assert attempt.failure_code == "insufficient_funds"
+    assert pay(finance, invoice_id, "42.00").status_code == 302
+    charged = off_session_intents(fake, invoice_id)
+    assert run_all(app, AUTOPAY) == ["done"]  # the late retry charges nothing
+    assert off_session_intents(fake, invoice_id) == charged
+
+
+def test_an_automatic_charge_left_open_for_a_day_no_longer_blocks_pay_now(
+    app: Flask, tenant: Tenant, finance: HttpsClient, fake: FakeStripe
+) -> None:
+    """Review finding 5: the outbox gave up on it, or the worker died after committing it:
+    an autopay attempt open and untouched for a day is closed by the next Pay now, and a late
+    retry of the automatic charge then charges nothing."""
+    save_card(app, finance, fake)
+    invoice_id = draft_for(app, tenant, amount=4_200)
+    issue(app, tenant, invoice_id)
+    stripe_down(fake)
+    assert run_all(app, AUTOPAY) == ["retry"]
+    stripe_up(fake)
+    assert pay(finance, invoice_id, "42.00").status_code != 302  # recent: still refused
+    with app.app_context(), get_database(app).sessions() as s:
+        s.execute(
+            sa.update(PaymentAttempt)
+            .where(PaymentAttempt.invoice_id == invoice_id)
+            .values(updated_at=utcnow() - timedelta(days=1, minutes=1))
+        )
+        s.commit()
+    assert pay(finance, invoice_id, "42.00").status_code == 302
+    autopay_attempt, page = attempts_of(app, invoice_id)
+    assert autopay_attempt.state is AttemptState.EXPIRED
+    assert page.state is AttemptState.OPEN
+    assert run_all(app, AUTOPAY) == ["done"]
+    assert off_session_intents(fake, invoice_id) == []
 
 
 def test_an_autopay_retry_charges_nothing_once_the_invoice_is_paid(
@@ -329,6 +428,44 @@ def test_a_replaced_session_paid_meanwhile_is_recorded_not_reopened(
     assert balance(app, invoice_id) == 15_000
 
 
+def test_a_page_opened_for_an_attempt_replaced_meanwhile_is_never_handed_out(
+    app: Flask,
+    tenant: Tenant,
+    finance: HttpsClient,
+    fake: FakeStripe,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review finding 3: click A (100.00) waits for Stripe's page; click B (50.00) replaces A
+    meanwhile. A's page, when it comes, is expired at Stripe and never handed out: one payable
+    page, B's."""
+    invoice_id = issued_invoice(app, tenant, amount_minor=25_000)
+    other = signed_in(app)
+    gateway = integrations(app).payment_gateways.get("stripe")
+    assert gateway is not None
+    start = gateway.start_payment
+    second: list[Any] = []
+
+    def slow_start(request: Any) -> Any:
+        if not second:  # A's call: B clicks (on its own connection) before Stripe answers A
+            second.append(None)
+            thread = threading.Thread(target=lambda: second.append(pay(other, invoice_id, "50.00")))
+            thread.start()
+            thread.join(timeout=60)
+        return start(request)
+
+    monkeypatch.setattr(gateway, "start_payment", slow_start)
+    first = pay(finance, invoice_id, "100.00")
+    assert second[-1].status_code == 302
+    b_session = session_id(second[-1].headers["Location"])
+    assert first.status_code != 302
+    assert "This payment was replaced by a newer one. Start again." in first.get_data(as_text=True)
+    opened = {s["id"]: s["status"] for s in payment_sessions(fake, invoice_id)}
+    assert opened.pop(b_session) == "open"
+    assert set(opened.values()) == {"expired"}
+    states = [a.state for a in attempts_of(app, invoice_id)]
+    assert states == [AttemptState.SUPERSEDED, AttemptState.OPEN]
+
+
 def test_an_overpaying_payment_is_flagged_for_staff(
     app: Flask, tenant: Tenant, finance: HttpsClient, fake: FakeStripe
 ) -> None:
@@ -341,6 +478,57 @@ def test_an_overpaying_payment_is_flagged_for_staff(
             sa.select(AuditEvent).where(AuditEvent.action == "payment.overpaid")
         ).all()
     assert [(f.detail["reference"], f.detail["overpaid_minor"]) for f in flags] == [(second, 3_000)]
+
+
+def test_two_payments_recorded_at_once_still_flag_the_overpayment(
+    app: Flask,
+    tenant: Tenant,
+    finance: HttpsClient,
+    fake: FakeStripe,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review finding 6: two webhooks record two payments at the same time; each must see the
+    other's (the invoice's lock is taken before the ledger row), so the overpayment is flagged."""
+    invoice_id = issued_invoice(app, tenant, amount_minor=5_000)
+    intents = [
+        fake.add_succeeded_payment(
+            amount, invoice_ref=str(invoice_id), customer_ref=str(tenant.customers["a"].id)
+        )["id"]
+        for amount in (5_000, 3_000)
+    ]
+    insert = payment_events._ledger_insert
+    met = threading.Barrier(2, timeout=3)
+
+    def insert_then_meet(*args: Any, **kwargs: Any) -> Any:
+        inserted = insert(*args, **kwargs)
+        # both hold their uncommitted row here, unless one waits for the other's lock
+        with contextlib.suppress(threading.BrokenBarrierError):
+            met.wait()
+        return inserted
+
+    monkeypatch.setattr(payment_events, "_ledger_insert", insert_then_meet)
+    statuses: list[int] = []
+    clients = [signed_in(app) for _ in intents]
+
+    def deliver(client: HttpsClient, intent: str) -> None:
+        statuses.append(
+            post_event(client, fake, event_of(fake, "payment_intent.succeeded", intent))
+        )
+
+    threads = [
+        threading.Thread(target=deliver, args=(c, i)) for c, i in zip(clients, intents, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert statuses == [200, 200]
+    assert balance(app, invoice_id) == -3_000
+    with app.app_context(), get_database(app).sessions() as s:
+        flags = s.scalars(
+            sa.select(AuditEvent).where(AuditEvent.action == "payment.overpaid")
+        ).all()
+    assert [f.detail["overpaid_minor"] for f in flags] == [3_000]
 
 
 # -- 9. disputes, failed refunds, old refunds -----------------------------------------------------

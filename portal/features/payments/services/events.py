@@ -60,6 +60,11 @@ from portal.features.payments.models import (
     PaymentWebhookEvent,
     WebhookResult,
 )
+from portal.features.payments.services.pay import (
+    AUTOPAY_FAILED_KIND,
+    REASON_LIMIT,
+    _lock_invoice,
+)
 from portal.features.tenancy import mail
 from portal.features.tenancy.models import Customer, Partner
 from portal.features.tenancy.services import local_today
@@ -232,6 +237,9 @@ def _record(
             unmatched=f"the payment is in {outcome.currency}, invoice {invoice.id} in "
             f"{invoice.currency}",
         )
+    # the invoice's lock before the ledger row: two payments recorded at once see each other
+    # when checking for an overpayment (review finding 6)
+    _lock_invoice(db_session, invoice.id)
     payment_id = _ledger_insert(
         db_session,
         invoice,
@@ -270,6 +278,74 @@ _FINISH_AUTOPAY = (
         state=AttemptState.SUCCEEDED, updated_at=bindparam("b_now"), finished_at=bindparam("b_now")
     )
 )
+
+
+_FAIL_AUTOPAY = (
+    update(_ATTEMPT)
+    .where(
+        _ATTEMPT.c.number == AUTOPAY_NUMBER,
+        _ATTEMPT.c.state == AttemptState.OPEN,
+        _ATTEMPT.c.gateway_key == bindparam("b_gateway_key"),
+        _ATTEMPT.c.payment_ref == bindparam("b_reference"),
+    )
+    .values(
+        state=AttemptState.FAILED,
+        failure_code=bindparam("b_code"),
+        failure_reason=bindparam("b_reason"),
+        updated_at=bindparam("b_now"),
+        finished_at=bindparam("b_now"),
+    )
+    .returning(
+        _ATTEMPT.c.id,
+        _ATTEMPT.c.partner_id,
+        _ATTEMPT.c.customer_id,
+        _ATTEMPT.c.invoice_id,
+        _ATTEMPT.c.amount_minor,
+        _ATTEMPT.c.currency,
+    )
+)
+
+
+def _fail_autopay(db_session: Session, gateway_key: str, outcome: PaymentOutcome) -> int | None:
+    """An automatic charge that was processing and then failed at the gateway: its attempt
+    fails (so it no longer holds the invoice's one open charge, review finding 5), audited,
+    and the Finance Managers are told, as when the charge fails at once. Its invoice's id."""
+    code = (outcome.failure_code or "declined")[:100]
+    failed = (
+        db_session.connection()
+        .execute(
+            _FAIL_AUTOPAY,
+            {
+                "b_gateway_key": gateway_key,
+                "b_reference": outcome.reference,
+                "b_code": code,
+                "b_reason": (outcome.failure_reason or "")[:REASON_LIMIT] or None,
+                "b_now": utcnow(),
+            },
+        )
+        .first()
+    )
+    if failed is None:
+        return None
+    audit.insert_row(
+        db_session,
+        partner_id=failed.partner_id,
+        customer_id=failed.customer_id,
+        actor="webhook",
+        action="payment.autopay_failed",
+        invoice=failed.invoice_id,
+        amount_minor=failed.amount_minor,
+        currency=failed.currency,
+        code=code,
+    )
+    enqueue_row(
+        db_session,
+        AUTOPAY_FAILED_KIND,
+        {"attempt_id": failed.id},
+        partner_id=failed.partner_id,
+        customer_id=failed.customer_id,
+    )
+    return int(failed.invoice_id)
 
 
 def _finish_autopay(db_session: Session, invoice_id: int, outcome: PaymentOutcome) -> None:
@@ -634,6 +710,10 @@ def _apply(db_session: Session, gateway: PaymentGateway, event: WebhookEvent) ->
             effect.unmatched(recording.unmatched, recording.invoice_id)
         else:
             effect.invoice_id = recording.invoice_id
+        if event.payment.status is PaymentStatus.FAILED:
+            effect.invoice_id = (
+                _fail_autopay(db_session, gateway.key, event.payment) or effect.invoice_id
+            )
     about_refunds = _about_refunds(event)
     if event.dispute is None and not about_refunds:
         return effect

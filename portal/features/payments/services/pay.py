@@ -89,10 +89,17 @@ REUSE_LIMIT = timedelta(hours=23)
 CLAIM_ROUNDS = 6
 NO_CARD = "no_card"  # failure_code of an autopay that found no card to charge
 NO_CARD_GATEWAY = "gateway_keeps_no_cards"
+# failure_code of an autopay retry that found the balance changed after a try whose outcome is
+# unknown: charging the new balance under a new key could charge twice (review finding 2)
+BALANCE_CHANGED = "balance_changed"
 REASON_LIMIT = 500
 
 _ATTEMPT = cast(Table, PaymentAttempt.__table__)
 _INVOICE = cast(Table, Invoice.__table__)
+# an open autopay attempt untouched this long is no longer under way (its outbox item gave up, or
+# its worker died): it stops holding the invoice's one open charge, and the next Pay now closes it
+AUTOPAY_STALE = timedelta(days=1)
+AUTOPAY_STALE_CODE = "autopay_stale"
 # how long autopay waits, without counting an attempt, while someone pays on the gateway's page
 ON_SESSION_WAIT = timedelta(minutes=15)
 
@@ -216,15 +223,41 @@ def _balance(db_session: Session, invoice_id: int) -> int:
 
 
 def _autopay_open(db_session: Session, invoice_id: int) -> bool:
-    """An automatic charge of the invoice is under way (made, or about to be)."""
+    """An automatic charge of the invoice is under way (made, or about to be): open, and
+    touched within :data:`AUTOPAY_STALE` (each try of its outbox item touches it)."""
     found = db_session.connection().execute(
         select(_ATTEMPT.c.id).where(
             _ATTEMPT.c.invoice_id == invoice_id,
             _ATTEMPT.c.number == AUTOPAY_NUMBER,
             _ATTEMPT.c.state == AttemptState.OPEN,
+            _ATTEMPT.c.updated_at > utcnow() - AUTOPAY_STALE,
         )
     )
     return found.first() is not None
+
+
+def _expire_stale_autopay(db_session: Session, invoice_id: int) -> None:
+    """Close the invoice's autopay attempt left open past :data:`AUTOPAY_STALE` (under the
+    invoice's lock, before an on-session attempt takes over): a late retry of its outbox item
+    then charges nothing. A charge of it that went through after all is recorded by its
+    webhook or the reconciliation, and an overpayment is flagged for staff."""
+    db_session.connection().execute(
+        update(_ATTEMPT)
+        .where(
+            _ATTEMPT.c.invoice_id == invoice_id,
+            _ATTEMPT.c.number == AUTOPAY_NUMBER,
+            _ATTEMPT.c.state == AttemptState.OPEN,
+            _ATTEMPT.c.updated_at <= utcnow() - AUTOPAY_STALE,
+        )
+        .values(
+            state=AttemptState.EXPIRED,
+            failure_code=AUTOPAY_STALE_CODE,
+            failure_reason="The automatic payment was left unfinished and replaced by a payment "
+            "on the payment page.",
+            updated_at=utcnow(),
+            finished_at=utcnow(),
+        )
+    )
 
 
 def _paying_on_session(db_session: Session, invoice_id: int) -> bool:
@@ -410,6 +443,7 @@ def _claim_attempt(
                     "Look again in a few minutes before paying."
                 )
             )
+        _expire_stale_autopay(db_session, invoice.id)
         current = _open_attempt(db_session, invoice.id)
         now = utcnow()
         if current is not None:
@@ -539,9 +573,13 @@ def _open_session(
             _("The payment service refused this payment: %(reason)s", reason=started.reason)
         )
     session = started.value
-    db_session.connection().execute(
+    kept = db_session.connection().execute(
         update(_ATTEMPT)
-        .where(_ATTEMPT.c.id == attempt.id, _ATTEMPT.c.gateway_ref.is_(None))
+        .where(
+            _ATTEMPT.c.id == attempt.id,
+            _ATTEMPT.c.state == AttemptState.OPEN,
+            _ATTEMPT.c.gateway_ref.is_(None),
+        )
         .values(
             gateway_ref=session.gateway_ref,
             redirect_url=session.redirect_url,
@@ -549,7 +587,24 @@ def _open_session(
         )
     )
     db_session.commit()
+    if kept.rowcount != 1:
+        current = _attempt(db_session, attempt.id)
+        if current is None or current.state is not AttemptState.OPEN:
+            # replaced (or closed) while the gateway opened its page: the page must never be
+            # paid, so it is closed at the gateway and not handed out (review finding 3)
+            _close_unused_page(gateway, session.gateway_ref)
+            raise ServiceError(_("This payment was replaced by a newer one. Start again."))
+        # another caller with the same attempt stored it first: the same key, the same page
     return PayStart(attempt.id, session.redirect_url)
+
+
+def _close_unused_page(gateway: PaymentGateway, gateway_ref: str) -> None:
+    if not isinstance(gateway, ExpiringGateway):
+        return
+    closed = gateway.expire_payment(gateway_ref)
+    if isinstance(closed, TechnicalFailure | BusinessRejection):
+        # no one was given its address; it lapses on its own (its expires_at)
+        log.warning("payments: a replaced payment page %s was not closed: %s", gateway_ref, closed)
 
 
 def _description(partner: Partner, invoice: Invoice) -> str:
@@ -752,8 +807,9 @@ def _autopay_attempt(
     (one charge at a time); None when nothing is owed.
 
     A retry re-reads the balance: the same balance sends the same key (the gateway replays a
-    charge that went through); another one (a payment or a credit note came meanwhile) is a
-    new amount under a new key, and nothing when nothing is owed any more (issue 13)."""
+    charge that went through); another one (a payment or a credit note came meanwhile) fails
+    the attempt (:func:`_refresh_autopay`), and nothing is charged when nothing is owed any
+    more (issue 13)."""
     existing = _autopay_row(session, invoice.id)
     if existing is not None and existing.state is not AttemptState.OPEN:
         return existing
@@ -763,15 +819,22 @@ def _autopay_attempt(
             return ON_SESSION
         balance = _balance(own, invoice.id)
         if existing is not None:
-            _refresh_autopay(own, existing, balance)
+            _refresh_autopay(own, existing, balance, app)
         elif balance > 0:
             _insert_autopay(own, invoice, gateway, balance)
         own.commit()
     return _autopay_row(session, invoice.id)
 
 
-def _refresh_autopay(own: Session, attempt: PaymentAttempt, balance: int) -> None:
-    """An open autopay attempt against the balance now (under the invoice's lock)."""
+def _refresh_autopay(own: Session, attempt: PaymentAttempt, balance: int, app: Flask) -> None:
+    """An open autopay attempt against the balance now (under the invoice's lock).
+
+    A try of it may have reached the gateway with its outcome unknown (no answer, or the
+    worker died after committing it): the same balance retries under the same key (the
+    gateway replays a charge that went through); another balance is never charged under a new
+    key, which could charge twice (review finding 2): the attempt fails with
+    :data:`BALANCE_CHANGED`; a charge that did go through comes by webhook or reconciliation,
+    and the customer can still pay what is owed."""
     if balance <= 0:
         _finish_attempt(
             own,
@@ -782,15 +845,19 @@ def _refresh_autopay(own: Session, attempt: PaymentAttempt, balance: int) -> Non
         )
         return
     if balance != attempt.amount_minor:
-        own.connection().execute(
-            update(_ATTEMPT)
-            .where(_ATTEMPT.c.id == attempt.id, _ATTEMPT.c.state == AttemptState.OPEN)
-            .values(
-                amount_minor=balance,
-                idempotency_key=new_key(f"invoice-{attempt.invoice_id}-autopay"),
-                updated_at=utcnow(),
-            )
+        _autopay_failed(
+            own,
+            attempt,
+            BALANCE_CHANGED,
+            "The balance changed after a charge whose outcome is unknown; not charged again.",
+            app,
         )
+        return
+    own.connection().execute(  # touched: still under way (see _autopay_open)
+        update(_ATTEMPT)
+        .where(_ATTEMPT.c.id == attempt.id, _ATTEMPT.c.state == AttemptState.OPEN)
+        .values(updated_at=utcnow())
+    )
 
 
 def _insert_autopay(own: Session, invoice: Invoice, gateway: PaymentGateway, balance: int) -> None:
@@ -1025,6 +1092,11 @@ def failure_message(code: str | None, reason: str | None) -> str:
         return _("No card was saved to charge automatically.")
     if code == NO_CARD_GATEWAY:
         return _("The payment service in use cannot charge saved cards.")
+    if code == BALANCE_CHANGED:
+        return _(
+            "The amount owed changed while the automatic payment was being made, so it was "
+            "stopped. Check the invoice's payments, then pay what is still owed."
+        )
     if reason:
         return _("The card was declined: %(reason)s", reason=reason)
     return _("The card was declined.")
