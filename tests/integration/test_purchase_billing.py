@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import time_machine
+from dateutil.relativedelta import relativedelta
 from flask import Flask
 
 from portal.cli import migrate
@@ -432,8 +433,9 @@ def test_a_purchase_applied_in_a_later_period_than_it_was_requested_in_is_billed
     app: Flask, utc: Tenant, applied_on: date
 ) -> None:
     """Monthly contract from the 1st; requested on 31 January, applied by the provider on
-    1 February (before February's run) or on 3 February (after it): every day from 31 January
-    is billed exactly once, across the purchase's invoice and the runs that follow."""
+    1 February (before February's run) or on 3 February (after it): the subscription starts
+    when the provider created it, and every day from then is billed exactly once, across the
+    purchase's invoice and the runs that follow (none before: the provider had no seats)."""
     product = make_product(app, utc.partner.id, price_minor=1_000)
     contract_id = contract(app, utc, JAN_1)
     sub = request(app, utc, product, 2, date(2027, 1, 31))
@@ -448,11 +450,25 @@ def test_a_purchase_applied_in_a_later_period_than_it_was_requested_in_is_billed
     run(app, utc, date(2027, 4, 1))
     purchase = [i for i in invoices(app) if i.purchase_change_id is not None]
     assert len(purchase) == 1
+    start = applied_on
     assert billed(app, sub) == [
-        (LineKind.ADVANCE, sub, 2, date(2027, 1, 31), date(2027, 2, 28), 2_000),
-        (LineKind.ADVANCE, sub, 2, date(2027, 2, 28), date(2027, 3, 31), 2_000),
-        (LineKind.ADVANCE, sub, 2, date(2027, 3, 31), date(2027, 4, 30), 2_000),
-        (LineKind.ADVANCE, sub, 2, date(2027, 4, 30), date(2027, 5, 31), 2_000),
+        (LineKind.ADVANCE, sub, 2, start, start + relativedelta(months=1), 2_000),
+        (
+            LineKind.ADVANCE,
+            sub,
+            2,
+            start + relativedelta(months=1),
+            start + relativedelta(months=2),
+            2_000,
+        ),
+        (
+            LineKind.ADVANCE,
+            sub,
+            2,
+            start + relativedelta(months=2),
+            start + relativedelta(months=3),
+            2_000,
+        ),
     ]
 
 
@@ -461,8 +477,8 @@ def test_a_purchase_requested_before_its_contracts_first_day_and_applied_on_or_a
     app: Flask, utc: Tenant, applied_on: date
 ) -> None:
     """Requested on 31 December, the day before the contract's first day, applied on 1 or
-    3 January: the periods from the contract's first day are each billed exactly once (the
-    first one is not lost), before or after January's run."""
+    3 January: the subscription starts on the provider's day and its periods are each billed
+    exactly once (the first one is not lost), before or after January's run."""
     product = make_product(app, utc.partner.id, price_minor=1_000)
     contract_id = contract(app, utc, JAN_1)
     sub = request(app, utc, product, 2, date(2026, 12, 31))
@@ -475,18 +491,33 @@ def test_a_purchase_requested_before_its_contracts_first_day_and_applied_on_or_a
         apply(app, applied_on)
     run(app, utc, FEB_1)
     run(app, utc, date(2027, 3, 1))
+    start = applied_on
     assert billed(app, sub) == [
-        (LineKind.ADVANCE, sub, 2, date(2027, 1, 31), date(2027, 2, 28), 2_000),
-        (LineKind.ADVANCE, sub, 2, date(2027, 2, 28), date(2027, 3, 31), 2_000),
-        (LineKind.ADVANCE, sub, 2, date(2027, 3, 31), date(2027, 4, 30), 2_000),
+        (LineKind.ADVANCE, sub, 2, start, start + relativedelta(months=1), 2_000),
+        (
+            LineKind.ADVANCE,
+            sub,
+            2,
+            start + relativedelta(months=1),
+            start + relativedelta(months=2),
+            2_000,
+        ),
+        (
+            LineKind.ADVANCE,
+            sub,
+            2,
+            start + relativedelta(months=2),
+            start + relativedelta(months=3),
+            2_000,
+        ),
     ]
 
 
 def test_a_seat_added_after_a_purchase_applied_in_a_later_period_is_settled_once(
     app: Flask, utc: Tenant
 ) -> None:
-    """Requested 31 January, applied 3 February, a seat added on 10 February: March's run
-    charges the seat from 10 February over the two periods billed before March, once."""
+    """Requested 31 January, applied 3 February (the subscription's periods start then), a
+    seat added on 10 February: charged once, from 10 February to the end of its period."""
     product = make_product(app, utc.partner.id, price_minor=2_800)
     contract_id = contract(app, utc, JAN_1)
     sub = request(app, utc, product, 2, date(2027, 1, 31))
@@ -499,15 +530,13 @@ def test_a_seat_added_after_a_purchase_applied_in_a_later_period_is_settled_once
     got = billed(app, sub)
     advance = [line for line in got if line[0] is LineKind.ADVANCE]
     assert [(line[2], line[3], line[4]) for line in advance] == [
-        (2, date(2027, 1, 31), date(2027, 2, 28)),
-        (2, date(2027, 2, 28), date(2027, 3, 31)),
-        (3, date(2027, 3, 31), date(2027, 4, 30)),
-        (3, date(2027, 4, 30), date(2027, 5, 31)),
+        (2, date(2027, 2, 3), date(2027, 3, 3)),
+        (3, date(2027, 3, 3), date(2027, 4, 3)),
+        (3, date(2027, 4, 3), date(2027, 5, 3)),
     ]
     additions = [line for line in got if line[0] is LineKind.ADDITION]
-    assert [(line[2], line[3], line[4]) for line in additions] == [
-        (1, date(2027, 2, 10), date(2027, 2, 28)),
-        (1, date(2027, 2, 28), date(2027, 3, 31)),
+    assert [(line[2], line[3], line[4], line[5]) for line in additions] == [
+        (1, date(2027, 2, 10), date(2027, 3, 3), 2_100),  # 21 of the period's 28 days
     ]
 
 

@@ -520,6 +520,11 @@ def _finish(
         # a failed change holds the later ones back; a credit hold is read fresh here
         released = release_next_of(session, work.subscription_id)
     if state is ChangeState.PROVISIONED and work.kind is ChangeKind.PURCHASE:
+        if effective_at is not None:
+            # the term (and the billing periods anchored on it) starts when the provider
+            # created the subscription, not when it was asked for
+            for part in work.parts:
+                _set_subscription(session, part.subscription_id, term_started_at=effective_at)
         # billed in advance: the purchase's invoice is made now, not at the next run
         enqueue(
             session,
