@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -428,6 +429,12 @@ def test_a_purchase_put_on_a_contract_before_it_was_provisioned_is_invoiced_when
     assert len(invoices(app)) == 1
 
 
+def three_months_in_advance(sub: int, start: date) -> list[tuple[Any, ...]]:
+    """Two seats at 1,000 a month, billed in advance month by month from ``start``."""
+    months = [start + relativedelta(months=n) for n in range(4)]
+    return [(LineKind.ADVANCE, sub, 2, begin, end, 2_000) for begin, end in pairwise(months)]
+
+
 @pytest.mark.parametrize("applied_on", [FEB_1, date(2027, 2, 3)])
 def test_a_purchase_applied_in_a_later_period_than_it_was_requested_in_is_billed_every_day(
     app: Flask, utc: Tenant, applied_on: date
@@ -450,26 +457,7 @@ def test_a_purchase_applied_in_a_later_period_than_it_was_requested_in_is_billed
     run(app, utc, date(2027, 4, 1))
     purchase = [i for i in invoices(app) if i.purchase_change_id is not None]
     assert len(purchase) == 1
-    start = applied_on
-    assert billed(app, sub) == [
-        (LineKind.ADVANCE, sub, 2, start, start + relativedelta(months=1), 2_000),
-        (
-            LineKind.ADVANCE,
-            sub,
-            2,
-            start + relativedelta(months=1),
-            start + relativedelta(months=2),
-            2_000,
-        ),
-        (
-            LineKind.ADVANCE,
-            sub,
-            2,
-            start + relativedelta(months=2),
-            start + relativedelta(months=3),
-            2_000,
-        ),
-    ]
+    assert billed(app, sub) == three_months_in_advance(sub, applied_on)
 
 
 @pytest.mark.parametrize("applied_on", [JAN_1, date(2027, 1, 3)])
@@ -491,26 +479,7 @@ def test_a_purchase_requested_before_its_contracts_first_day_and_applied_on_or_a
         apply(app, applied_on)
     run(app, utc, FEB_1)
     run(app, utc, date(2027, 3, 1))
-    start = applied_on
-    assert billed(app, sub) == [
-        (LineKind.ADVANCE, sub, 2, start, start + relativedelta(months=1), 2_000),
-        (
-            LineKind.ADVANCE,
-            sub,
-            2,
-            start + relativedelta(months=1),
-            start + relativedelta(months=2),
-            2_000,
-        ),
-        (
-            LineKind.ADVANCE,
-            sub,
-            2,
-            start + relativedelta(months=2),
-            start + relativedelta(months=3),
-            2_000,
-        ),
-    ]
+    assert billed(app, sub) == three_months_in_advance(sub, applied_on)
 
 
 def test_a_seat_added_after_a_purchase_applied_in_a_later_period_is_settled_once(
