@@ -46,7 +46,7 @@ from tests.integration.test_payments_autopay import draft_for, issue, run_all
 from tests.integration.test_payments_stripe import session_id, setup_return
 from tests.support import HttpsClient, Tenant, csrf_token
 
-from stripe_payments.fake import SUCCEED, FakeStripe, Fault  # isort: skip
+from stripe_payments.fake import DECLINE, SUCCEED, FakeStripe, Fault  # isort: skip
 
 WEBHOOK_SECRET = "whsec_portal_payment_truth"
 AUTOPAY = billing_documents.AUTOPAY_KIND
@@ -324,6 +324,68 @@ def test_autopay_waits_while_the_customer_pays_on_the_checkout_page(
     assert [p.amount_minor for p in ledger_of(app, invoice_id)] == [4_200]
 
 
+def age_pages(app: Flask, invoice_id: int, hours: int = 24) -> None:
+    """The invoice's payment pages were opened ``hours`` ago."""
+    with app.app_context(), get_database(app).sessions() as s:
+        s.execute(
+            sa.update(PaymentAttempt)
+            .where(PaymentAttempt.invoice_id == invoice_id, PaymentAttempt.number > 0)
+            .values(created_at=utcnow() - timedelta(hours=hours))
+        )
+        s.commit()
+
+
+def test_autopay_records_an_old_checkout_paid_meanwhile_instead_of_charging_again(
+    app: Flask, tenant: Tenant, finance: HttpsClient, fake: FakeStripe
+) -> None:
+    """Found by the model-based test: the customer paid on the checkout page and never came
+    back, and the webhook had not arrived a day later, when autopay (no longer waiting for a
+    page that old) charged the card as well: 1452.00 on a 726.00 invoice."""
+    save_card(app, finance, fake)
+    invoice_id = draft_for(app, tenant, amount=72_600)
+    issue(app, tenant, invoice_id)
+    started = pay(finance, invoice_id, "726.00")
+    fake.complete_checkout(session_id(started.headers["Location"]))
+    age_pages(app, invoice_id)
+    assert run_all(app, AUTOPAY) == ["done"]
+    assert off_session_intents(fake, invoice_id) == []
+    assert [p.amount_minor for p in ledger_of(app, invoice_id)] == [72_600]
+    states = {a.number: a.state for a in attempts_of(app, invoice_id)}
+    assert states[1] is AttemptState.SUCCEEDED
+    assert balance(app, invoice_id) == 0
+
+
+def test_autopay_closes_an_old_checkout_left_open_before_charging(
+    app: Flask, tenant: Tenant, finance: HttpsClient, fake: FakeStripe
+) -> None:
+    save_card(app, finance, fake)
+    invoice_id = draft_for(app, tenant, amount=4_200)
+    issue(app, tenant, invoice_id)
+    page = session_id(pay(finance, invoice_id, "42.00").headers["Location"])
+    age_pages(app, invoice_id)
+    assert run_all(app, AUTOPAY) == ["done"]
+    assert fake.sessions[page]["status"] == "expired"
+    with pytest.raises(ValueError, match="not an open payment session"):
+        fake.complete_checkout(page)
+    assert [i["amount"] for i in off_session_intents(fake, invoice_id)] == [4_200]
+    states = {a.number: a.state for a in attempts_of(app, invoice_id)}
+    assert states == {0: AttemptState.SUCCEEDED, 1: AttemptState.EXPIRED}
+
+
+def test_autopay_retries_when_stripe_cannot_close_an_old_checkout(
+    app: Flask, tenant: Tenant, finance: HttpsClient, fake: FakeStripe
+) -> None:
+    save_card(app, finance, fake)
+    invoice_id = draft_for(app, tenant, amount=4_200)
+    issue(app, tenant, invoice_id)
+    page = session_id(pay(finance, invoice_id, "42.00").headers["Location"])
+    age_pages(app, invoice_id)
+    fake.inject(Fault.server_error(503, method="POST", path=f"/v1/checkout/sessions/{page}/expire"))
+    assert run_all(app, AUTOPAY) == ["retry"]
+    assert off_session_intents(fake, invoice_id) == []
+    assert fake.sessions[page]["status"] == "open"
+
+
 def test_pay_now_and_autopay_at_once_never_both_charge(
     app: Flask, tenant: Tenant, finance: HttpsClient, fake: FakeStripe
 ) -> None:
@@ -464,6 +526,76 @@ def test_a_page_opened_for_an_attempt_replaced_meanwhile_is_never_handed_out(
     assert set(opened.values()) == {"expired"}
     states = [a.state for a in attempts_of(app, invoice_id)]
     assert states == [AttemptState.SUPERSEDED, AttemptState.OPEN]
+
+
+def test_a_declined_card_closes_its_checkout_before_the_next_one_opens(
+    app: Flask, tenant: Tenant, finance: HttpsClient, fake: FakeStripe
+) -> None:
+    """Found by the model-based test: Stripe's page stays open after a decline (the customer
+    may try another card). The next Pay now finished the attempt as failed and opened a new
+    page, and both pages then took the whole balance: 72.00 charged on a 36.00 invoice."""
+    invoice_id = issued_invoice(app, tenant, amount_minor=3_600)
+    first = session_id(pay(finance, invoice_id, "36.00").headers["Location"])
+    fake.complete_checkout(first, DECLINE)
+    second = session_id(pay(finance, invoice_id, "36.00").headers["Location"])
+    assert second != first
+    assert fake.sessions[first]["status"] == "expired"
+    with pytest.raises(ValueError, match="not an open payment session"):
+        fake.complete_checkout(first)
+    fake.complete_checkout(second)
+    states = [a.state for a in attempts_of(app, invoice_id)]
+    assert states == [AttemptState.FAILED, AttemptState.OPEN]
+    (failed, _) = attempts_of(app, invoice_id)
+    assert failed.failure_code == "generic_decline"
+    assert sum(i["amount"] for i in fake.intents.values() if i["status"] == "succeeded") == 3_600
+
+
+def test_a_declined_card_seen_on_the_return_page_closes_its_checkout(
+    app: Flask, tenant: Tenant, finance: HttpsClient, fake: FakeStripe
+) -> None:
+    invoice_id = issued_invoice(app, tenant, amount_minor=3_600)
+    first = session_id(pay(finance, invoice_id, "36.00").headers["Location"])
+    fake.complete_checkout(first, DECLINE)
+    (attempt,) = attempts_of(app, invoice_id)
+    page = finance.get(f"/payments/{attempt.id}?payment={first}").get_data(as_text=True)
+    assert "Your card was declined." in page
+    assert fake.sessions[first]["status"] == "expired"
+    (attempt,) = attempts_of(app, invoice_id)
+    assert attempt.state is AttemptState.FAILED
+
+
+def test_a_checkout_paid_with_another_card_after_a_decline_is_recorded_not_replaced(
+    app: Flask,
+    tenant: Tenant,
+    finance: HttpsClient,
+    fake: FakeStripe,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The portal hears of the decline; before it closes the page, the customer pays on it
+    with another card: the page cannot be closed, so the portal asks again, records the
+    payment and opens nothing new."""
+    invoice_id = issued_invoice(app, tenant, amount_minor=3_600)
+    first = session_id(pay(finance, invoice_id, "36.00").headers["Location"])
+    fake.complete_checkout(first, DECLINE)
+    gateway = integrations(app).payment_gateways.get("stripe")
+    assert gateway is not None
+    ask = gateway.get_payment
+    paid: list[str] = []
+
+    def declined_then_paid(reference: str) -> Any:
+        answer = ask(reference)
+        if not paid:  # the customer's second card goes through right after this answer
+            paid.append(str(fake.complete_checkout(first)["id"]))
+        return answer
+
+    monkeypatch.setattr(gateway, "get_payment", declined_then_paid)
+    again = pay(finance, invoice_id, "36.00")
+    (attempt,) = attempts_of(app, invoice_id)
+    assert again.headers["Location"] == f"/payments/{attempt.id}"
+    assert attempt.state is AttemptState.SUCCEEDED
+    assert [p.gateway_reference for p in ledger_of(app, invoice_id)] == paid
+    assert len(payment_sessions(fake, invoice_id)) == 1
+    assert balance(app, invoice_id) == 0
 
 
 def test_an_overpaying_payment_is_flagged_for_staff(

@@ -364,9 +364,30 @@ def pay_invoice(
                 return PayStart(attempt.id, None)
             continue
         if isinstance(answer, Succeeded) and answer.value.status is PaymentStatus.FAILED:
-            _finish_attempt(db_session, attempt.id, AttemptState.FAILED, outcome=answer.value)
+            ended = _close_then_end(
+                db_session,
+                gateway,
+                attempt,
+                "payment_page",
+                unpaid=AttemptState.FAILED,
+                outcome=answer.value,
+            )
             db_session.commit()
-            continue
+            if ended is None:
+                raise ServiceError(
+                    _(
+                        "The payment service did not answer, and nothing was charged. "
+                        "Try again in a moment."
+                    )
+                )
+            if ended is PaymentStatus.SUCCEEDED:
+                still, balance = payable_or_none(db_session, invoice_id, today)
+                if still is None or wanted > balance:
+                    return PayStart(attempt.id, None)
+                continue
+            if ended is PaymentStatus.FAILED:
+                continue
+            return PayStart(attempt.id, attempt.redirect_url)
         if isinstance(answer, BusinessRejection):
             _finish_attempt(
                 db_session, attempt.id, AttemptState.FAILED, code=answer.code, reason=answer.reason
@@ -598,6 +619,49 @@ def _open_session(
     return PayStart(attempt.id, session.redirect_url)
 
 
+def _close_then_end(
+    db_session: Session,
+    gateway: PaymentGateway,
+    attempt: PaymentAttempt,
+    source: str,
+    *,
+    unpaid: AttemptState,
+    outcome: PaymentOutcome | None = None,
+) -> PaymentStatus | None:
+    """End an open on-session attempt for good: its page is closed at the gateway first, so it
+    can never take money beside the next attempt or an automatic charge, and the attempt is
+    then finished as ``unpaid`` (with ``outcome``, the failure the gateway reported, if any).
+
+    A page found closed already (or one the gateway cannot close, when no failure is known)
+    is asked how it ended: paid, the payment is recorded. Returns SUCCEEDED (paid), FAILED
+    (finished unpaid), another status while the payment is still under way, None when the
+    gateway did not answer (the attempt stays open). The caller commits.
+
+    Why: a declined card leaves Stripe's Checkout page open for another card, and an attempt
+    left open for a month may have been paid with its webhook still to come; the model-based
+    test found both charging an invoice twice."""
+    if attempt.gateway_ref is not None:
+        closed = (
+            gateway.expire_payment(attempt.gateway_ref)
+            if isinstance(gateway, ExpiringGateway)
+            else None
+        )
+        if isinstance(closed, TechnicalFailure):
+            return None
+        if not isinstance(closed, Succeeded) and (closed is not None or outcome is None):
+            again = gateway.get_payment(attempt.gateway_ref)
+            if not isinstance(again, Succeeded):
+                return None
+            outcome = again.value
+            if outcome.status is PaymentStatus.SUCCEEDED:
+                _settle(db_session, gateway.key, attempt, outcome, source)
+                return PaymentStatus.SUCCEEDED
+            if outcome.status is not PaymentStatus.FAILED:
+                return outcome.status
+    _finish_attempt(db_session, attempt.id, unpaid, outcome=outcome)
+    return PaymentStatus.FAILED
+
+
 def _close_unused_page(gateway: PaymentGateway, gateway_ref: str) -> None:
     if not isinstance(gateway, ExpiringGateway):
         return
@@ -700,10 +764,20 @@ def attempt_view(db_session: Session, attempt_id: int, today: date) -> AttemptVi
             if outcome.status is PaymentStatus.SUCCEEDED:
                 _settle(db_session, attempt.gateway_key, attempt, outcome, "return_page")
                 recorded = recorded_payment(db_session, attempt.gateway_key, outcome)
-            elif outcome.status is PaymentStatus.FAILED:
-                _finish_attempt(db_session, attempt.id, AttemptState.FAILED, outcome=outcome)
+            elif outcome.status is PaymentStatus.FAILED and gateway is not None:
+                ended = _close_then_end(
+                    db_session,
+                    gateway,
+                    attempt,
+                    "return_page",
+                    unpaid=AttemptState.FAILED,
+                    outcome=outcome,
+                )
+                status = ended or PaymentStatus.PROCESSING  # no answer: the page asks again
             db_session.commit()
             attempt = _attempt(db_session, attempt_id) or attempt
+            if recorded is None and attempt.payment_ref is not None:
+                recorded = recorded_payment(db_session, attempt.gateway_key, attempt.payment_ref)
     detail = queries.invoice_detail(db_session, attempt.invoice_id, today=today)
     if detail is None:
         return None
@@ -741,6 +815,9 @@ def autopay(item: OutboxItem, session: Session) -> Outcome:
     except PluginError as error:
         return RetryLater(f"no payment gateway is loaded: {error}", timedelta(hours=1))
     app = current_app._get_current_object()  # type: ignore[attr-defined]
+    pages = _end_old_pages(app, invoice.id, gateway)
+    if pages is not None:
+        return pages
     attempt = _autopay_attempt(app, invoice, gateway, session)
     if isinstance(attempt, _OnSession):
         # someone is paying on the gateway's page: one charge at a time; look again later
@@ -789,6 +866,32 @@ def autopay(item: OutboxItem, session: Session) -> Outcome:
     )
     _autopay_failed(session, attempt, code, outcome.failure_reason, app, outcome)
     return Done({"failed": code})
+
+
+def _end_old_pages(app: Flask, invoice_id: int, gateway: PaymentGateway) -> Outcome | None:
+    """Before an automatic charge: every on-session attempt of the invoice too old to be
+    waited for (:data:`REUSE_LIMIT`) but still open is ended for good, its page closed and
+    how it ended asked of the gateway (:func:`_close_then_end`): one paid with its webhook
+    still to come is recorded, so the balance autopay reads next is the true one. None when
+    autopay may go on; otherwise what the item does (retry, or wait for a payment still
+    processing)."""
+    with get_database(app).sessions() as own:
+        old = own.scalars(
+            select(PaymentAttempt).where(
+                PaymentAttempt.invoice_id == invoice_id,
+                PaymentAttempt.number > AUTOPAY_NUMBER,
+                PaymentAttempt.state == AttemptState.OPEN,
+                PaymentAttempt.created_at <= utcnow() - REUSE_LIMIT,
+            )
+        ).all()
+        for attempt in old:
+            ended = _close_then_end(own, gateway, attempt, "autopay", unpaid=AttemptState.EXPIRED)
+            own.commit()
+            if ended is None:
+                return RetryLater("the payment service did not say how an old payment page ended")
+            if ended not in (PaymentStatus.SUCCEEDED, PaymentStatus.FAILED):
+                return Defer(ON_SESSION_WAIT)  # paid on that page, still processing
+    return None
 
 
 class _OnSession:
