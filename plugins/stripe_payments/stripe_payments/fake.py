@@ -372,7 +372,10 @@ class FakeStripe:
                 "dp",
                 {
                     "object": "dispute",
-                    "amount": charge["amount"],
+                    # a chargeback is for what the card holder still paid (a refunded part
+                    # came back to them already)
+                    "amount": charge["amount"] - charge["amount_refunded"],
+                    "is_charge_refundable": False,
                     "currency": charge["currency"],
                     "charge": charge["id"],
                     "payment_intent": intent_id,
@@ -865,6 +868,15 @@ class FakeStripe:
                 "This PaymentIntent does not have a successful charge to refund.", "payment_intent"
             )
         charge = self.charges[intent["latest_charge"]]
+        if any(
+            d["charge"] == charge["id"] and d["status"] != "won" for d in self.disputes.values()
+        ):
+            # a charged-back payment cannot be refunded as well (the bank returns the money)
+            raise _invalid(
+                f"Charge {charge['id']} has been charged back; cannot issue a refund.",
+                "charge",
+                code="charge_disputed",
+            )
         left = charge["amount"] - charge["amount_refunded"]
         amount = _amount(params["amount"], "amount") if params.get("amount") is not None else left
         if amount > left:
