@@ -711,6 +711,23 @@ def backoff(attempt: int, retry_after: timedelta | None, rng: random.Random) -> 
 # -- sweep -----------------------------------------------------------------------------------
 
 
+def fail_exhausted(app: Flask, now: datetime | None = None) -> int:
+    """Fail the items whose worker stopped on every attempt (the sweep's first step, on its
+    own); returns how many. What the work was for is then failed by its own capability's
+    periodic job (a licence change by ``sweep_awaiting``)."""
+    with get_database(app).sessions() as session:
+        failed = _fail_exhausted(session, now or utcnow())
+        session.commit()
+    return failed
+
+
+def _fail_exhausted(session: Session, now: datetime) -> int:
+    failed = session.execute(_FAIL_EXHAUSTED, {"now": now}).all()
+    for item_id, kind in failed:
+        log.error("outbox item %s (%s) failed: its worker stopped on every attempt", item_id, kind)
+    return len(failed)
+
+
 def sweep(app: Flask, now: datetime | None = None) -> int:
     """Dispatch work the broker may have lost; returns how many items were sent.
 
@@ -733,10 +750,7 @@ def sweep(app: Flask, now: datetime | None = None) -> int:
         or_(OutboxItem.dispatched_at.is_(None), OutboxItem.dispatched_at < quiet_since),
     )
     with get_database(app).sessions() as session:
-        for item_id, kind in session.execute(_FAIL_EXHAUSTED, {"now": now}).all():
-            log.error(
-                "outbox item %s (%s) failed: its worker stopped on every attempt", item_id, kind
-            )
+        _fail_exhausted(session, now)
         ids = list(
             session.scalars(
                 select(OutboxItem.id)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 import time_machine
@@ -44,7 +45,7 @@ from hypothesis.stateful import (
     rule,
 )
 from partner_center_provider.fake import FakePartnerCenter, Fault
-from stripe_payments.fake import FakeStripe
+from stripe_payments.fake import DECLINE, REQUIRE_AUTHENTICATION, SUCCEED, FakeStripe
 
 from portal.core.db import get_database, utcnow
 from portal.core.errors import ServiceError
@@ -58,7 +59,7 @@ from portal.features.billing.models import (
 )
 from portal.features.billing.services import queries
 from portal.features.billing.services.contracts import assign_subscriptions, create_contract
-from portal.features.billing.services.documents import set_invoice_review
+from portal.features.billing.services.documents import AUTOPAY_KIND, set_invoice_review
 from portal.features.billing.services.run import run_billing_for_partner
 from portal.features.catalogue.models import Product
 from portal.features.licences.models import LicenceChange, Subscription
@@ -68,6 +69,8 @@ from portal.features.licences.services.subscriptions import (
     request_quantity,
     set_credit_hold,
 )
+from portal.features.payments.models import CardSetup
+from portal.features.payments.services.cards import finish_card_setup, start_card_setup
 from portal.features.payments.services.pay import pay_invoice
 from tests.model import world
 from tests.model.world import Scene
@@ -166,8 +169,8 @@ class MoneyLoop(RuleBasedStateMachine):
 
     # -- the scene ------------------------------------------------------------------------------
 
-    @initialize(first=st.integers(1, 20))
-    def start_from_an_empty_database(self, first: int) -> None:
+    @initialize(first=st.integers(1, 20), autocharge=st.booleans())
+    def start_from_an_empty_database(self, first: int, autocharge: bool) -> None:
         self.clock = self.traveller.start()
         world.empty_database(self.app)
         self.fake.clear_faults()
@@ -185,6 +188,9 @@ class MoneyLoop(RuleBasedStateMachine):
                     frequency="monthly",
                     anchor_on=self.first_day,
                     by="finance@model",
+                    # autopay: each invoice issued is charged to the default card, if one is
+                    # saved (rule save_a_card), beside the customer's own Pay now
+                    autocharge=autocharge and self.payments(),
                 )
                 s.commit()
                 self.contract_id = contract.id
@@ -369,16 +375,25 @@ class MoneyLoop(RuleBasedStateMachine):
         is empty; then nothing may be left in flight."""
         self.settle()
 
+    @rule()
+    def the_periodic_jobs_run(self) -> None:
+        """The scheduler's sweeps, between any two steps of the workers."""
+        world.periodic_jobs(self.app)
+        self.observe()
+
     def settle(self) -> None:
         self.fake.clear_faults()
         effects = self.fake.total_effects
-        world.drain(self.app)
+        waiting = world.drain(self.app)
         self.observe()
         if self.reference.on_hold:
             assert self.fake.total_effects == effects, (
                 "a change reached the provider while the customer was on credit hold"
             )
-        assert world.unfinished_items(self.app) == 0
+        unfinished = world.unfinished_items(self.app)
+        # only an automatic payment may wait, while someone pays on the checkout page
+        assert set(unfinished) <= waiting, f"outbox items left unfinished: {unfinished}"
+        assert set(unfinished.values()) <= {AUTOPAY_KIND}, f"items left waiting: {unfinished}"
         self.check_nothing_in_flight()
 
     def teardown(self) -> None:
@@ -529,23 +544,28 @@ class MoneyLoop(RuleBasedStateMachine):
         clicks=st.integers(1, 2),
     )
     def pay_now(self, which: int, share: str, clicks: int) -> None:
+        self.click_pay_now(which, share, clicks)
+
+    def click_pay_now(self, which: int, share: str, clicks: int) -> str | None:
         """The Finance Manager pays (part of) an invoice by card: "Pay now", perhaps clicked
-        twice; another amount replaces the open checkout."""
+        twice; another amount replaces the open checkout. Returns the checkout session the
+        last click was sent to, if any."""
         invoices = self.issued_invoices()
         if not invoices:
-            return
+            return None
         invoice_id = invoices[which % len(invoices)].id
+        sent_to = None
         for _ in range(clicks):
             with world.service_session(self.app) as s:
                 who = world.parties(s, self.the_scene)
                 detail = queries.invoice_detail(s, invoice_id, today=utcnow().date())
                 if detail is None or detail.balance_minor <= 0:
-                    return
+                    return sent_to
                 balance = detail.balance_minor
                 wanted = {"all": balance, "half": max(balance // 2, 100), "a little": 100}[share]
                 wanted = min(wanted, balance)
                 try:
-                    pay_invoice(
+                    started = pay_invoice(
                         s,
                         partner=who.partner,
                         invoice_id=invoice_id,
@@ -557,6 +577,58 @@ class MoneyLoop(RuleBasedStateMachine):
                     )
                 except ServiceError:
                     s.rollback()
+                    continue
+                if started.redirect_url is not None:
+                    sent_to = urlsplit(started.redirect_url).path.rsplit("/", 1)[-1]
+        return sent_to
+
+    @precondition(lambda self: self.payments())
+    @rule(
+        which=st.integers(0, 3),
+        share=st.sampled_from(["all", "half", "a little"]),
+        card=st.sampled_from([SUCCEED, DECLINE]),
+    )
+    def pay_by_card(self, which: int, share: str, card: str) -> None:
+        """The usual way: "Pay now", then the card on Stripe's page at once."""
+        session = self.click_pay_now(which, share, 1)
+        if session is not None and self.checkout_is_open(session):
+            self.the_stripe.complete_checkout(session, card)
+
+    def checkout_is_open(self, session_id: str) -> bool:
+        stripe = self.the_stripe
+        with stripe._lock:
+            session = stripe.sessions[session_id]
+            return bool(
+                session["mode"] == "payment"
+                and session["status"] == "open"
+                and stripe.clock() < session["expires_at"]  # not past its time (days pass)
+            )
+
+    @precondition(lambda self: self.payments())
+    @rule(card=st.sampled_from([SUCCEED, DECLINE, REQUIRE_AUTHENTICATION]))
+    def save_a_card(self, card: str) -> None:
+        """The Finance Manager saves a card on Stripe's page (the first becomes the default
+        autopay charges): one that pays, one the bank declines off-session, one that asks
+        for authentication."""
+        stripe = self.the_stripe
+        with world.service_session(self.app) as s:
+            who = world.parties(s, self.the_scene)
+            try:
+                start_card_setup(
+                    s,
+                    partner=who.partner,
+                    customer=who.customer,
+                    actor=who.user.email,
+                    return_url=lambda setup: f"https://portal.test/cards/{setup}",
+                    role="finance_manager",
+                )
+            except ServiceError:
+                s.rollback()
+                return
+            setup = s.scalars(sa.select(CardSetup).order_by(CardSetup.id.desc()).limit(1)).one()
+            assert setup.gateway_ref is not None
+            stripe.complete_setup(setup.gateway_ref, card)
+            finish_card_setup(s, who.partner, setup, who.user.email)
 
     @precondition(lambda self: self.payments())
     @rule(which=st.integers(0, 5), declined=st.booleans())
@@ -565,11 +637,7 @@ class MoneyLoop(RuleBasedStateMachine):
         the portal replaced)."""
         stripe = self.the_stripe
         with stripe._lock:
-            open_sessions = [
-                sid
-                for sid, session in stripe.sessions.items()
-                if session["mode"] == "payment" and session["status"] == "open"
-            ]
+            open_sessions = [sid for sid in stripe.sessions if self.checkout_is_open(sid)]
         if not open_sessions:
             return
         stripe.complete_checkout(
@@ -616,8 +684,8 @@ class MoneyLoop(RuleBasedStateMachine):
         intent = intents[which % len(intents)]
         charge = self.the_stripe.charges[str(intent["latest_charge"])]
         left = int(charge["amount"]) - int(charge["amount_refunded"])
-        if left <= 0:
-            return
+        if left <= 0 or str(intent["id"]) in self.lost:
+            return  # nothing left, or charged back (Stripe refuses: charge_disputed)
         self.the_stripe.refund(str(intent["id"]), None if whole else max(1, left // 3))
 
     @precondition(lambda self: self.payments())
@@ -628,11 +696,12 @@ class MoneyLoop(RuleBasedStateMachine):
         if not intents:
             return
         intent = intents[which % len(intents)]
+        charge = self.the_stripe.charges[str(intent["latest_charge"])]
+        if charge["amount_refunded"] >= charge["amount"]:
+            return  # refunded in full: nothing left to dispute
         dispute = self.the_stripe.dispute(str(intent["id"]))
         self.disputed.add(str(intent["id"]))
-        with self.the_stripe._lock:
-            closed = {**dispute, "status": "lost" if lost else "won"}
-            self.the_stripe._emit("charge.dispute.closed", closed)
+        self.the_stripe.close_dispute(str(dispute["id"]), "lost" if lost else "won")
         if lost:
             self.lost[str(intent["id"])] = int(dispute["amount"])
 
@@ -641,12 +710,13 @@ class MoneyLoop(RuleBasedStateMachine):
         for event in list(self.the_stripe.events):
             if str(event["id"]) not in self.delivered:
                 self.deliver(event)
-        world.drain(self.app)
+        self.settle()
 
     def check_payments(self, quiescent: bool) -> None:
-        """Per invoice: what Stripe charged for it never exceeds its total; once every webhook
-        arrived, each charge is recorded exactly once and the balance is its total, less
-        credits, less what was paid, plus what was refunded and what disputes took back."""
+        """Per invoice: what Stripe charged for it and kept (less refunds and lost disputes)
+        never exceeds its total; once every webhook arrived, each charge is recorded exactly
+        once and the balance is its total, less credits, less what was paid, plus what was
+        refunded and what disputes took back."""
         charged: dict[int, int] = defaultdict(int)
         refunded: dict[int, int] = defaultdict(int)
         taken_back: dict[int, int] = defaultdict(int)
@@ -668,9 +738,14 @@ class MoneyLoop(RuleBasedStateMachine):
                 )
             }
             for invoice_id, amount in charged.items():
+                # what the cards gave and kept: a refund or a lost dispute opens the balance
+                # again, and paying it again is right
+                kept = amount - refunded[invoice_id] - taken_back[invoice_id]
                 total = invoices[invoice_id].total_minor
-                assert amount <= total, (
-                    f"invoice {invoice_id} (total {total}): cards were charged {amount}"
+                assert kept <= total, (
+                    f"invoice {invoice_id} (total {total}): cards were charged {amount}, "
+                    f"{refunded[invoice_id]} refunded, {taken_back[invoice_id]} taken back by "
+                    f"disputes: {kept} kept"
                 )
             if not quiescent:
                 return

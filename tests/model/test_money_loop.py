@@ -32,10 +32,17 @@ STEPS = int(os.environ.get("PORTAL_MODEL_STEPS", "30"))
 MONEY_STEPS = int(os.environ.get("PORTAL_MODEL_STEPS", "50"))
 
 
+# `make test` runs the same journeys every time (main stays green, and a failure there is one
+# every machine reproduces); `make model` explores new ones (PORTAL_MODEL_RANDOM=1)
+EXPLORE = os.environ.get("PORTAL_MODEL_RANDOM", "") == "1"
+
+
 def model_settings(examples: int, steps: int) -> settings:
     return settings(
         max_examples=examples,
         stateful_step_count=steps,
+        derandomize=not EXPLORE,
+        database=None if not EXPLORE else settings.default.database,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         print_blob=True,

@@ -31,9 +31,10 @@ from portal.features.catalogue.models import Product, ProductPrice
 from portal.features.catalogue.rules import ReductionBehaviour
 from portal.features.identity.models import Membership, StaffUser, User
 from portal.features.licences.models import LicenceChange, Subscription
+from portal.features.licences.services.subscriptions import sweep_awaiting
 from portal.features.tenancy.models import Customer, Partner
 from portal.outbox.handlers import wiring
-from portal.outbox.items import claim, lease_duration, run_item
+from portal.outbox.items import claim, fail_exhausted, lease_duration, run_item
 from portal.outbox.models import OutboxItem, OutboxState
 from tests.reliability.licence_support import OFFER_ID, Seeded, seed_customers, seed_partner
 
@@ -193,22 +194,27 @@ def claimable(app: Flask) -> list[int]:
     """Items a worker could take now (due, or abandoned by a worker that died), oldest first."""
     now = utcnow()
     due = sa.and_(OutboxItem.state == OutboxState.PENDING, OutboxItem.available_at <= now)
-    abandoned = sa.and_(OutboxItem.state == OutboxState.RUNNING, OutboxItem.lease_expires_at < now)
+    # as the claim: a worker that died on every attempt left nothing to claim (the sweep fails it)
+    abandoned = sa.and_(
+        OutboxItem.state == OutboxState.RUNNING,
+        OutboxItem.lease_expires_at < now,
+        OutboxItem.attempts < OutboxItem.max_attempts,
+    )
     with get_database(app).sessions() as s:
         return list(
             s.scalars(sa.select(OutboxItem.id).where(sa.or_(due, abandoned)).order_by("id"))
         )
 
 
-def unfinished_items(app: Flask) -> int:
+def unfinished_items(app: Flask) -> dict[int, str]:
+    """Items pending or running: their kinds by id."""
     with get_database(app).sessions() as s:
-        return int(
-            s.scalar(
-                sa.select(sa.func.count(OutboxItem.id)).where(
+        return dict(
+            s.execute(  # type: ignore[arg-type]
+                sa.select(OutboxItem.id, OutboxItem.kind).where(
                     OutboxItem.state.in_((OutboxState.PENDING, OutboxState.RUNNING))
                 )
-            )
-            or 0
+            ).all()
         )
 
 
@@ -244,15 +250,28 @@ def crash(app: Flask, item_id: int) -> str:
     return "crashed"
 
 
-def drain(app: Flask, rounds: int = 60) -> None:
-    """Run everything there is to run, time passing between rounds, until nothing is left."""
+def periodic_jobs(app: Flask) -> None:
+    """What the scheduler runs every few minutes and the journeys rely on: the outbox sweep's
+    failing of items whose worker died on every attempt, then the licence sweep (changes left
+    awaiting with their reason gone are released, changes whose work was given up failed)."""
+    fail_exhausted(app)
+    sweep_awaiting(app)
+
+
+def drain(app: Flask, rounds: int = 60) -> set[int]:
+    """Run everything there is to run, time passing between rounds (and the periodic jobs with
+    it), until nothing is left but items that chose to wait (``Defer``: autopay while someone
+    pays on the checkout page), whose ids are returned."""
+    waiting: set[int] = set()
     for _ in range(rounds):
         make_time_pass(app)
-        ids = claimable(app)
+        periodic_jobs(app)
+        ids = [item_id for item_id in claimable(app) if item_id not in waiting]
         if not ids:
-            return
+            return waiting
         for item_id in ids:
-            run(app, item_id)
+            if run(app, item_id) == "deferred":
+                waiting.add(item_id)
     raise AssertionError(f"the outbox was not drained in {rounds} rounds")
 
 
