@@ -4,8 +4,10 @@ PostgreSQL when configured)."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from stripe_payments.fake import FakeStripe
 
 from portal import create_app
 from portal.core.db import get_database
+from tests.conftest import PG_URL
 from tests.reliability.licence_support import STATIC_TOKEN
 
 WEBHOOK_SECRET = "whsec_model_test_secret"
@@ -28,6 +31,24 @@ MARKERS = {
 def pytest_configure(config: pytest.Config) -> None:
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With PostgreSQL configured (CI), the model runs there only: its journeys take minutes,
+    and PostgreSQL is where the locks the interleavings need are real. Without it, SQLite.
+    ``PORTAL_MODEL_ALL_BACKENDS=1`` runs both."""
+    if not PG_URL or os.environ.get("PORTAL_MODEL_ALL_BACKENDS") == "1":
+        return
+    here = Path(__file__).parent
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_sqlite = callspec is not None and callspec.params.get("database_url") == "sqlite"
+        in_model = here in Path(str(item.path)).parents
+        (drop if in_model and on_sqlite else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture
