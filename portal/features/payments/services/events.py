@@ -61,9 +61,9 @@ from portal.features.payments.models import (
     WebhookResult,
 )
 from portal.features.payments.services.pay import (
-    AUTOPAY_FAILED_KIND,
     REASON_LIMIT,
     _lock_invoice,
+    tell_autopay_failed,
 )
 from portal.features.tenancy import mail
 from portal.features.tenancy.models import Customer, Partner
@@ -327,24 +327,7 @@ def _fail_autopay(db_session: Session, gateway_key: str, outcome: PaymentOutcome
     )
     if failed is None:
         return None
-    audit.insert_row(
-        db_session,
-        partner_id=failed.partner_id,
-        customer_id=failed.customer_id,
-        actor="webhook",
-        action="payment.autopay_failed",
-        invoice=failed.invoice_id,
-        amount_minor=failed.amount_minor,
-        currency=failed.currency,
-        code=code,
-    )
-    enqueue_row(
-        db_session,
-        AUTOPAY_FAILED_KIND,
-        {"attempt_id": failed.id},
-        partner_id=failed.partner_id,
-        customer_id=failed.customer_id,
-    )
+    tell_autopay_failed(db_session, failed, code, actor="webhook")
     return int(failed.invoice_id)
 
 

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from flask import Flask, current_app
 from sqlalchemy import Select, Table, func, select, update
@@ -77,7 +77,7 @@ from portal.integrations.payments import (
 from portal.integrations.registry import PluginError, integrations
 from portal.integrations.results import BusinessRejection, Succeeded, TechnicalFailure
 from portal.outbox.handlers import Defer, Done, GiveUp, Outcome, RetryLater
-from portal.outbox.items import enqueue
+from portal.outbox.items import enqueue_row
 from portal.outbox.models import OutboxItem
 
 log = logging.getLogger(__name__)
@@ -1031,18 +1031,39 @@ def _autopay_failed(
         session, attempt.id, AttemptState.FAILED, outcome=outcome, code=code, reason=reason
     ):
         return
-    audit.record(
+    tell_autopay_failed(session, attempt, code, actor="autopay", app=app)
+
+
+class _FailedAutopay(Protocol):
+    """What is told of a failed automatic charge: an attempt, or its row as a statement
+    returned it."""
+
+    id: int
+    partner_id: int
+    customer_id: int
+    invoice_id: int
+    amount_minor: int
+    currency: str
+
+
+def tell_autopay_failed(
+    session: Session, attempt: _FailedAutopay, code: str, *, actor: str, app: Flask | None = None
+) -> None:
+    """An automatic charge that failed, once its attempt is closed (by the caller that closed
+    it, so only once): audited, and the Finance Managers told by mail (an outbox item in the
+    same transaction). Whether the charge failed at once or later by webhook."""
+    audit.insert_row(
         session,
         partner_id=attempt.partner_id,
         customer_id=attempt.customer_id,
-        actor="autopay",
+        actor=actor,
         action="payment.autopay_failed",
         invoice=attempt.invoice_id,
         amount_minor=attempt.amount_minor,
         currency=attempt.currency,
         code=code,
     )
-    enqueue(
+    enqueue_row(
         session,
         AUTOPAY_FAILED_KIND,
         {"attempt_id": attempt.id},
