@@ -85,6 +85,8 @@ class PaymentRequest:
     ``save_card`` asks the gateway to keep the card for later off-session charges (only a
     :class:`SavedCardGateway` can; others ignore it); ``gateway_customer_ref`` is the gateway's
     customer (:meth:`SavedCardGateway.ensure_customer`) the payment and card belong to.
+    ``expires_at`` is when the payment page must stop taking payments (None: the gateway's
+    default); every retry under the same key carries the same time.
     """
 
     idempotency_key: str
@@ -96,6 +98,7 @@ class PaymentRequest:
     return_url: str
     save_card: bool = False
     gateway_customer_ref: str | None = None
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -82,13 +82,6 @@ REFUND_EVENTS = frozenset(
     {"refund.created", "refund.updated", "refund.failed", "charge.refund.updated"}
 )
 DISPUTE_EVENTS = frozenset({"charge.dispute.created", "charge.dispute.closed"})
-# a Checkout Session lives this long after its attempt was made (Stripe: 30 minutes to 24
-# hours), no longer than the portal reuses an open attempt (23 hours), so a page the portal no
-# longer offers cannot be paid. The attempt's time travels in its idempotency key
-# (``…-t<unix seconds>-…``): every retry with that key sends the same ``expires_at``, as
-# Stripe's idempotency requires (the same key with other parameters is refused).
-SESSION_LIFETIME = timedelta(hours=23)
-KEY_TIME = re.compile(r"-t(\d{9,11})(?:-|$)")
 
 
 class StripeGateway:
@@ -146,9 +139,10 @@ class StripeGateway:
                 "description": (request.description or "")[:1000] or None,
             },
         }
-        expires_at = _expires_at(request.idempotency_key)
-        if expires_at is not None:
-            params["expires_at"] = expires_at
+        if request.expires_at is not None:
+            # the portal's time, the same for every retry of the key (Stripe refuses the same
+            # key with other parameters); Stripe takes 30 minutes to 24 hours from now
+            params["expires_at"] = int(request.expires_at.timestamp())
         if request.gateway_customer_ref:
             params["customer"] = request.gateway_customer_ref
         if request.save_card:
@@ -634,15 +628,6 @@ def _plain(obj: Any) -> dict[str, Any]:
 def _refs(invoice_ref: str, customer_ref: str) -> dict[str, str]:
     # Stripe metadata values are at most 500 characters
     return {"invoice_ref": invoice_ref[:500], "customer_ref": customer_ref[:500]}
-
-
-def _expires_at(idempotency_key: str) -> int | None:
-    """When a payment page opened under this key expires: :data:`SESSION_LIFETIME` after the
-    time in the key; None (Stripe's default, 24 hours) when the key carries no time."""
-    found = KEY_TIME.search(idempotency_key)
-    if found is None:
-        return None
-    return int(found.group(1)) + int(SESSION_LIFETIME.total_seconds())
 
 
 def return_url(url: str, *, canceled: bool = False) -> str:

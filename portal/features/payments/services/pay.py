@@ -512,11 +512,7 @@ def _claim_attempt(
                 "amount_minor": amount_minor,
                 "currency": invoice.currency,
                 "gateway_key": gateway_key,
-                # the time in the key sets when the gateway's page expires (every retry of
-                # the key asks for the same page)
-                "idempotency_key": new_key(
-                    f"invoice-{invoice.id}-attempt-{number}-t{int(now.timestamp())}"
-                ),
+                "idempotency_key": new_key(f"invoice-{invoice.id}-attempt-{number}"),
                 "save_card": save_card,
                 "created_by": actor,
                 "created_at": now,
@@ -573,6 +569,8 @@ def _open_session(
             return_url=return_url(attempt.id),
             save_card=attempt.save_card,
             gateway_customer_ref=customer_ref,
+            # no page outlives the attempt's reuse: one the portal no longer offers is closed
+            expires_at=attempt.created_at + REUSE_LIMIT,
         )
     )
     if isinstance(started, TechnicalFailure):
