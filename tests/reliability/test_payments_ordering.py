@@ -104,7 +104,8 @@ def test_a2_the_ordered_story_is_what_was_expected(world: World) -> None:
             ("refund", 700, "refund2"),
             ("refund", 1_500, "refund1"),
         ],
-        "disputes": [("dispute", "payment", 8_000)],
+        # a chargeback is for what was still paid: 8,000 less the 2,200 refunded
+        "disputes": [("dispute", "payment", 5_800)],
         "paid": 5_800,
         "balance": 4_200,
         "status": InvoiceStatus.PARTIALLY_PAID,
