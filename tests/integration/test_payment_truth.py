@@ -155,18 +155,31 @@ def stripe_up(fake: FakeStripe) -> None:
         fake._faults.clear()
 
 
+def autopay_invoice(
+    app: Flask, tenant: Tenant, finance: HttpsClient, fake: FakeStripe, amount: int = 4_200
+) -> int:
+    """A saved card, and an invoice of an autocharge contract issued (its autopay queued)."""
+    save_card(app, finance, fake)
+    invoice_id = draft_for(app, tenant, amount=amount)
+    issue(app, tenant, invoice_id)
+    return invoice_id
+
+
+def an_autopay_try_goes_unanswered(app: Flask, fake: FakeStripe) -> None:
+    """Stripe does not answer the automatic charge: it may or may not have reached Stripe."""
+    stripe_down(fake)
+    assert run_all(app, AUTOPAY) == ["retry"]
+    stripe_up(fake)
+
+
 # -- 2. one charge at a time ---------------------------------------------------------------------
 
 
 def test_pay_now_is_refused_while_an_automatic_charge_is_open(
     app: Flask, tenant: Tenant, finance: HttpsClient, fake: FakeStripe
 ) -> None:
-    save_card(app, finance, fake)
-    invoice_id = draft_for(app, tenant, amount=4_200)
-    issue(app, tenant, invoice_id)
-    stripe_down(fake)
-    assert run_all(app, AUTOPAY) == ["retry"]  # the charge may or may not have reached Stripe
-    stripe_up(fake)
+    invoice_id = autopay_invoice(app, tenant, finance, fake)
+    an_autopay_try_goes_unanswered(app, fake)  # the charge may or may not have reached Stripe
     refused = pay(finance, invoice_id, "42.00")
     assert refused.status_code != 302
     assert "An automatic payment of this invoice is being made." in refused.get_data(as_text=True)
@@ -182,12 +195,8 @@ def test_an_autopay_retry_never_charges_a_changed_balance_under_a_new_key(
     """Stripe did not answer the first try: it may have charged. 10.00 comes another way
     meanwhile; the retry must not charge 32.00 under a new key (84 on a 42.00 invoice if the
     first went through): the attempt closes, and the customer can still pay what is owed."""
-    save_card(app, finance, fake)
-    invoice_id = draft_for(app, tenant, amount=4_200)
-    issue(app, tenant, invoice_id)
-    stripe_down(fake)
-    assert run_all(app, AUTOPAY) == ["retry"]
-    stripe_up(fake)
+    invoice_id = autopay_invoice(app, tenant, finance, fake)
+    an_autopay_try_goes_unanswered(app, fake)
     paid_at_stripe(fake, finance, tenant, invoice_id, 1_000)
     assert run_all(app, AUTOPAY) == ["done"]
     assert off_session_intents(fake, invoice_id) == []
@@ -202,9 +211,7 @@ def test_an_autopay_charge_whose_answer_was_lost_is_not_charged_again_for_a_new_
 ) -> None:
     """Review finding 2: 42.00 reached Stripe and succeeded, its answer was lost; 10.00 came
     another way; the retry charged 32.00 under a new key: 84.00 charged on 42.00."""
-    save_card(app, finance, fake)
-    invoice_id = draft_for(app, tenant, amount=4_200)
-    issue(app, tenant, invoice_id)
+    invoice_id = autopay_invoice(app, tenant, finance, fake)
     fake.inject(Fault.drop_after_commit(method="POST", path="/v1/payment_intents"))
     assert run_all(app, AUTOPAY) == ["retry"]
     assert [i["amount"] for i in off_session_intents(fake, invoice_id)] == [4_200]
@@ -220,12 +227,8 @@ def test_a_failed_automatic_charge_no_longer_blocks_pay_now(
 ) -> None:
     """Review finding 5: an automatic charge still open (processing) fails later at Stripe:
     its ``payment_failed`` closes the attempt, and Pay now works again."""
-    save_card(app, finance, fake)
-    invoice_id = draft_for(app, tenant, amount=4_200)
-    issue(app, tenant, invoice_id)
-    stripe_down(fake)
-    assert run_all(app, AUTOPAY) == ["retry"]
-    stripe_up(fake)
+    invoice_id = autopay_invoice(app, tenant, finance, fake)
+    an_autopay_try_goes_unanswered(app, fake)
     # as if the charge had answered "processing": the attempt knows its PaymentIntent
     intent = fake.add_succeeded_payment(
         4_200, invoice_ref=str(invoice_id), customer_ref=str(tenant.customers["a"].id)
@@ -266,12 +269,8 @@ def test_an_automatic_charge_left_open_for_a_day_no_longer_blocks_pay_now(
     """Review finding 5: the outbox gave up on it, or the worker died after committing it:
     an autopay attempt open and untouched for a day is closed by the next Pay now, and a late
     retry of the automatic charge then charges nothing."""
-    save_card(app, finance, fake)
-    invoice_id = draft_for(app, tenant, amount=4_200)
-    issue(app, tenant, invoice_id)
-    stripe_down(fake)
-    assert run_all(app, AUTOPAY) == ["retry"]
-    stripe_up(fake)
+    invoice_id = autopay_invoice(app, tenant, finance, fake)
+    an_autopay_try_goes_unanswered(app, fake)
     assert pay(finance, invoice_id, "42.00").status_code != 302  # recent: still refused
     with app.app_context(), get_database(app).sessions() as s:
         s.execute(
@@ -291,12 +290,8 @@ def test_an_automatic_charge_left_open_for_a_day_no_longer_blocks_pay_now(
 def test_an_autopay_retry_charges_nothing_once_the_invoice_is_paid(
     app: Flask, tenant: Tenant, finance: HttpsClient, fake: FakeStripe
 ) -> None:
-    save_card(app, finance, fake)
-    invoice_id = draft_for(app, tenant, amount=4_200)
-    issue(app, tenant, invoice_id)
-    stripe_down(fake)
-    assert run_all(app, AUTOPAY) == ["retry"]
-    stripe_up(fake)
+    invoice_id = autopay_invoice(app, tenant, finance, fake)
+    an_autopay_try_goes_unanswered(app, fake)
     paid_at_stripe(fake, finance, tenant, invoice_id, 4_200)
     assert run_all(app, AUTOPAY) == ["done"]
     assert off_session_intents(fake, invoice_id) == []
@@ -308,9 +303,7 @@ def test_an_autopay_retry_charges_nothing_once_the_invoice_is_paid(
 def test_autopay_waits_while_the_customer_pays_on_the_checkout_page(
     app: Flask, tenant: Tenant, finance: HttpsClient, fake: FakeStripe
 ) -> None:
-    save_card(app, finance, fake)
-    invoice_id = draft_for(app, tenant, amount=4_200)
-    issue(app, tenant, invoice_id)
+    invoice_id = autopay_invoice(app, tenant, finance, fake)
     started = pay(finance, invoice_id, "42.00")  # before the autopay item runs
     assert started.status_code == 302
     session = session_id(started.headers["Location"])
@@ -341,9 +334,7 @@ def test_autopay_records_an_old_checkout_paid_meanwhile_instead_of_charging_agai
     """Found by the model-based test: the customer paid on the checkout page and never came
     back, and the webhook had not arrived a day later, when autopay (no longer waiting for a
     page that old) charged the card as well: 1452.00 on a 726.00 invoice."""
-    save_card(app, finance, fake)
-    invoice_id = draft_for(app, tenant, amount=72_600)
-    issue(app, tenant, invoice_id)
+    invoice_id = autopay_invoice(app, tenant, finance, fake, 72_600)
     started = pay(finance, invoice_id, "726.00")
     fake.complete_checkout(session_id(started.headers["Location"]))
     age_pages(app, invoice_id)
@@ -358,9 +349,7 @@ def test_autopay_records_an_old_checkout_paid_meanwhile_instead_of_charging_agai
 def test_autopay_closes_an_old_checkout_left_open_before_charging(
     app: Flask, tenant: Tenant, finance: HttpsClient, fake: FakeStripe
 ) -> None:
-    save_card(app, finance, fake)
-    invoice_id = draft_for(app, tenant, amount=4_200)
-    issue(app, tenant, invoice_id)
+    invoice_id = autopay_invoice(app, tenant, finance, fake)
     page = session_id(pay(finance, invoice_id, "42.00").headers["Location"])
     age_pages(app, invoice_id)
     assert run_all(app, AUTOPAY) == ["done"]
@@ -375,9 +364,7 @@ def test_autopay_closes_an_old_checkout_left_open_before_charging(
 def test_autopay_retries_when_stripe_cannot_close_an_old_checkout(
     app: Flask, tenant: Tenant, finance: HttpsClient, fake: FakeStripe
 ) -> None:
-    save_card(app, finance, fake)
-    invoice_id = draft_for(app, tenant, amount=4_200)
-    issue(app, tenant, invoice_id)
+    invoice_id = autopay_invoice(app, tenant, finance, fake)
     page = session_id(pay(finance, invoice_id, "42.00").headers["Location"])
     age_pages(app, invoice_id)
     fake.inject(Fault.server_error(503, method="POST", path=f"/v1/checkout/sessions/{page}/expire"))

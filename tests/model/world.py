@@ -84,50 +84,17 @@ def set_the_scene(app: Flask, fake: FakePartnerCenter) -> Scene:
         # as Microsoft's NCE: seats can be reduced, with a refund, within 7 days of buying them
         single.reduction = ReductionBehaviour.WITHIN_WINDOW
         single.window_hours = 168
-        bundle = Product(
-            partner_id=seeded.partner_id,
-            name="Microsoft 365 E5 bundle",
-            description="",
-            product_class=single.product_class,
-            subscription_type=single.subscription_type,
-            provider_key=single.provider_key,
-            provider_offer_id=BUNDLE_OFFER_ID,
-            term=single.term,
-            billing_frequency=single.billing_frequency,
-            min_quantity=1,
-            max_quantity=300,
-            reduction=single.reduction,
-            window_hours=single.window_hours,
-            requires_mca=True,
-            active=True,
-            prices=[
-                ProductPrice(
-                    partner_id=seeded.partner_id, currency="USD", price_minor=5700, cost_minor=1
-                )
-            ],
-        )
+        bundle = _like(single, "Microsoft 365 E5 bundle", BUNDLE_OFFER_ID)
+        bundle.window_hours = single.window_hours
+        bundle.prices = [
+            ProductPrice(
+                partner_id=seeded.partner_id, currency="USD", price_minor=5700, cost_minor=1
+            )
+        ]
         s.add(bundle)
         s.flush()
         for name in ("Teams Phone", "Audio Conferencing"):
-            s.add(
-                Product(
-                    partner_id=seeded.partner_id,
-                    name=name,
-                    description="",
-                    product_class=single.product_class,
-                    subscription_type=single.subscription_type,
-                    provider_key=single.provider_key,
-                    provider_offer_id=OFFER_ID,
-                    term=single.term,
-                    billing_frequency=single.billing_frequency,
-                    min_quantity=1,
-                    max_quantity=300,
-                    reduction=single.reduction,
-                    requires_mca=True,
-                    bundle_id=bundle.id,
-                    active=True,
-                )
-            )
+            s.add(_like(single, name, OFFER_ID, bundle_id=bundle.id))
         staff = StaffUser(
             partner_id=seeded.partner_id,
             email=f"service@staff.{seeded.slug}.example",
@@ -153,6 +120,28 @@ def set_the_scene(app: Flask, fake: FakePartnerCenter) -> Scene:
             bundle_product_id=bundle.id,
             seeded=seeded,
         )
+
+
+def _like(single: Product, name: str, offer_id: str, **more: object) -> Product:
+    """A Microsoft product of the scene made like ``single`` (its class, term, provider and
+    reduction rules), 1 to 300 seats."""
+    return Product(
+        partner_id=single.partner_id,
+        name=name,
+        description="",
+        product_class=single.product_class,
+        subscription_type=single.subscription_type,
+        provider_key=single.provider_key,
+        provider_offer_id=offer_id,
+        term=single.term,
+        billing_frequency=single.billing_frequency,
+        min_quantity=1,
+        max_quantity=300,
+        reduction=single.reduction,
+        requires_mca=True,
+        active=True,
+        **more,
+    )
 
 
 @contextmanager
