@@ -29,6 +29,8 @@ class Permission(StrEnum):
     ACCEPT_AGREEMENT = "accept_agreement"  # sign the Microsoft Customer Agreement
     # staff area
     VIEW_CUSTOMERS = "view_customers"
+    MANAGE_CUSTOMERS = "manage_customers"  # onboard customers, import their subscriptions
+    MANAGE_SETTINGS = "manage_settings"  # the partner's brand, hosts and invoice details
     SET_CREDIT_HOLD = "set_credit_hold"
     INVITE_CUSTOMER_USERS = "invite_customer_users"
     VIEW_SYSTEM = "view_system"
@@ -68,6 +70,8 @@ STAFF_PERMISSIONS: dict[StaffRole, frozenset[Permission]] = {
     StaffRole.ADMIN: frozenset(
         {
             Permission.VIEW_CUSTOMERS,
+            Permission.MANAGE_CUSTOMERS,
+            Permission.MANAGE_SETTINGS,
             Permission.SET_CREDIT_HOLD,
             Permission.INVITE_CUSTOMER_USERS,
             Permission.VIEW_SYSTEM,
@@ -82,6 +86,7 @@ STAFF_PERMISSIONS: dict[StaffRole, frozenset[Permission]] = {
     StaffRole.SERVICE: frozenset(
         {
             Permission.VIEW_CUSTOMERS,
+            Permission.MANAGE_CUSTOMERS,
             Permission.INVITE_CUSTOMER_USERS,
             Permission.VIEW_SYSTEM,
             Permission.VIEW_CATALOGUE,

@@ -21,7 +21,14 @@ class ProviderSubscription:
     """A subscription as the provider sees it.
 
     ``term_ends_on`` is the last day of the current term (Partner Center's
-    ``commitmentEndDate``, inclusive) when the provider tells it.
+    ``commitmentEndDate``, inclusive) when the provider tells it. The rest, each None when the
+    provider does not say, is what importing a subscription the portal did not buy needs:
+    ``term`` (ISO 8601: ``P1M``, ``P1Y``, ``P3Y``; Partner Center's ``termDuration``),
+    ``billing_frequency`` (``monthly``, ``annual``, ``triennial``; ``billingCycle``),
+    ``term_started_on`` (the current term's first day; ``effectiveStartDate``),
+    ``auto_renew`` (``autoRenewEnabled``), ``name`` (``friendlyName``) and
+    ``renewal_quantity`` (the quantity scheduled for the next term, when one is;
+    ``scheduledNextTermInstructions.quantity``).
     """
 
     subscription_ref: str
@@ -29,6 +36,12 @@ class ProviderSubscription:
     quantity: int
     status: str
     term_ends_on: date | None = None
+    term: str | None = None
+    billing_frequency: str | None = None
+    term_started_on: date | None = None
+    auto_renew: bool | None = None
+    name: str | None = None
+    renewal_quantity: int | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +126,12 @@ class ProviderAdapter(Protocol):
         self, customer_tenant_id: str, subscription_ref: str
     ) -> Result[ProviderSubscription]:
         """Read one subscription back from the provider (an unknown one is a rejection)."""
+        ...
+
+    def list_subscriptions(self, customer_tenant_id: str) -> Result[list[ProviderSubscription]]:
+        """Every subscription the customer has at the provider now, whoever bought it (the
+        portal imports them at onboarding and compares them with its own to see changes made
+        at the provider). A customer the provider does not know is a rejection."""
         ...
 
     def set_quantity(self, change: QuantityChange) -> Result[ProviderSubscription]:

@@ -112,6 +112,16 @@ class FakeProvider:
             self.results[change.request_id] = (change, result)
             return result
 
+    def list_subscriptions(self, customer_tenant_id: str) -> Result[list[ProviderSubscription]]:
+        with self._lock:
+            return Succeeded(
+                [
+                    subscription
+                    for (tenant, _ref), subscription in self.subscriptions.items()
+                    if tenant == customer_tenant_id
+                ]
+            )
+
     def create_subscription(self, purchase: NewSubscription) -> Result[ProviderSubscription]:
         """A purchase is a first quantity on a reference derived from the request id."""
         ref = f"fake-{uuid.uuid5(uuid.NAMESPACE_URL, purchase.request_id)}"

@@ -151,6 +151,20 @@ class DemoProvider:
         except SQLAlchemyError as error:
             return self._store_failure(error)
 
+    def list_subscriptions(self, customer_tenant_id: str) -> Result[list[ProviderSubscription]]:
+        """Every subscription the demo provider holds for the tenant, oldest first (none for a
+        tenant it has never seen: the demo provider knows every customer)."""
+        try:
+            with Session(self.engine) as session:
+                rows = session.scalars(
+                    select(DemoSubscription)
+                    .where(DemoSubscription.customer_tenant_id == customer_tenant_id)
+                    .order_by(DemoSubscription.id)
+                )
+                return Succeeded([_as_subscription(row) for row in rows])
+        except SQLAlchemyError as error:
+            return self._store_failure(error)
+
     def set_quantity(self, change: QuantityChange) -> Result[ProviderSubscription]:
         """Set the subscription to ``change.target_quantity`` exactly once per request id.
 

@@ -504,13 +504,32 @@ def _subscription(body: dict[str, Any]) -> ProviderSubscription:
     quantity = body["quantity"]
     if isinstance(quantity, bool) or not isinstance(quantity, int | float | str):
         raise ValueError(f"quantity {quantity!r}")
+    auto_renew = body.get("autoRenewEnabled")
     return ProviderSubscription(
         subscription_ref=str(body["id"]),
         offer_id=str(body.get("offerId") or ""),
         quantity=int(quantity),
         status=str(body.get("status") or "none"),
         term_ends_on=_date(body.get("commitmentEndDate")),
+        term=_text(body.get("termDuration")),
+        billing_frequency=_text(body.get("billingCycle")),
+        term_started_on=_date(body.get("effectiveStartDate")),
+        auto_renew=auto_renew if isinstance(auto_renew, bool) else None,
+        name=_text(body.get("friendlyName")) or _text(body.get("offerName")),
+        renewal_quantity=_scheduled_quantity(body.get("scheduledNextTermInstructions")),
     )
+
+
+def _text(value: Any) -> str | None:
+    return value.strip() or None if isinstance(value, str) else None
+
+
+def _scheduled_quantity(instructions: Any) -> int | None:
+    """The next term's quantity of ``scheduledNextTermInstructions``, when one is scheduled."""
+    if not isinstance(instructions, dict):
+        return None
+    quantity = instructions.get("quantity")
+    return quantity if isinstance(quantity, int) and not isinstance(quantity, bool) else None
 
 
 def _date(value: Any) -> date | None:

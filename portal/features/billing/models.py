@@ -197,12 +197,22 @@ class BillingContract(PartnerScoped, CustomerScoped, Base):
     # charge the customer's saved payment method when an invoice is issued (issue 6)
     autocharge: Mapped[bool] = mapped_column(Boolean, default=False)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # the contract a purchase in its currency lands on: one per customer and currency
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     customer: Mapped[Customer] = relationship()
 
     __table_args__ = (
         UniqueConstraint("customer_id", "name"),
+        Index(
+            "uq_billing_contract_default",
+            "customer_id",
+            "currency",
+            unique=True,
+            postgresql_where=text("is_default"),
+            sqlite_where=text("is_default"),
+        ),
         CheckConstraint("length(currency) = 3", name="currency_code"),
         CheckConstraint("payment_terms_days >= 0", name="payment_terms_non_negative"),
         CheckConstraint("discount_ppm >= 0 AND discount_ppm <= 1000000", name="discount_range"),

@@ -69,6 +69,8 @@ class Customer(PartnerScoped, Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     ms_tenant_id: Mapped[str | None] = mapped_column(String(36), unique=True)
+    # the customer's primary domain at Microsoft (contoso.onmicrosoft.com), when known
+    domain: Mapped[str | None] = mapped_column(String(253))
     default_currency: Mapped[str] = mapped_column(String(3), default="USD")
     credit_hold: Mapped[bool] = mapped_column(Boolean, default=False)
     credit_limit_minor: Mapped[int | None] = mapped_column(Integer)

@@ -16,7 +16,6 @@ from portal.integrations.providers import (
     AgreementConfirmation,
     AgreementTemplate,
     NewSubscription,
-    ProviderSubscription,
     QuantityChange,
 )
 from portal.integrations.results import BusinessRejection, Succeeded, TechnicalFailure
@@ -159,10 +158,17 @@ def test_a_purchase_posts_one_order_line_and_returns_the_new_subscription(
     assert isinstance(result, Succeeded)
     (order,) = fake.orders(tenant)
     new_id = order["lineItems"][0]["subscriptionId"]
-    assert result.value == ProviderSubscription(
-        new_id, OFFER, 12, "active", result.value.term_ends_on
+    got = result.value
+    assert (got.subscription_ref, got.offer_id, got.quantity, got.status) == (
+        new_id,
+        OFFER,
+        12,
+        "active",
     )
-    assert result.value.term_ends_on is not None
+    # what importing and renewals read: the term, its billing, its dates, auto-renew
+    assert (got.term, got.billing_frequency, got.auto_renew) == ("P1Y", "annual", True)
+    assert got.term_ends_on is not None and got.term_started_on is not None
+    assert got.term_started_on < got.term_ends_on
     assert result.value.term_ends_on - datetime.now(UTC).date() > timedelta(days=360)
     (post,) = fake.requests_to(f"/v1/customers/{tenant}/orders", "POST")
     assert post.json() == {
