@@ -17,6 +17,7 @@ from portal.features.billing.models import BillingContract, BillingSettings
 from portal.features.billing.rules.invoicing import ContractFrequency
 from portal.features.billing.services import contracts as billing
 from portal.features.billing.services import documents as billing_documents
+from portal.features.billing.services import moves
 from portal.features.identity.models import AuditEvent
 from portal.features.licences.models import Subscription
 from portal.features.tenancy.models import Customer, Partner
@@ -107,14 +108,14 @@ def test_only_the_customers_own_parent_subscriptions_in_its_currency_go_on_a_con
             ([in_euro], "EUR"),
         ):
             with pytest.raises(ServiceError, match=message):
-                billing.assign_subscriptions(s, target, ids, "staff")
+                moves.assign_subscriptions(s, target, ids, "staff")
             s.rollback()
         usd = s.get_one(Subscription, mine)
         usd.currency = "USD"
         for child in usd.children:
             child.currency = "USD"
         s.commit()
-        billing.assign_subscriptions(s, s.get_one(BillingContract, contract), [mine], "staff")
+        moves.assign_subscriptions(s, s.get_one(BillingContract, contract), [mine], "staff")
         s.commit()
         moved = s.get_one(Subscription, mine)
         assert moved.billing_contract_id == contract

@@ -25,10 +25,11 @@ from portal.core.db import get_database, utcnow
 from portal.features.billing.models import BillingContract, Invoice, InvoiceLine, InvoiceState
 from portal.features.billing.rules.invoicing import ContractFrequency, LineKind
 from portal.features.billing.services import contracts as billing
-from portal.features.billing.services import documents
+from portal.features.billing.services import documents, moves
 from portal.features.billing.services import run as billing_run
 from portal.features.catalogue.models import Product
 from portal.features.catalogue.rules import BillingFrequency
+from portal.features.identity.models import AuditEvent
 from portal.features.licences.models import Subscription, SubscriptionStatus
 from portal.features.licences.services import subscriptions as licences
 from portal.features.tenancy.models import Customer, Partner
@@ -61,8 +62,9 @@ def _at(day: date, hour: int = 10) -> datetime:
     return datetime(day.year, day.month, day.day, hour, tzinfo=UTC)
 
 
-def drain(app: Flask) -> None:
-    """Run every pending outbox item the way a worker would, until none is left."""
+def drain(app: Flask, leave: tuple[str, ...] = ()) -> None:
+    """Run every pending outbox item the way a worker would, until none is left (items of the
+    kinds in ``leave`` stay pending: as when their worker never came)."""
     with app.app_context():
         database = get_database(app)
         for _ in range(20):
@@ -79,6 +81,7 @@ def drain(app: Flask) -> None:
                         .where(
                             OutboxItem.state == OutboxState.PENDING,
                             OutboxItem.kind.not_like("billing.invoice%"),
+                            OutboxItem.kind.not_in(leave),
                         )
                         .order_by(OutboxItem.id)
                     )
@@ -116,8 +119,11 @@ def contract(
         return made.id
 
 
-def buy(app: Flask, tenant: Tenant, product_id: int, seats: int, on: date) -> int:
-    """The customer buys on ``on`` and the provider applies it the same day."""
+def buy(
+    app: Flask, tenant: Tenant, product_id: int, seats: int, on: date, billed_at_once: bool = True
+) -> int:
+    """The customer buys on ``on`` and the provider applies it the same day (billed at once by
+    the ``billing.purchase`` item, unless ``billed_at_once`` is off: that item is lost)."""
     with time_machine.travel(_at(on), tick=False):
         with app.app_context(), get_database(app).sessions() as s:
             bought = licences.purchase(
@@ -130,7 +136,7 @@ def buy(app: Flask, tenant: Tenant, product_id: int, seats: int, on: date) -> in
             )
             s.commit()
             bought_id = bought.id
-        drain(app)
+        drain(app, () if billed_at_once else ("billing.purchase",))
     with app.app_context(), get_database(app).sessions() as s:
         found = s.get_one(Subscription, bought_id)
         assert (found.status, found.quantity) == (SubscriptionStatus.ACTIVE, seats)
@@ -143,7 +149,7 @@ def assign(app: Flask, contract_id: int, subscription_id: int, on: date) -> None
         app.app_context(),
         get_database(app).sessions() as s,
     ):
-        billing.assign_subscriptions(
+        moves.assign_subscriptions(
             s, s.get_one(BillingContract, contract_id), [subscription_id], STAFF
         )
         s.commit()
@@ -382,14 +388,13 @@ def test_the_purchase_handler_bills_a_provisioned_purchase_once(app: Flask, utc:
 
     product = make_product(app, utc.partner.id, price_minor=1_000)
     contract_id = contract(app, utc, JAN_1)
-    sub = buy(app, utc, product, 2, date(2027, 1, 5))
+    sub = buy(app, utc, product, 2, date(2027, 1, 5), billed_at_once=False)
     with app.app_context(), get_database(app).sessions() as s:
-        # on the contract without billing (as when it was put there before it was provisioned)
-        s.get_one(Subscription, sub).billing_contract_id = contract_id
-        s.commit()
         change_id = s.scalars(
             sa.select(LicenceChange.id).where(LicenceChange.subscription_id == sub)
         ).one()
+        # provisioned, on no contract yet: the handler puts it on the default one
+        assert s.get_one(Subscription, sub).billing_contract_id is None
     assert invoices(app) == []
     for _ in range(2):
         with (
@@ -402,6 +407,7 @@ def test_the_purchase_handler_bills_a_provisioned_purchase_once(app: Flask, utc:
             s.commit()
     (made,) = invoices(app)
     assert (made.period_start, made.state) == (JAN_1, InvoiceState.ISSUED)
+    assert made.billing_contract_id == contract_id
     assert lines(app, made.id) == [
         (LineKind.ADVANCE, sub, 2, date(2027, 1, 5), date(2027, 2, 5), 2_000)
     ]
@@ -541,13 +547,9 @@ def test_one_purchase_that_fails_to_bill_does_not_stop_the_run(
     contract_id = contract(app, utc, date(2026, 12, 1))
     older = buy(app, utc, product, 1, date(2026, 12, 1))
     assign(app, contract_id, older, date(2026, 12, 1))
-    first = buy(app, utc, product, 2, date(2026, 12, 20))
-    second = buy(app, utc, product, 3, date(2026, 12, 21))
-    with app.app_context(), get_database(app).sessions() as s:
-        # on the contract without billing (as when the item that billed them was lost)
-        for sub in (first, second):
-            s.get_one(Subscription, sub).billing_contract_id = contract_id
-        s.commit()
+    # the items that would have billed them at once are lost: the run finds them
+    first = buy(app, utc, product, 2, date(2026, 12, 20), billed_at_once=False)
+    second = buy(app, utc, product, 3, date(2026, 12, 21), billed_at_once=False)
     original = purchases._bill_one
 
     def failing(db_session: Any, partner_id: int, row: Any, *args: Any) -> int | None:
@@ -569,3 +571,63 @@ def test_one_purchase_that_fails_to_bill_does_not_stop_the_run(
     run(app, utc, date(2027, 1, 2))
     assert first_period in billed(app, first)
     assert len([line for line in billed(app, first) if line == first_period]) == 1
+
+
+# -- every purchase lands on a contract (issue 14) ---------------------------------------------
+
+
+def test_a_customer_with_no_contract_gets_a_default_one_at_its_first_purchase(
+    app: Flask, utc: Tenant
+) -> None:
+    """Nobody made a contract: the provisioned purchase lands on a new default contract, monthly
+    from the day the provider applied it, and is invoiced at once; the run bills it on."""
+    product = make_product(app, utc.partner.id, price_minor=1_000)
+    sub = buy(app, utc, product, 3, date(2027, 1, 10))
+    with app.app_context(), get_database(app).sessions() as s:
+        (made_contract,) = s.scalars(sa.select(BillingContract)).all()
+        assert (made_contract.name, made_contract.currency) == ("Default (USD)", "USD")
+        assert (made_contract.is_default, made_contract.anchor_on) == (True, date(2027, 1, 10))
+        assert s.get_one(Subscription, sub).billing_contract_id == made_contract.id
+        placed = s.scalars(
+            sa.select(AuditEvent).where(AuditEvent.action == "billing.purchase_placed")
+        ).one()
+        assert placed.detail["subscription"] == sub
+    (made,) = invoices(app)
+    assert lines(app, made.id) == [
+        (LineKind.ADVANCE, sub, 3, date(2027, 1, 10), date(2027, 2, 10), 3_000)
+    ]
+    run(app, utc, date(2027, 2, 10))
+    assert (LineKind.ADVANCE, sub, 3, date(2027, 2, 10), date(2027, 3, 10), 3_000) in billed(
+        app, sub
+    )
+    # a second purchase lands on the same default contract
+    other = buy(app, utc, product, 1, date(2027, 2, 12))
+    with app.app_context(), get_database(app).sessions() as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(BillingContract)) == 1
+        assert s.get_one(Subscription, other).billing_contract_id == made_contract.id
+
+
+def test_a_purchase_lands_on_the_contract_staff_made_the_default(app: Flask, utc: Tenant) -> None:
+    product = make_product(app, utc.partner.id, price_minor=1_000)
+    first = contract(app, utc, JAN_1)
+    with app.app_context(), get_database(app).sessions() as s:
+        customer = s.get_one(Customer, utc.customers["a"].id)
+        second = billing.create_contract(
+            s,
+            customer,
+            name="Projects",
+            currency="USD",
+            frequency="monthly",
+            anchor_on=JAN_1,
+            by=STAFF,
+        )
+        assert (s.get_one(BillingContract, first).is_default, second.is_default) == (True, False)
+        billing.make_default(s, second, STAFF)
+        s.commit()
+        second_id = second.id
+        assert s.get_one(BillingContract, first).is_default is False
+    sub = buy(app, utc, product, 2, date(2027, 1, 3))
+    with app.app_context(), get_database(app).sessions() as s:
+        assert s.get_one(Subscription, sub).billing_contract_id == second_id
+    (made,) = invoices(app)
+    assert made.billing_contract_id == second_id

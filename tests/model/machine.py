@@ -58,8 +58,9 @@ from portal.features.billing.models import (
     InvoicePayment,
 )
 from portal.features.billing.services import queries
-from portal.features.billing.services.contracts import assign_subscriptions, create_contract
+from portal.features.billing.services.contracts import create_contract
 from portal.features.billing.services.documents import AUTOPAY_KIND, set_invoice_review
+from portal.features.billing.services.moves import assign_subscriptions
 from portal.features.billing.services.run import run_billing_for_partner
 from portal.features.catalogue.models import Product
 from portal.features.licences.models import LicenceChange, Subscription

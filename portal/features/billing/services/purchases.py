@@ -19,7 +19,7 @@ contract's discount and tax. The run never settles a purchase as an addition
 before, over the periods billed here.
 
 **When**: :func:`bill_purchases` is called when a purchased subscription is put on a contract
-(:func:`portal.features.billing.services.contracts.assign_subscriptions`), at the start of each
+(:func:`portal.features.billing.services.moves.assign_subscriptions`), at the start of each
 billing run for the partner (the daily schedule: at most a day late), and by the outbox
 handler :func:`bill_purchase` (kind :data:`PURCHASE_KIND`, ``{"change_id": …}``), to be queued
 when a purchase is provisioned. Each purchase gets one invoice, by constraint
@@ -61,6 +61,7 @@ from portal.features.billing.rules.invoicing import (
     LineKind,
     assemble,
 )
+from portal.features.billing.services.contracts import place_unplaced_purchases
 from portal.features.billing.services.documents import (
     Draft,
     billing_settings,
@@ -104,6 +105,8 @@ def bill_purchases(
     partner = db_session.get(Partner, partner_id)
     if partner is None:
         return []
+    # a purchase on no contract lands on its customer's default one: every purchase is billed
+    place_unplaced_purchases(db_session, partner_id, by=by, change_ids=change_ids)
     zone = ZoneInfo(partner.timezone or "UTC")
     statement = _unbilled(db_session, partner_id)
     if subscription_ids is not None:

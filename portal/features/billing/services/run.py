@@ -97,6 +97,7 @@ from portal.features.billing.rules.invoicing import (
     UsageCharge,
     assemble,
 )
+from portal.features.billing.services.contracts import place_unplaced_purchases
 from portal.features.billing.services.documents import (
     Draft,
     billing_settings,
@@ -215,6 +216,13 @@ def _bill_purchases(context: _RunContext) -> None:
     goes on (the next run tries it again)."""
     database = get_database(context.app)
     with context.app.app_context():
+        try:
+            with database.sessions() as session:
+                place_unplaced_purchases(session, context.partner_id, by=context.started_by)
+                session.commit()
+        except Exception as error:
+            log.exception("billing run %s: purchases not placed on contracts", context.run_id)
+            context.errors.append(f"purchases not placed on contracts ({type(error).__name__})")
         with database.sessions() as session:
             change_ids = unbilled_purchases(session, context.partner_id)
         for change_id in change_ids:
