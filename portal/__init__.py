@@ -83,6 +83,7 @@ def _configure_flask(app: Flask) -> None:
 
 
 def _register_blueprints(app: Flask) -> None:
+    from portal.features.billing.contract_views import bp as staff_contracts_bp
     from portal.features.billing.staff_views import bp as staff_billing_bp
     from portal.features.billing.views import bp as invoices_bp
     from portal.features.catalogue.staff_views import bp as staff_catalogue_bp
@@ -91,6 +92,7 @@ def _register_blueprints(app: Flask) -> None:
     from portal.features.identity.views import bp as auth_bp
     from portal.features.licences.staff_views import bp as staff_licences_bp
     from portal.features.licences.views import bp as subscriptions_bp
+    from portal.features.onboarding.staff_views import bp as staff_onboarding_bp
     from portal.features.payments.views import bp as payments_bp
     from portal.features.payments.views import links as card_links_bp
     from portal.features.tenancy.branding.views import bp as branding_bp
@@ -111,5 +113,7 @@ def _register_blueprints(app: Flask) -> None:
         staff_catalogue_bp,
         staff_licences_bp,
         staff_billing_bp,
+        staff_contracts_bp,
+        staff_onboarding_bp,
     ):
         app.register_blueprint(blueprint)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask_wtf import FlaskForm
 from wtforms.fields.choices import SelectChoice
 
+from portal.core.errors import ServiceError
 from portal.core.extensions import _request_translations
 from portal.core.roles import CustomerRole
 
@@ -36,3 +37,12 @@ def role_label(role: CustomerRole | str) -> str:
 
 class ConfirmForm(FlaskForm):  # type: ignore[misc]
     """A button that changes something: carries only the CSRF token."""
+
+
+def show_refusal(form: FlaskForm, error: ServiceError) -> None:
+    """A service's refusal, shown at the field it names when the form has that field, else
+    above the form (the error summary lists both)."""
+    if error.field and error.field in form:
+        form[error.field].errors = [*form[error.field].errors, error.message]
+    else:
+        form.form_errors.append(error.message)

@@ -55,6 +55,10 @@ def _invoice(tenant: Tenant, key: str) -> dict[str, object]:
     return {"invoice_id": tenant.invoices[key]}  # type: ignore[attr-defined]
 
 
+def _contract(tenant: Tenant, key: str) -> dict[str, object]:
+    return {"contract_id": tenant.contracts[key]}  # type: ignore[attr-defined]
+
+
 def _attempt(tenant: Tenant, key: str) -> dict[str, object]:
     return {"attempt_id": tenant.payment_attempts[key]}  # type: ignore[attr-defined]
 
@@ -99,6 +103,15 @@ OBJECT_ROUTES: dict[str, ObjectRoute] = {
     "payments.make_default": ObjectRoute(_card),
     "payments.remove_card": ObjectRoute(_card),
     "staff.send_card_link": ObjectRoute(_customer),
+    "staff_contracts.customer_contracts": ObjectRoute(_customer),
+    "staff_contracts.new_contract": ObjectRoute(_customer),
+    "staff_contracts.contract": ObjectRoute(_contract),
+    "staff_contracts.update_contract": ObjectRoute(_contract),
+    "staff_contracts.make_default": ObjectRoute(_contract),
+    "staff_contracts.deactivate": ObjectRoute(_contract),
+    "staff_contracts.move_here": ObjectRoute(_contract),
+    "staff_onboarding.import_page": ObjectRoute(_customer),
+    "staff_onboarding.import_subscriptions": ObjectRoute(_customer),
 }
 
 # routes whose arguments are not object ids, and why they are safe without a matrix entry
@@ -142,11 +155,13 @@ def add_invoices(app: Flask, tenant: Tenant) -> None:
     from tests.integration.invoice_pages_support import Line, contract, invoice
 
     ids: dict[str, int] = {}
+    contracts: dict[str, int] = {}
     for key in tenant.customers:
+        contracts[key] = contract(app, tenant, key)
         ids[key] = invoice(
             app,
             tenant,
-            contract(app, tenant, key),
+            contracts[key],
             number=f"INV-{tenant.partner.slug}-{key}",
             period=(date(2026, 5, 1), date(2026, 6, 1)),
             lines=[Line("Seats", "1", "10.00", 1_000)],
@@ -154,6 +169,7 @@ def add_invoices(app: Flask, tenant: Tenant) -> None:
             due_on=date(2026, 5, 31),
         )
     tenant.invoices = ids  # type: ignore[attr-defined]
+    tenant.contracts = contracts  # type: ignore[attr-defined]
     add_payment_objects(app, tenant)
 
 

@@ -30,6 +30,7 @@ class ChangeKind(StrEnum):
     PURCHASE = "purchase"
     QUANTITY = "quantity"
     PROVIDER_SYNC = "provider_sync"
+    IMPORT = "import"  # a subscription bought before the portal, brought in from the provider
 
 
 # a change in one of these states holds back every later change of its subscription
