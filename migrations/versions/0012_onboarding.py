@@ -26,12 +26,20 @@ def upgrade() -> None:
         sa.Column("is_default", sa.Boolean(), nullable=False, server_default=sa.false()),
     )
     # the oldest active contract of each customer and currency becomes its default
-    op.execute(
-        "UPDATE billing_contract SET is_default = "
-        + ("1" if op.get_bind().dialect.name == "sqlite" else "true")
-        + " WHERE active AND id IN (SELECT min(id) FROM billing_contract WHERE active "
-        "GROUP BY customer_id, currency)"
+    contract = sa.table(
+        "billing_contract",
+        sa.column("id", sa.Integer()),
+        sa.column("customer_id", sa.Integer()),
+        sa.column("currency", sa.String()),
+        sa.column("active", sa.Boolean()),
+        sa.column("is_default", sa.Boolean()),
     )
+    oldest = (
+        sa.select(sa.func.min(contract.c.id))
+        .where(contract.c.active.is_(True))
+        .group_by(contract.c.customer_id, contract.c.currency)
+    )
+    op.execute(contract.update().where(contract.c.id.in_(oldest)).values(is_default=True))
     op.create_index(
         "uq_billing_contract_default",
         "billing_contract",
