@@ -628,3 +628,34 @@ def test_customers_and_visitors_are_sent_to_the_staff_sign_in(
     assert response.status_code == 302 and "/staff/login" in response.headers["Location"]
     visitor: HttpsClient = app.test_client()  # type: ignore[assignment]
     assert "/staff/login" in visitor.get(SETTINGS).headers["Location"]
+
+
+@pytest.mark.parametrize(
+    ("colour", "english", "spanish"),
+    [
+        (
+            "#ffd700",
+            "Buttons: dark text on #ffd700, contrast 11.",
+            "Botones: texto oscuro sobre #ffd700, contraste 11,",
+        ),
+        (
+            "#3a8fd9",
+            "Buttons: white text on #2e73af, a darker shade of your colour, contrast 5.01:1",
+            "texto blanco sobre #2e73af, un tono más oscuro de tu color, contraste 5,01:1",
+        ),
+    ],
+)
+def test_a_hard_to_read_primary_colour_gets_readable_buttons_and_the_page_says_so(
+    app: Flask,
+    admin: HttpsClient,
+    customer: HttpsClient,
+    tenant: Tenant,
+    colour: str,
+    english: str,
+    spanish: str,
+) -> None:
+    assert post_form(admin, SETTINGS, brand_form(primary_colour=colour)).status_code == 302
+    assert english in text(admin.get(SETTINGS).get_data(as_text=True))
+    assert spanish in text(admin.get(SETTINGS, headers=SPANISH).get_data(as_text=True))
+    css = customer.get("/brand.css").get_data(as_text=True)
+    assert "--portal-on-primary:" in css and partner_row(app, tenant)["primary_colour"] == colour
