@@ -32,7 +32,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     from portal import cli, plugins
     from portal.core import db, extensions
-    from portal.features.identity import login
+    from portal.features.identity import audit, login
     from portal.features.identity.session_store import DatabaseSessionInterface
     from portal.features.tenancy.branding import brand, themes
     from portal.web import access, csrf, errors, filters, rate_limits, security_headers
@@ -45,6 +45,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     extensions.init_app(app)
     csrf.init_app(app)
     brand.init_app(app)
+    audit.init_app(app)
     access.init_app(app)
     login.init_app(app)
     security_headers.init_app(app)
@@ -96,6 +97,7 @@ def _register_blueprints(app: Flask) -> None:
     from portal.features.payments.views import bp as payments_bp
     from portal.features.payments.views import links as card_links_bp
     from portal.features.tenancy.branding.views import bp as branding_bp
+    from portal.features.tenancy.staff_views import bp as staff_settings_bp
     from portal.home.staff_views import bp as staff_bp
     from portal.home.views import bp as pages_bp
 
@@ -115,5 +117,6 @@ def _register_blueprints(app: Flask) -> None:
         staff_billing_bp,
         staff_contracts_bp,
         staff_onboarding_bp,
+        staff_settings_bp,
     ):
         app.register_blueprint(blueprint)

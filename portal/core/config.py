@@ -56,6 +56,7 @@ SETTINGS: dict[str, tuple[Any, Any]] = {
     "RATELIMIT_RESET_ACCOUNT": ("5 per hour", _str),
     "RATELIMIT_INVITE": ("30 per hour", _str),
     "THEMES_DIR": ("", _str),
+    "BRAND_UPLOADS_DIR": ("", _str),  # "": <instance>/brands; uploaded logos, per partner slug
     "DEFAULT_PARTNER": ("", _str),
     "ARGON2_TIME_COST": (2, _int),
     "ARGON2_MEMORY_KIB": (19456, _int),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from flask import has_request_context, request
+from flask import Flask, has_request_context, request
 from sqlalchemy import Table
 from sqlalchemy.orm import Session
 
@@ -63,3 +63,11 @@ def _plain(value: Any) -> Any:
     if isinstance(value, str | int | bool | float) or value is None:
         return value
     return str(value)
+
+
+def init_app(app: Flask) -> None:
+    """Hand the recorder to the capabilities below identity, which cannot import it (tenancy's
+    settings: :func:`portal.features.tenancy.settings.set_audit_recorder`)."""
+    from portal.features.tenancy.settings import set_audit_recorder
+
+    set_audit_recorder(app, record)

@@ -10,6 +10,7 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     String,
+    Text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -33,6 +34,12 @@ class Partner(Base):
     terms_url: Mapped[str | None] = mapped_column(String(500))
     privacy_url: Mapped[str | None] = mapped_column(String(500))
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    default_currency: Mapped[str] = mapped_column(String(3), default="USD", server_default="USD")
+    # what the partner's invoices (page and PDF) print about the seller
+    invoice_legal_name: Mapped[str | None] = mapped_column(String(200))
+    invoice_address: Mapped[str | None] = mapped_column(Text)  # several lines
+    invoice_tax_id: Mapped[str | None] = mapped_column(String(64))
+    invoice_footer: Mapped[str | None] = mapped_column(Text)
     # adapters serving this partner (None: the deployment's PORTAL_* default)
     provider_key: Mapped[str | None] = mapped_column(String(63))
     payment_gateway_key: Mapped[str | None] = mapped_column(String(63))

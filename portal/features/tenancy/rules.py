@@ -52,3 +52,54 @@ def readable_button(primary: str) -> ButtonColours:
         if contrast_ratio(shade, WHITE) >= AA_NORMAL_TEXT and relative_luminance(primary) < 0.35:
             return ButtonColours(shade, WHITE, contrast_ratio(shade, WHITE))
     return ButtonColours(primary, DARK, contrast_ratio(primary, DARK))
+
+
+# the light text the portal's header writes on the secondary colour (static/css/portal.css)
+HEADER_TEXT = "#f8f9fa"
+
+
+def header_contrast(secondary: str) -> float:
+    """The contrast of the header's light text on the secondary colour, its background."""
+    return contrast_ratio(secondary, HEADER_TEXT)
+
+
+def shown_ratio(ratio: float) -> float:
+    """A contrast ratio rounded down to hundredths, so a failing 4.499 never reads as 4.5."""
+    return int(ratio * 100) / 100
+
+
+# -- host names -----------------------------------------------------------------------------------
+
+_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+HOST_NAME = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(\.{_LABEL})*")
+# what people paste instead of a host name: a URL, a port, a path
+NOT_A_HOST = re.compile(r"://|[:/?#@\s]")
+
+
+def is_host_name(value: str) -> bool:
+    """A DNS host name in lowercase letters, digits and hyphens (no scheme, port or path)."""
+    return HOST_NAME.fullmatch(value) is not None
+
+
+def looks_like_url(value: str) -> bool:
+    return NOT_A_HOST.search(value) is not None
+
+
+# -- logos ----------------------------------------------------------------------------------------
+
+MAX_LOGO_BYTES = 512 * 1024
+
+
+def image_type(data: bytes) -> str | None:
+    """``png``, ``jpeg`` or ``webp`` from the file's first bytes (its magic number), else None.
+
+    SVG is never one: it can carry script. The name and the browser's content type are not
+    read: a renamed text file is still text.
+    """
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None

@@ -32,6 +32,11 @@ class Brand:
     terms_url: str | None
     privacy_url: str | None
     timezone: str
+    default_currency: str = "USD"
+    invoice_legal_name: str | None = None
+    invoice_address: str | None = None
+    invoice_tax_id: str | None = None
+    invoice_footer: str | None = None
 
     @classmethod
     def of(cls, partner: Partner) -> Brand:
@@ -47,6 +52,11 @@ class Brand:
             terms_url=partner.terms_url,
             privacy_url=partner.privacy_url,
             timezone=partner.timezone,
+            default_currency=partner.default_currency,
+            invoice_legal_name=partner.invoice_legal_name,
+            invoice_address=partner.invoice_address,
+            invoice_tax_id=partner.invoice_tax_id,
+            invoice_footer=partner.invoice_footer,
         )
 
     @property

@@ -25,6 +25,10 @@ from jinja2 import (
 from portal.features.tenancy.branding.brand import Brand, current_brand
 
 PROTECTED_PREFIXES = ("staff/",)
+# a brand file uploaded by staff (the logo) is named ``uploaded/<name>`` and lives in
+# ``PORTAL_BRAND_UPLOADS_DIR/<slug>/<name>``, served at ``/theme/uploaded/<name>`` like a
+# theme file; a theme's own files never answer for that prefix
+UPLOADED_PREFIX = "uploaded/"
 
 
 class _PortalOnlyLoader(BaseLoader):
@@ -49,6 +53,7 @@ class Themes:
         self.app = app
         configured = app.config["PORTAL_THEMES_DIR"]
         self.root = Path(configured).resolve() if configured else None
+        self.uploads_root = uploads_root(app)
         self._environments: dict[str, Environment] = {}
         self._static_hits: dict[tuple[str, str], bool] = {}
 
@@ -81,20 +86,33 @@ class Themes:
         return base.overlay(loader=loader)
 
     def static_path(self, slug: str, filename: str) -> Path | None:
+        if filename.startswith(UPLOADED_PREFIX):
+            return _inside(self.uploads_root / slug, filename.removeprefix(UPLOADED_PREFIX))
         theme = self.theme_dir(slug)
         if theme is None:
             return None
-        static_root = (theme / "static").resolve()
-        candidate = (static_root / filename).resolve()
-        if static_root not in candidate.parents or not candidate.is_file():
-            return None
-        return candidate
+        return _inside(theme / "static", filename)
 
     def has_static(self, slug: str, filename: str) -> bool:
         key = (slug, filename)
         if key not in self._static_hits:
             self._static_hits[key] = self.static_path(slug, filename) is not None
         return self._static_hits[key]
+
+
+def _inside(folder: Path, filename: str) -> Path | None:
+    """``folder/filename`` when it is a file inside ``folder`` (no ``..`` escapes)."""
+    root = folder.resolve()
+    candidate = (root / filename).resolve()
+    if root not in candidate.parents or not candidate.is_file():
+        return None
+    return candidate
+
+
+def uploads_root(app: Flask) -> Path:
+    """Where uploaded brand files live: ``PORTAL_BRAND_UPLOADS_DIR``, else ``<instance>/brands``."""
+    configured = app.config.get("PORTAL_BRAND_UPLOADS_DIR")
+    return Path(configured).resolve() if configured else Path(app.instance_path) / "brands"
 
 
 def init_app(app: Flask) -> None:
