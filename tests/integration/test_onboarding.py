@@ -81,6 +81,11 @@ def _onboard(client: HttpsClient, **change: str) -> Any:
 def test_staff_onboard_a_customer_with_its_default_contract(app: Flask, tenant: Tenant) -> None:
     client = _staff(app, "service")
     assert "New customer" in client.get("/staff/").get_data(as_text=True)
+    with app.app_context(), get_database(app).sessions() as s:
+        s.get_one(Partner, tenant.partner.id).default_currency = "GBP"
+        s.commit()
+    # the form starts from the partner's default currency
+    assert 'value="GBP"' in client.get("/staff/customers/new").get_data(as_text=True)
     page = _onboard(client).get_data(as_text=True)
     assert "Fabrikam Ltd is a customer now, with a default contract in EUR." in page
     assert "0f9e8d7c-6b5a-4321-9876-0123456789ab" in page  # the canonical form

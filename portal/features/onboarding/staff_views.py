@@ -37,6 +37,8 @@ def _provider_choices() -> list[tuple[str, str]]:
 @staff_required(Permission.MANAGE_CUSTOMERS)
 def new_customer() -> Response | str | tuple[str, int]:
     form = NewCustomerForm()
+    if not form.is_submitted():  # a new customer pays in the partner's currency, unless told
+        form = NewCustomerForm(formdata=None, currency=_partner().default_currency)
     form.provider_key.choices = _provider_choices()
     if form.is_submitted():
         if form.validate():
