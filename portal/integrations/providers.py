@@ -45,6 +45,16 @@ class ProviderSubscription:
 
 
 @dataclass(frozen=True)
+class ProviderCustomer:
+    """A customer as the provider knows it: its Microsoft Entra tenant id (lowercase GUID), its
+    company name and its primary domain (None when the provider does not say)."""
+
+    tenant_id: str
+    name: str
+    domain: str | None = None
+
+
+@dataclass(frozen=True)
 class QuantityChange:
     """Set a subscription to an absolute quantity.
 
@@ -126,6 +136,12 @@ class ProviderAdapter(Protocol):
         self, customer_tenant_id: str, subscription_ref: str
     ) -> Result[ProviderSubscription]:
         """Read one subscription back from the provider (an unknown one is a rejection)."""
+        ...
+
+    def find_customers(self, query: str) -> Result[list[ProviderCustomer]]:
+        """The partner's customers at the provider whose tenant id is ``query`` (a GUID, exact)
+        or whose primary domain starts with it (``contoso``); none found is an empty list.
+        Staff use it to onboard a customer the provider already has."""
         ...
 
     def list_subscriptions(self, customer_tenant_id: str) -> Result[list[ProviderSubscription]]:

@@ -263,6 +263,26 @@ class ProviderContract:
         changed = succeeded(adapter.set_quantity(change), "set_quantity after a purchase")
         assert changed.value.quantity == quantities[1]
 
+    def test_contract_a_purchase_is_listed_and_its_customer_found(
+        self,
+        adapter: ProviderAdapter,
+        customer_tenant_id: str,
+        offer_id: str,
+        quantities: tuple[int, int],
+    ) -> None:
+        purchase = NewSubscription(
+            unique("purchase"), customer_tenant_id, offer_id, quantities[0], "P1M", "monthly"
+        )
+        ref = succeeded(adapter.create_subscription(purchase), "buy").value.subscription_ref
+        listed = succeeded(adapter.list_subscriptions(customer_tenant_id), "list_subscriptions")
+        mine = [s for s in listed.value if s.subscription_ref == ref]
+        assert len(mine) == 1, "list_subscriptions must list a subscription bought, once"
+        assert (mine[0].offer_id, mine[0].quantity) == (offer_id, quantities[0])
+        found = succeeded(adapter.find_customers(customer_tenant_id), "find_customers")
+        assert [c.tenant_id for c in found.value] == [customer_tenant_id.lower()], (
+            "find_customers must find a customer by its tenant id, exactly"
+        )
+
     def test_contract_purchase_of_no_seats_is_a_rejection(
         self, adapter: ProviderAdapter, customer_tenant_id: str, offer_id: str
     ) -> None:

@@ -35,6 +35,7 @@ from portal.integrations.providers import (
     AgreementConfirmation,
     AgreementTemplate,
     NewSubscription,
+    ProviderCustomer,
     ProviderSubscription,
     QuantityChange,
 )
@@ -68,6 +69,8 @@ class FakeProvider:
         self.display_name = "Fake provider (test double)"
         self.minimum = minimum
         self.subscriptions: dict[tuple[str, str], ProviderSubscription] = {}
+        # the offer a purchase bought, until its first quantity is applied
+        self.offers: dict[tuple[str, str], str] = {}
         self.results: dict[str, tuple[QuantityChange, Result[ProviderSubscription]]] = {}
         self.effects = 0
         self.agreements: dict[str, AgreementAttestation] = {}
@@ -101,8 +104,11 @@ class FakeProvider:
             elif change.target_quantity < self.minimum:
                 result = BusinessRejection(f"The quantity must be at least {self.minimum}")
             else:
+                key = (change.customer_tenant_id, change.subscription_ref)
+                bought = self.subscriptions.get(key)
+                offer = bought.offer_id if bought else self.offers.pop(key, "FAKE-OFFER")
                 subscription = ProviderSubscription(
-                    change.subscription_ref, "FAKE-OFFER", change.target_quantity, "active"
+                    change.subscription_ref, offer, change.target_quantity, "active"
                 )
                 self.subscriptions[(change.customer_tenant_id, change.subscription_ref)] = (
                     subscription
@@ -111,6 +117,15 @@ class FakeProvider:
                 result = Succeeded(subscription)
             self.results[change.request_id] = (change, result)
             return result
+
+    def find_customers(self, query: str) -> Result[list[ProviderCustomer]]:
+        """Every tenant it holds subscriptions of matches its own id; none has a domain."""
+        with self._lock:
+            tenants = {tenant for tenant, _ref in self.subscriptions}
+        wanted = query.strip().lower()
+        return Succeeded(
+            [ProviderCustomer(t, f"Fake customer {t[:8]}") for t in sorted(tenants) if t == wanted]
+        )
 
     def list_subscriptions(self, customer_tenant_id: str) -> Result[list[ProviderSubscription]]:
         with self._lock:
@@ -128,6 +143,8 @@ class FakeProvider:
         change = QuantityChange(
             purchase.request_id, purchase.customer_tenant_id, ref, purchase.quantity
         )
+        with self._lock:
+            self.offers[(purchase.customer_tenant_id, ref)] = purchase.offer_id
         return self.set_quantity(change)
 
     def get_agreement_template(self) -> Result[AgreementTemplate]:

@@ -371,3 +371,39 @@ def test_two_imports_of_one_subscription_at_once_make_it_once(
     assert sorted(map(str, outcomes)) == sorted(["1", second]), outcomes
     with app.app_context(), get_database(app).sessions() as s:
         assert s.scalar(sa.select(sa.func.count()).select_from(Subscription)) == 1
+
+
+def test_staff_find_a_customer_at_partner_center_and_onboard_it(
+    app: Flask, tenant: Tenant, fake: FakePartnerCenter
+) -> None:
+    fake.add_customer(TENANT.lower(), name="Fabrikam Ltd", domain="fabrikam.onmicrosoft.com")
+    fake.add_customer(name="Fabrikam Labs", domain="fabrikamlabs.onmicrosoft.com")
+    fake.add_customer(name="Contoso", domain="contoso.onmicrosoft.com")
+    client = _staff(app)
+    by_domain = client.get("/staff/customers/new?find=FABRIKAM").get_data(as_text=True)
+    assert "Fabrikam Ltd" in by_domain and "Fabrikam Labs" in by_domain
+    assert "Contoso" not in by_domain
+    by_tenant = client.get(f"/staff/customers/new?find={TENANT}").get_data(as_text=True)
+    assert "Fabrikam Ltd" in by_tenant and "Fabrikam Labs" not in by_tenant
+    # "Use this customer" fills in the form
+    used = client.get(
+        f"/staff/customers/new?name=Fabrikam+Ltd&tenant_id={TENANT.lower()}"
+        "&domain=fabrikam.onmicrosoft.com"
+    ).get_data(as_text=True)
+    assert f'value="{TENANT.lower()}"' in used and 'value="Fabrikam Ltd"' in used
+    _onboard(client)
+    again = client.get("/staff/customers/new?find=fabrikam.").get_data(as_text=True)
+    assert "Already a customer: Fabrikam Ltd" in again
+    nobody = client.get("/staff/customers/new?find=northwind").get_data(as_text=True)
+    assert "The provider has no customer with that tenant id or domain." in nobody
+    unknown = client.get(f"/staff/customers/new?find={uuid.uuid4()}").get_data(as_text=True)
+    assert "The provider has no customer with that tenant id or domain." in unknown
+    short = client.get("/staff/customers/new?find=ab")
+    assert short.status_code == 200
+    assert "first 3 or more letters of a domain" in short.get_data(as_text=True)
+    spanish = client.get("/staff/customers/new?find=fabrikam", headers=ES).get_data(as_text=True)
+    assert "Buscarlo en el proveedor" in spanish and "Ya es cliente: Fabrikam Ltd" in spanish
+    fake.inject(Fault.server_error(503, path="/v1/customers"), times=5)
+    down = client.get("/staff/customers/new?find=fabrikam").get_data(as_text=True)
+    assert "could not search its customers" in down
+    fake.clear_faults()

@@ -35,6 +35,7 @@ from portal.integrations.providers import (
     AgreementConfirmation,
     AgreementTemplate,
     NewSubscription,
+    ProviderCustomer,
     ProviderSubscription,
     QuantityChange,
 )
@@ -150,6 +151,21 @@ class DemoProvider:
                 return Succeeded(_as_subscription(row))
         except SQLAlchemyError as error:
             return self._store_failure(error)
+
+    def find_customers(self, query: str) -> Result[list[ProviderCustomer]]:
+        """The demo provider knows every customer: a tenant id is found as itself, a domain as
+        the tenant its name makes (the same domain always gives the same tenant id)."""
+        text = query.strip().lower()
+        if not text:
+            return Succeeded([])
+        try:
+            tenant = str(uuid.UUID(text))
+        except ValueError:
+            domain = text if "." in text else f"{text}.onmicrosoft.com"
+            company = domain.split(".")[0].replace("-", " ").title()
+            tenant = str(uuid.uuid5(uuid.NAMESPACE_DNS, f"demo-tenant:{domain}"))
+            return Succeeded([ProviderCustomer(tenant, company, domain)])
+        return Succeeded([ProviderCustomer(tenant, f"Demo customer {tenant[:8]}")])
 
     def list_subscriptions(self, customer_tenant_id: str) -> Result[list[ProviderSubscription]]:
         """Every subscription the demo provider holds for the tenant, oldest first (none for a

@@ -23,6 +23,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from portal.integrations.providers import (
     AgreementConfirmation,
     AgreementTemplate,
     NewSubscription,
+    ProviderCustomer,
     ProviderSubscription,
     QuantityChange,
 )
@@ -169,6 +171,12 @@ class PartnerCenterProvider:
             return _below_minimum()
         return self._guarded("changing the quantity", lambda: self._set_quantity(change))
 
+    def find_customers(self, query: str) -> Result[list[ProviderCustomer]]:
+        """A tenant id is read as ``GET /v1/customers/{id}`` (unknown: none found); anything
+        else is the start of a domain, ``GET /v1/customers?size=…&filter=`` with Partner
+        Center's one operator for customers, ``starts_with``."""
+        return self._guarded("finding the customer", lambda: self._find_customers(query))
+
     def list_subscriptions(self, customer_tenant_id: str) -> Result[list[ProviderSubscription]]:
         """Every subscription of the customer, as Partner Center has them now. Each resource
         is kept, so a quantity change of a listed subscription needs no read first."""
@@ -218,6 +226,34 @@ class PartnerCenterProvider:
             self.known.keep(tenant, resource)
             listed.append(subscription.value)
         return Succeeded(listed)
+
+    def _find_customers(self, query: str) -> Result[list[ProviderCustomer]]:
+        what = "finding the customer"
+        text = query.strip()
+        if not text:
+            return Succeeded([])
+        tenant = _guid(text)
+        if tenant is not None:
+            path, params = f"/v1/customers/{_segment(tenant)}", None
+        else:
+            wanted = {"Field": "Domain", "Value": text.lower(), "Operator": "starts_with"}
+            path, params = "/v1/customers", {"size": str(FIND_LIMIT), "filter": json.dumps(wanted)}
+        try:
+            response = self.client.request("GET", path, params=params)
+        except Exception as error:
+            return classify_exception(error, what, sent_write=False)
+        if response.status_code == 404 and tenant is not None:
+            return Succeeded([])
+        if response.status_code != 200:
+            return classify_response(response, what)
+        body = _json_object(response)
+        if body is None:
+            return TechnicalFailure("Partner Center sent customers that are not JSON")
+        items = [body] if tenant is not None else body.get("items")
+        if not isinstance(items, list):
+            return TechnicalFailure("Partner Center sent a customer list that is not one")
+        found = [_customer(item) for item in items if isinstance(item, dict)]
+        return Succeeded([customer for customer in found if customer is not None])
 
     def _read_resource(self, tenant: str, ref: str) -> Result[dict[str, Any]]:
         """The subscription resource as Partner Center has it now (and kept for next time)."""
@@ -518,6 +554,27 @@ def _subscription(body: dict[str, Any]) -> ProviderSubscription:
         name=_text(body.get("friendlyName")) or _text(body.get("offerName")),
         renewal_quantity=_scheduled_quantity(body.get("scheduledNextTermInstructions")),
     )
+
+
+FIND_LIMIT = 20
+
+
+def _guid(text: str) -> str | None:
+    try:
+        return str(uuid.UUID(text)) if len(text.strip("{}")) == 36 else None
+    except ValueError:
+        return None
+
+
+def _customer(resource: dict[str, Any]) -> ProviderCustomer | None:
+    """A Customer resource's ``companyProfile`` (``tenantId``, ``companyName``, ``domain``)."""
+    profile = resource.get("companyProfile")
+    profile = profile if isinstance(profile, dict) else {}
+    tenant = _guid(str(profile.get("tenantId") or resource.get("id") or ""))
+    if tenant is None:
+        return None
+    name = _text(profile.get("companyName")) or tenant
+    return ProviderCustomer(tenant, name, _text(profile.get("domain")))
 
 
 def _text(value: Any) -> str | None:

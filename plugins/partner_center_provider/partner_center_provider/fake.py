@@ -36,6 +36,7 @@ answer (a benchmark's "100 ms Partner Center")::
 from __future__ import annotations
 
 import copy
+import json
 import math
 import re
 import threading
@@ -75,6 +76,7 @@ _ORDER = re.compile(r"^/v1/customers/([^/]+)/orders/([^/]+)$")
 _ORDERS = re.compile(r"^/v1/customers/([^/]+)/orders$")
 _CUSTOMER_AGREEMENTS = re.compile(r"^/v1/customers/([^/]+)/agreements$")
 _CUSTOMER = re.compile(r"^/v1/customers/([^/]+)/")
+_CUSTOMER_ONLY = re.compile(r"^/v1/customers/([^/]+)$")
 
 
 # -- faults ------------------------------------------------------------------------------------
@@ -220,6 +222,8 @@ class _Subscription:
 class _Customer:
     tenant: str
     mca_accepted: bool = False
+    name: str = ""
+    domain: str = ""
     subscriptions: dict[str, _Subscription] = field(default_factory=dict)
     orders: dict[str, dict[str, Any]] = field(default_factory=dict)
     agreements: list[dict[str, Any]] = field(default_factory=list)
@@ -372,12 +376,22 @@ class FakePartnerCenter:
 
     # -- set-up and inspection -------------------------------------------------------------------
 
-    def add_customer(self, tenant: str | None = None, *, mca_accepted: bool = False) -> str:
-        """A customer tenant (a new GUID when not given); returns its id."""
+    def add_customer(
+        self,
+        tenant: str | None = None,
+        *,
+        mca_accepted: bool = False,
+        name: str | None = None,
+        domain: str | None = None,
+    ) -> str:
+        """A customer tenant (a new GUID when not given), with its company name and primary
+        domain when given; returns its id."""
         tenant = tenant or str(uuid.uuid4())
         with self._lock:
             customer = self._customer(tenant)
             customer.mca_accepted = customer.mca_accepted or mca_accepted
+            customer.name = name or customer.name
+            customer.domain = domain or customer.domain
         return tenant
 
     def accept_mca(self, tenant: str) -> None:
@@ -653,6 +667,12 @@ class FakePartnerCenter:
                 if order is None:
                     return _error(404, 1000, "Order not found.", name="NotFound"), False
                 return FakeResponse(200, copy.deepcopy(order)), False
+        elif path == "/v1/customers":
+            if method == "GET":
+                return self._find_customers(request), False
+        elif match := _CUSTOMER_ONLY.fullmatch(path):
+            if method == "GET":
+                return self._get_customer(unquote(match.group(1))), False
         elif path == "/v1/agreements":
             if method == "GET":
                 return self._list_templates(request), False
@@ -947,6 +967,52 @@ class FakePartnerCenter:
                 "versionRank": 0,
             },
         }
+
+    # -- customers ---------------------------------------------------------------------------
+
+    def _render_customer(self, customer: _Customer) -> dict[str, Any]:
+        return {
+            "id": customer.tenant,
+            "companyProfile": {
+                "tenantId": customer.tenant,
+                "domain": customer.domain,
+                "companyName": customer.name,
+            },
+            "relationshipToPartner": "reseller",
+            "attributes": {"objectType": "Customer"},
+        }
+
+    def _get_customer(self, tenant: str) -> FakeResponse:
+        customer = self._customers.get(tenant)
+        if customer is None:
+            return _error(404, 600008, "The requested customer was not found.", name="NotFound")
+        return FakeResponse(200, self._render_customer(customer))
+
+    def _find_customers(self, request: RecordedRequest) -> FakeResponse:
+        """``?filter={"Field": "Domain"|"CompanyName", "Value": …, "Operator": "starts_with"}``
+        (the only operator Partner Center takes for customers) and an optional ``size``."""
+        raw = (request.query.get("filter") or [""])[0]
+        try:
+            wanted = json.loads(raw) if raw else None
+        except ValueError:
+            wanted = None
+        if wanted is not None and (
+            not isinstance(wanted, dict)
+            or wanted.get("Operator") != "starts_with"
+            or wanted.get("Field") not in ("Domain", "CompanyName")
+        ):
+            return _invalid("filter must be a starts_with on Domain or CompanyName")
+        value = str(wanted.get("Value", "")).lower() if wanted else ""
+        field = "domain" if wanted is None or wanted.get("Field") == "Domain" else "name"
+        found = [
+            self._render_customer(c)
+            for c in self._customers.values()
+            if str(getattr(c, field)).lower().startswith(value)
+        ]
+        size = (request.query.get("size") or [""])[0]
+        if size.isdigit() and int(size) > 0:
+            found = found[: int(size)]
+        return FakeResponse(200, _collection(found))
 
     def _list_templates(self, request: RecordedRequest) -> FakeResponse:
         wanted = (request.query.get("agreementType") or [MCLOUD])[0]  # Partner Center's default

@@ -27,7 +27,9 @@ from portal.features.licences.services import imports
 from portal.features.onboarding import rules
 from portal.features.tenancy.models import Customer, Partner
 from portal.features.tenancy.services import local_today
+from portal.integrations.providers import ProviderCustomer
 from portal.integrations.registry import integrations
+from portal.integrations.results import Succeeded
 
 MAX_TERMS_DAYS = 365
 MAX_NAME = 200
@@ -221,3 +223,45 @@ def provider_choices() -> list[tuple[str, str]]:
     providers = integrations().providers
     keys = providers.keys()  # a registry, not a dict: no iteration of its own
     return [(key, providers.get(key).display_name) for key in keys]
+
+
+@dataclass(frozen=True)
+class Found:
+    """A customer the provider has, and the portal's customer with its tenant id, if any."""
+
+    customer: ProviderCustomer
+    known_as: Customer | None
+
+
+def find_at_provider(
+    db_session: Session, partner: Partner, query: str, provider_key: str = ""
+) -> list[Found]:
+    """The provider's customers whose tenant id is ``query`` or whose domain starts with it
+    (the chosen provider, else the partner's), each with the portal's customer that has its
+    tenant id already. A query of fewer than 3 characters, or a provider that cannot answer,
+    is refused with the reason."""
+    text = (query or "").strip()
+    if len(text) < 3 or len(text) > 253:
+        raise ServiceError(
+            _("Search with a tenant id, or the first 3 or more letters of a domain."), "find"
+        )
+    key = (provider_key or "").strip() or None
+    if key is not None and key not in integrations().providers:
+        raise ServiceError(_("Choose one of the providers listed."), "provider_key")
+    adapter = integrations().provider(key, partner.provider_key)
+    answer = adapter.find_customers(text)
+    if not isinstance(answer, Succeeded):
+        raise ServiceError(
+            _(
+                "%(provider)s could not search its customers: %(reason)s",
+                provider=adapter.display_name,
+                reason=getattr(answer, "reason", "") or _("no answer"),
+            ),
+            "find",
+        )
+    tenants = [c.tenant_id for c in answer.value]
+    known = {
+        c.ms_tenant_id: c
+        for c in db_session.scalars(select(Customer).where(Customer.ms_tenant_id.in_(tenants)))
+    }
+    return [Found(c, known.get(c.tenant_id)) for c in answer.value]

@@ -3,7 +3,7 @@ provider. Staff pages always render with the app's own templates."""
 
 from __future__ import annotations
 
-from flask import Blueprint, flash, g, redirect, render_template, url_for
+from flask import Blueprint, flash, g, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_babel import ngettext
 from flask_login import current_user
@@ -37,8 +37,24 @@ def _provider_choices() -> list[tuple[str, str]]:
 @staff_required(Permission.MANAGE_CUSTOMERS)
 def new_customer() -> Response | str | tuple[str, int]:
     form = NewCustomerForm()
-    if not form.is_submitted():  # a new customer pays in the partner's currency, unless told
-        form = NewCustomerForm(formdata=None, currency=_partner().default_currency)
+    found: list[services.Found] | None = None
+    find_problem = None
+    query = request.args.get("find", "").strip()[:253]
+    if not form.is_submitted():
+        # a new customer pays in the partner's currency; a customer found at the provider
+        # ("Use" below) fills in its name, tenant id and domain
+        form = NewCustomerForm(
+            formdata=None,
+            currency=_partner().default_currency,
+            name=request.args.get("name", "")[:200],
+            tenant_id=request.args.get("tenant_id", "")[:40],
+            domain=request.args.get("domain", "")[:253],
+        )
+        if "find" in request.args:
+            try:
+                found = services.find_at_provider(db.session, _partner(), query)
+            except ServiceError as error:
+                find_problem = error.message
     form.provider_key.choices = _provider_choices()
     if form.is_submitted():
         if form.validate():
@@ -71,7 +87,13 @@ def new_customer() -> Response | str | tuple[str, int]:
                 )
                 return redirect(url_for("staff.customer", customer_id=customer.id))
         return render_template("staff/onboarding/new_customer.html", form=form), 422
-    return render_template("staff/onboarding/new_customer.html", form=form)
+    return render_template(
+        "staff/onboarding/new_customer.html",
+        form=form,
+        query=query,
+        found=found,
+        find_problem=find_problem,
+    )
 
 
 def _import_page(customer: Customer, form: ImportForm | None = None) -> tuple[str, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from portal.integrations.providers import (
     AgreementConfirmation,
     AgreementTemplate,
     NewSubscription,
+    ProviderCustomer,
     QuantityChange,
 )
 from portal.integrations.results import BusinessRejection, Succeeded, TechnicalFailure
@@ -365,3 +367,29 @@ def test_a_failed_listing_is_a_technical_failure(
     failed = pc.list_subscriptions(tenant)
     assert isinstance(failed, TechnicalFailure) and failed.retry_after is not None
     assert failed.retry_after.total_seconds() == 4
+
+
+# -- finding customers ---------------------------------------------------------------------------
+
+
+def test_customers_are_found_by_tenant_id_or_the_start_of_their_domain(
+    pc: PartnerCenterProvider, fake: FakePartnerCenter
+) -> None:
+    wanted = fake.add_customer(name="Fabrikam Ltd", domain="fabrikam.onmicrosoft.com")
+    fake.add_customer(name="Contoso", domain="contoso.onmicrosoft.com")
+    by_domain = pc.find_customers("Fabri")
+    assert isinstance(by_domain, Succeeded)
+    assert by_domain.value == [ProviderCustomer(wanted, "Fabrikam Ltd", "fabrikam.onmicrosoft.com")]
+    (request,) = fake.requests_to("/v1/customers", "GET")
+    assert json.loads(request.query["filter"][0]) == {
+        "Field": "Domain",
+        "Value": "fabri",
+        "Operator": "starts_with",
+    }
+    by_id = pc.find_customers(wanted.upper())
+    assert isinstance(by_id, Succeeded) and [c.tenant_id for c in by_id.value] == [wanted]
+    missing = pc.find_customers(str(uuid.uuid4()))
+    assert isinstance(missing, Succeeded) and missing.value == []
+    fake.inject(Fault.server_error(503), times=3)
+    down = pc.find_customers("fabri")
+    assert isinstance(down, TechnicalFailure)
