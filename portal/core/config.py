@@ -76,6 +76,7 @@ SETTINGS: dict[str, tuple[Any, Any]] = {
     "PROVIDER_CALLS_AT_ONCE": (0, _int),
     "PROVIDER_CALL_SLOTS_DIR": ("", _str),
     "SERVICE_TEAM_EMAIL": ("", _str),
+    "FINANCE_TEAM_EMAIL": ("", _str),
 }
 
 SECRETS = frozenset({"SECRET_KEY", "MAIL_PASSWORD", "DATABASE_URL"})

@@ -95,6 +95,22 @@ def to_minor(amount: Decimal, currency: str) -> int:
         return round_minor(amount.scaleb(exponent(currency)))
 
 
+def parse_major(text: str, currency: str) -> int:
+    """An amount typed in major units (``"2500.50"``) as minor units (250050): plain digits
+    with at most the currency's decimals, 0 or more. Anything else (a word, a sign, more
+    decimals than the currency has, infinity) raises ValueError; nothing is rounded."""
+    try:
+        amount = Decimal(text.strip())
+    except InvalidOperation:
+        raise ValueError(f"{text!r} is not an amount") from None
+    if not amount.is_finite() or amount < 0:
+        raise ValueError(f"{text!r} is not an amount of 0 or more")
+    minor = amount.scaleb(exponent(currency))
+    if minor != minor.to_integral_value():
+        raise ValueError(f"{text!r} has more decimals than {currency}")
+    return int(minor)
+
+
 def to_major(amount_minor: int, currency: str) -> Decimal:
     """Minor units to major units, exactly: 1234 USD is ``Decimal("12.34")``, 1234 JPY 1234."""
     return Decimal(amount_minor).scaleb(-exponent(currency))

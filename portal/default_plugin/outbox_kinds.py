@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from portal.features.billing.services import documents, purchases, schedule
+from portal.features.billing.services import documents, holds, purchases, schedule
 from portal.features.licences.services import agreements, provisioning, subscriptions
 from portal.features.payments.services import events, pay
 from portal.hookspecs import hookimpl
@@ -42,4 +42,6 @@ def portal_outbox_handlers() -> dict[str, OutboxHandler]:
         delivery.DELIVER_KIND: delivery.deliver,
         documents.AUTOPAY_KIND: pay.autopay,
         pay.AUTOPAY_FAILED_KIND: pay.notify_autopay_failed,
+        documents.REVIEW_KIND: holds.review_hold,
+        holds.NOTICE_KIND: holds.tell,
     }

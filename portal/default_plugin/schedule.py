@@ -1,9 +1,10 @@
 """The periodic jobs every deployment needs, whatever plugins are loaded, and when they run.
 
 The outbox sweep (which re-sends work the broker lost or a dead worker abandoned), the daily
-purge of expired sign-in sessions, each partner's daily billing run and the daily payments
-reconciliation. The jobs reach the worker through ``portal_periodic_tasks`` like any plugin's:
-the outbox knows their names, not the capabilities they call.
+purge of expired sign-in sessions, each partner's daily billing run, the daily payments
+reconciliation and the hourly review of automatic credit holds. The jobs reach the worker
+through ``portal_periodic_tasks`` like any plugin's: the outbox knows their names, not the
+capabilities they call.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from celery.schedules import crontab  # type: ignore[import-untyped]
 from flask import Flask, current_app, has_app_context
 
 from portal.core import config
+from portal.features.billing.services.holds import review_credit_holds
 from portal.features.billing.services.schedule import schedule_due_runs
 from portal.features.identity.session_store import purge_expired
 from portal.features.licences.services.subscriptions import sweep_awaiting
@@ -30,6 +32,7 @@ PURGE_SESSIONS_TASK: Final = "portal.sessions.purge"
 BILLING_SCHEDULE_TASK: Final = "portal.billing.schedule"
 PAYMENTS_RECONCILE_TASK: Final = "portal.payments.reconcile"
 LICENCES_SWEEP_TASK: Final = "portal.licences.sweep_awaiting"
+CREDIT_HOLDS_TASK: Final = "portal.billing.credit_holds"
 
 
 def _sweep_seconds() -> int:
@@ -65,6 +68,11 @@ def portal_beat_schedule() -> dict[str, dict[str, Any]]:
             "task": LICENCES_SWEEP_TASK,
             "schedule": timedelta(minutes=5),
         },
+        # hourly: automatic credit holds (each partner's day starts at its own midnight)
+        "portal.billing.credit_holds": {
+            "task": CREDIT_HOLDS_TASK,
+            "schedule": crontab(minute=23),
+        },
     }
 
 
@@ -80,6 +88,12 @@ def billing_schedule(app: Flask) -> int:
     return len(schedule_due_runs(app))  # queues outbox items: the runs are workers' work
 
 
+def credit_holds(app: Flask) -> int:
+    counts = review_credit_holds(app)
+    log.info("credit holds: %s", counts)
+    return sum(counts.get(key, 0) for key in ("on", "off"))
+
+
 def payments_reconcile(app: Flask) -> int:
     report = reconcile(app)
     log.info("payments reconciliation %s", report.line())
@@ -93,4 +107,5 @@ def portal_periodic_tasks() -> dict[str, PeriodicJob]:
         BILLING_SCHEDULE_TASK: billing_schedule,
         PAYMENTS_RECONCILE_TASK: payments_reconcile,
         LICENCES_SWEEP_TASK: sweep_awaiting,
+        CREDIT_HOLDS_TASK: credit_holds,
     }

@@ -18,9 +18,12 @@ from werkzeug.wrappers import Response
 
 from portal.core import db
 from portal.core.errors import ServiceError
+from portal.core.money import to_major
 from portal.core.roles import CustomerRole, Permission
 from portal.core.scoping import get_or_404
+from portal.features.billing.forms import CustomerHoldRulesForm
 from portal.features.billing.models import BillingContract
+from portal.features.billing.services import holds
 from portal.features.identity.forms import (
     InviteForm,
 )
@@ -36,7 +39,7 @@ from portal.integrations.registry import Registry, integrations
 from portal.outbox.models import OutboxItem, OutboxState
 from portal.plugins import plugin_infos
 from portal.web.access import staff_required
-from portal.web.forms import role_label
+from portal.web.forms import role_label, show_refusal
 from portal.web.rate_limits import rate_limited
 
 bp = Blueprint("staff", __name__, url_prefix="/staff", template_folder="templates")
@@ -79,6 +82,7 @@ def _customer_page(
     customer: Customer,
     invite_form: InviteForm | None = None,
     hold_form: CreditHoldForm | None = None,
+    rules_form: CustomerHoldRulesForm | None = None,
 ) -> str:
     members = list(
         db.session.scalars(
@@ -104,6 +108,14 @@ def _customer_page(
         invitations=people.pending_invitations(db.session, customer.id),
         invite_form=invite_form or InviteForm(formdata=None),
         hold_form=hold_form or CreditHoldForm(formdata=None, on_hold=not customer.credit_hold),
+        rules_form=rules_form
+        or CustomerHoldRulesForm(
+            formdata=None,
+            credit_limit=""
+            if customer.credit_limit_minor is None
+            else str(to_major(customer.credit_limit_minor, customer.default_currency)),
+            grace_days="" if customer.hold_grace_days is None else str(customer.hold_grace_days),
+        ),
         role_label=role_label,
     )
 
@@ -136,6 +148,35 @@ def credit_hold(customer_id: int) -> Response | tuple[str, int]:
         "success",
     )
     return redirect(url_for("staff.customer", customer_id=customer.id))
+
+
+@bp.route("/customers/<int:customer_id>/hold-rules", methods=["POST"])
+@staff_required(Permission.SET_CREDIT_HOLD)
+def hold_rules(customer_id: int) -> Response | tuple[str, int]:
+    customer = get_or_404(db.session, Customer, customer_id)
+    form = CustomerHoldRulesForm()
+    if form.validate_on_submit():
+        try:
+            holds.set_customer_rules(
+                db.session,
+                _partner(),
+                customer,
+                form.credit_limit.data or "",
+                form.grace_days.data or "",
+                str(current_user.get_id()),
+            )
+        except ServiceError as error:
+            db.session.rollback()
+            show_refusal(form, error)
+        else:
+            db.session.commit()
+            flash(
+                _("The credit limit and grace period of %(name)s are saved.", name=customer.name),
+                "success",
+            )
+            return redirect(url_for("staff.customer", customer_id=customer.id))
+    customer = get_or_404(db.session, Customer, customer_id)
+    return _customer_page(customer, rules_form=form), 422
 
 
 @bp.route("/customers/<int:customer_id>/invitations", methods=["POST"])

@@ -103,6 +103,7 @@ OBJECT_ROUTES: dict[str, ObjectRoute] = {
     "payments.make_default": ObjectRoute(_card),
     "payments.remove_card": ObjectRoute(_card),
     "staff.send_card_link": ObjectRoute(_customer),
+    "staff.hold_rules": ObjectRoute(_customer),
     "staff_contracts.customer_contracts": ObjectRoute(_customer),
     "staff_contracts.new_contract": ObjectRoute(_customer),
     "staff_contracts.contract": ObjectRoute(_contract),

@@ -15,6 +15,7 @@ from flask import Flask
 from portal import create_app
 from portal.default_plugin.schedule import (
     BILLING_SCHEDULE_TASK,
+    CREDIT_HOLDS_TASK,
     LICENCES_SWEEP_TASK,
     PAYMENTS_RECONCILE_TASK,
     PURGE_SESSIONS_TASK,
@@ -88,6 +89,7 @@ def test_the_core_periodic_jobs_are_the_worker_tasks_their_beat_entries_name() -
         BILLING_SCHEDULE_TASK,
         PAYMENTS_RECONCILE_TASK,
         LICENCES_SWEEP_TASK,
+        CREDIT_HOLDS_TASK,
     }
     assert beat_tasks == {SWEEP_TASK, *jobs}
     assert set(wiring(app).periodic_jobs) == jobs

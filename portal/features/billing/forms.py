@@ -80,3 +80,10 @@ class MoveForm(FlaskForm):  # type: ignore[misc]
         choices=[],
         validators=[InputRequired(_l("Choose at least one subscription to move."))],
     )
+
+
+class CustomerHoldRulesForm(FlaskForm):  # type: ignore[misc]
+    """A customer's own automatic-hold rules; parsed by the service (blank: the partner's)."""
+
+    credit_limit = StringField(_l("Credit limit (overdue balance)"))
+    grace_days = StringField(_l("Grace period (days overdue)"))

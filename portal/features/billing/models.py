@@ -163,6 +163,11 @@ class BillingSettings(PartnerScoped, Base):
     invoice_review: Mapped[bool] = mapped_column(Boolean, default=True)
     invoice_prefix: Mapped[str] = mapped_column(String(16), default="INV-")
     credit_note_prefix: Mapped[str] = mapped_column(String(16), default="CN-")
+    # automatic credit hold, for customers with no setting of their own (None: off): an invoice
+    # overdue more than this many days; an overdue balance above this amount, in the partner's
+    # default currency (customers in another currency need their own credit limit)
+    hold_grace_days: Mapped[int | None] = mapped_column(Integer)
+    hold_limit_minor: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_by: Mapped[str | None] = mapped_column(String(300))
 

@@ -23,7 +23,7 @@ from flask_login import current_user
 from flask_wtf import FlaskForm
 from sqlalchemy import func, select
 from werkzeug.wrappers import Response as BaseResponse
-from wtforms import BooleanField, DateField, HiddenField, TextAreaField
+from wtforms import BooleanField, DateField, HiddenField, StringField, TextAreaField
 from wtforms.validators import InputRequired, Length, StopValidation
 
 from portal.core import db
@@ -39,12 +39,12 @@ from portal.features.billing.invoice_format import (
 from portal.features.billing.invoice_format import same_query as _same_query
 from portal.features.billing.models import BillingRunState, Invoice, InvoiceState, InvoiceStatus
 from portal.features.billing.pdf import pdf_response
-from portal.features.billing.services import documents, queries, schedule
+from portal.features.billing.services import documents, holds, queries, schedule
 from portal.features.billing.services.documents import REASON_LIMIT
 from portal.features.tenancy.models import Customer, Partner
 from portal.features.tenancy.services import partner_today
 from portal.web.access import staff_required
-from portal.web.forms import ConfirmForm
+from portal.web.forms import ConfirmForm, show_refusal
 
 bp = Blueprint("staff_billing", __name__, url_prefix="/staff", template_folder="templates")
 PER_PAGE = 25
@@ -76,6 +76,13 @@ class RunBillingForm(FlaskForm):  # type: ignore[misc]
 
 class ReviewForm(FlaskForm):  # type: ignore[misc]
     review = BooleanField(_l("Staff review invoices before they are issued"))
+
+
+class HoldRulesForm(FlaskForm):  # type: ignore[misc]
+    """Both fields are parsed by the service, which says what is wrong in the user's language."""
+
+    grace_days = StringField(_l("Grace period (days overdue)"))
+    hold_limit = StringField(_l("Credit limit (overdue balance)"))
 
 
 class ReasonForm(FlaskForm):  # type: ignore[misc]
@@ -110,12 +117,22 @@ def runs() -> str:
     return _runs_page(RunBillingForm(formdata=None, on=partner_today(g.brand)))
 
 
-def _runs_page(form: RunBillingForm) -> str:
+def _runs_page(form: RunBillingForm, hold_form: HoldRulesForm | None = None) -> str:
     settings = documents.billing_settings(db.session, g.brand.id)
+    partner = _partner()
     return render_template(
         "staff/billing.html",
         form=form,
         review_form=ReviewForm(formdata=None, review=settings.invoice_review),
+        hold_form=hold_form
+        or HoldRulesForm(
+            formdata=None,
+            grace_days="" if settings.hold_grace_days is None else str(settings.hold_grace_days),
+            hold_limit=""
+            if settings.hold_limit_minor is None
+            else str(to_major(settings.hold_limit_minor, partner.default_currency)),
+        ),
+        currency=partner.default_currency,
         settings=settings,
         drafts=db.session.scalar(
             select(func.count(Invoice.id)).where(Invoice.state == InvoiceState.DRAFT)
@@ -175,6 +192,31 @@ def review_setting() -> BaseResponse:
         "success",
     )
     return redirect(url_for(".runs"))
+
+
+@bp.route("/billing/hold-rules", methods=["POST"])
+@staff_required(Permission.MANAGE_BILLING)
+def hold_rules() -> BaseResponse | tuple[str, int]:
+    form = HoldRulesForm()
+    if form.validate_on_submit():
+        try:
+            holds.set_partner_rules(
+                db.session,
+                _partner(),
+                form.grace_days.data or "",
+                form.hold_limit.data or "",
+                _actor(),
+            )
+        except ServiceError as error:
+            db.session.rollback()
+            show_refusal(form, error)
+        else:
+            db.session.commit()
+            flash(_("The automatic credit hold rules are saved."), "success")
+            return redirect(url_for(".runs"))
+    else:
+        form.form_errors.append(_("This form has expired. Reload the page and try again."))
+    return _runs_page(RunBillingForm(formdata=None, on=partner_today(g.brand)), form), 422
 
 
 # -- invoices across customers ----------------------------------------------------------------

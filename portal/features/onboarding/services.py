@@ -6,14 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from portal.core.db import utcnow
 from portal.core.errors import ServiceError, _
-from portal.core.money import exponent, to_minor
+from portal.core.money import exponent
 from portal.features.billing.models import BillingContract
 from portal.features.billing.rules.invoicing import ContractFrequency
 from portal.features.billing.services.contracts import (
@@ -21,6 +20,7 @@ from portal.features.billing.services.contracts import (
     default_contract,
     put_on_contract,
 )
+from portal.features.billing.services.holds import credit_limit_minor
 from portal.features.identity import audit
 from portal.features.licences.models import Subscription
 from portal.features.licences.services import imports
@@ -99,7 +99,7 @@ def onboard_customer(
             _("Payment terms are a number of days from 0 to %(max)d.", max=MAX_TERMS_DAYS),
             "payment_terms_days",
         )
-    limit = _credit_limit_minor(details.credit_limit, currency)
+    limit = credit_limit_minor(details.credit_limit, currency, "credit_limit")
     provider_key = (details.provider_key or "").strip() or None
     if provider_key is not None and provider_key not in integrations().providers:
         raise ServiceError(_("Choose one of the providers listed."), "provider_key")
@@ -145,27 +145,6 @@ def onboard_customer(
         make_default=True,
     )
     return customer
-
-
-def _credit_limit_minor(typed: str, currency: str) -> int | None:
-    text = (typed or "").strip()
-    if not text:
-        return None
-    try:
-        limit = Decimal(text)
-        minor = to_minor(limit, currency) if limit.is_finite() else -1
-    except (InvalidOperation, ValueError):
-        limit, minor = Decimal(0), -1
-    if minor < 0 or limit != Decimal(minor).scaleb(-exponent(currency)):
-        raise ServiceError(
-            _(
-                "A credit limit is an amount of 0 or more in %(currency)s, to the cent "
-                "(or the currency's smallest unit).",
-                currency=currency,
-            ),
-            "credit_limit",
-        )
-    return minor
 
 
 def import_subscriptions(

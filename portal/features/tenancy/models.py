@@ -80,7 +80,11 @@ class Customer(PartnerScoped, Base):
     domain: Mapped[str | None] = mapped_column(String(253))
     default_currency: Mapped[str] = mapped_column(String(3), default="USD")
     credit_hold: Mapped[bool] = mapped_column(Boolean, default=False)
+    # the hold was put by the rules below, not by staff: paying the overdue balance lifts it
+    credit_hold_automatic: Mapped[bool] = mapped_column(Boolean, default=False)
     credit_limit_minor: Mapped[int | None] = mapped_column(Integer)
+    # days an invoice may be overdue before the automatic hold (None: the partner's setting)
+    hold_grace_days: Mapped[int | None] = mapped_column(Integer)
     payment_terms_days: Mapped[int] = mapped_column(Integer, default=30)
     # a customer bought through another provider than the partner's default (a distributor)
     provider_key: Mapped[str | None] = mapped_column(String(63))

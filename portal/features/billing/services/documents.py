@@ -104,6 +104,26 @@ def set_invoice_review(db_session: Session, partner: Partner, on: bool, by: str)
 
 
 _LEDGER_INSERTS: dict[str, Any] = {}
+# billing.services.holds handles it: an account on automatic hold is reviewed after a payment
+REVIEW_KIND = "billing.review_hold"
+
+
+def queue_review_after_payment(db_session: Session, customer_id: int, partner_id: int) -> None:
+    """With a payment recorded: an account on automatic hold is reviewed at once (its item
+    runs after the payment commits); others need nothing, for one read."""
+    held = db_session.scalar(
+        select(Customer.credit_hold_automatic)
+        .where(Customer.id == customer_id)
+        .execution_options(unscoped=True)
+    )
+    if held:
+        enqueue(
+            db_session,
+            REVIEW_KIND,
+            {"customer_id": customer_id},
+            partner_id=partner_id,
+            customer_id=customer_id,
+        )
 
 
 def insert_ledger_row(
@@ -162,6 +182,8 @@ def insert_ledger_row(
         gateway=gateway_key,
         reference=gateway_reference,
     )
+    if kind is PaymentKind.PAYMENT:
+        queue_review_after_payment(db_session, customer_id, partner_id)
     announce.payment_recorded(
         db_session,
         payment_id=int(inserted),

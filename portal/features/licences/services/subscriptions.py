@@ -674,9 +674,42 @@ def set_credit_hold(
     actor: str,
     reason: str,
 ) -> None:
+    """Staff put the account on credit hold or lift it; commits. A hold staff put stays until
+    staff lift it (paying never lifts it); staff putting a hold on an account the rules held
+    makes it theirs."""
+    put_credit_hold(db_session, partner, customer, on_hold, actor, reason, automatic=False)
+    db_session.commit()
+
+
+def put_credit_hold(
+    db_session: Session,
+    partner: Partner,
+    customer: Customer,
+    on_hold: bool,
+    actor: str,
+    reason: str,
+    *,
+    automatic: bool,
+) -> bool:
+    """Put the hold on or lift it, audited; when lifted, the changes recorded during the hold
+    go out in order. ``automatic``: the rules did it (billing's credit holds). Whether anything
+    changed; the caller commits."""
     if customer.credit_hold == on_hold:
-        return
+        if on_hold and customer.credit_hold_automatic and not automatic:
+            customer.credit_hold_automatic = False  # staff hold it now: paying won't lift it
+            audit.record(
+                db_session,
+                partner_id=partner.id,
+                customer_id=customer.id,
+                actor=actor,
+                action="credit.hold_on",
+                reason=reason,
+                automatic=False,
+            )
+            return True
+        return False
     customer.credit_hold = on_hold
+    customer.credit_hold_automatic = on_hold and automatic
     audit.record(
         db_session,
         partner_id=partner.id,
@@ -684,6 +717,7 @@ def set_credit_hold(
         actor=actor,
         action="credit.hold_on" if on_hold else "credit.hold_off",
         reason=reason,
+        automatic=automatic,
     )
     if not on_hold:
         # the changes recorded during the hold go out now, in order, in the same commit; the
@@ -697,7 +731,7 @@ def set_credit_hold(
             .with_for_update()
         ).all()
         release_held(db_session, customer)
-    db_session.commit()
+    return True
 
 
 def release_stranded(db_session: Session, limit: int = 500) -> int:
