@@ -182,8 +182,6 @@ def insert_ledger_row(
         gateway=gateway_key,
         reference=gateway_reference,
     )
-    if kind is PaymentKind.PAYMENT:
-        queue_review_after_payment(db_session, customer_id, partner_id)
     announce.payment_recorded(
         db_session,
         payment_id=int(inserted),
@@ -612,6 +610,9 @@ def record_payment(
     )
     if inserted is None:
         return None
+    if kind is PaymentKind.PAYMENT:
+        # gateway payments are reviewed by their receipt's handler, off the webhook's path
+        queue_review_after_payment(db_session, invoice.customer_id, invoice.partner_id)
     return db_session.get(InvoicePayment, inserted)
 
 

@@ -3,9 +3,11 @@
 - :func:`review_credit_holds` (the periodic job ``portal.billing.credit_holds``, hourly) puts
   every account whose overdue invoices break its rules on hold, and lifts every automatic hold
   whose overdue balance is paid;
-- :func:`review_hold` (outbox kind ``billing.review_hold``, queued with every payment recorded
-  for an account on automatic hold, by ``documents.queue_review_after_payment``) lifts it at
-  once, so the changes that waited go out in order without waiting for the hour;
+- a payment lifts it at once, so the changes that waited go out in order without waiting for
+  the hour: a gateway payment's receipt handler (``payments.receipt``) calls
+  :func:`review_customer` for an account on automatic hold, and a payment staff record queues
+  :func:`review_hold` (outbox kind ``billing.review_hold``, by
+  ``documents.queue_review_after_payment``);
 - :func:`tell` (outbox kind :data:`NOTICE_KIND`) mails the account's Finance Managers (its
   Administrators when it has none) and the partner's finance team.
 

@@ -48,7 +48,7 @@ from portal.features.billing.models import (
     InvoiceState,
     PaymentKind,
 )
-from portal.features.billing.services import announce
+from portal.features.billing.services import announce, holds
 from portal.features.billing.services.documents import insert_ledger_row
 from portal.features.billing.services.queries import invoice_detail
 from portal.features.identity import audit
@@ -912,6 +912,10 @@ def send_receipt(item: OutboxItem, session: Session) -> Outcome:
     partner = session.get_one(Partner, payment.partner_id)
     customer = session.get_one(Customer, payment.customer_id)
     today: date = local_today(partner, utcnow())
+    # an account on automatic credit hold comes off it once its overdue balance is paid: here,
+    # after the payment committed, so the webhook that recorded it does no more work for it
+    if customer.credit_hold_automatic:
+        holds.review_customer(session, partner, customer.id, today)
     detail = invoice_detail(session, payment.invoice_id, today=today)
     if detail is None:
         return Done({"skipped": "no such invoice"})
