@@ -99,6 +99,9 @@ def test_finance_create_a_contract_and_it_is_the_default(app: Flask, utc: Tenant
         ({"discount": "lots"}, "Rates are percentages from 0 to 100, with at most four decimals."),
         ({"discount": "101"}, "Rates are percentages from 0 to 100, with at most four decimals."),
         ({"tax_rate": "8.123456"}, "Rates are percentages from 0 to 100, with at most four"),
+        ({"tax_rate": "sNaN"}, "Rates are percentages from 0 to 100, with at most four"),
+        ({"discount": "1e999999999"}, "Rates are percentages from 0 to 100, with at most"),
+        ({"anchor_on": "9999-12-31"}, "Give a first day between 2000 and 2099."),
     ],
 )
 def test_a_bad_contract_is_refused_and_nothing_is_made(

@@ -7,8 +7,8 @@ provider applied and billing invoiced; nothing is inserted."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, date, datetime
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -30,7 +30,6 @@ from tests.integration.billing_support import make_product, set_timezone
 from tests.integration.payments_support import (
     FINANCE,
     SUCCEEDS,
-    _empty_demo_gateway,
     back_to_portal,
     card_form,
     pay,
@@ -44,8 +43,11 @@ LATE = datetime(2027, 2, 20, 12, tzinfo=UTC)  # 16 days overdue
 
 
 @pytest.fixture
-def app(app_factory: Any) -> Flask:
-    app: Flask = app_factory(
+def app(payment_apps: Callable[..., Flask]) -> Flask:
+    """The payment tests' own database (the demo gateway's tables are migrated there), with
+    the demo provider's migrated too: never the shared one, whose other tests migrate without
+    the demo gateway's branch."""
+    app: Flask = payment_apps(
         PORTAL_PLUGINS="demo_provider,demo_payments",
         PORTAL_PROVIDER="demo",
         PORTAL_PAYMENT_GATEWAY="demo",
@@ -54,7 +56,6 @@ def app(app_factory: Any) -> Flask:
         PORTAL_TASK_QUEUE=f"test-{uuid.uuid4().hex[:10]}",
     )
     migrate(app.config["PORTAL_DATABASE_URL"], integrations(app).migration_locations)
-    _empty_demo_gateway(app)
     return app
 
 

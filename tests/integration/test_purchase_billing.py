@@ -37,7 +37,7 @@ from portal.integrations.registry import integrations
 from portal.outbox.items import run_item
 from portal.outbox.models import OutboxItem, OutboxState
 from tests.integration.billing_support import make_product, set_timezone
-from tests.support import Tenant
+from tests.support import Tenant, sign_in
 
 QUIET = {"DELAY_SECONDS": "0", "FAILURE_RATE": "0", "REJECTION_RATE": "0"}
 STAFF = "billing@staff.alpha.example"
@@ -547,9 +547,10 @@ def test_one_purchase_that_fails_to_bill_does_not_stop_the_run(
     contract_id = contract(app, utc, date(2026, 12, 1))
     older = buy(app, utc, product, 1, date(2026, 12, 1))
     assign(app, contract_id, older, date(2026, 12, 1))
-    # the items that would have billed them at once are lost: the run finds them
-    first = buy(app, utc, product, 2, date(2026, 12, 20), billed_at_once=False)
-    second = buy(app, utc, product, 3, date(2026, 12, 21), billed_at_once=False)
+    # the items that would have billed them at once are lost: the run finds them (within
+    # the week it places purchases on no contract)
+    first = buy(app, utc, product, 2, date(2026, 12, 27), billed_at_once=False)
+    second = buy(app, utc, product, 3, date(2026, 12, 28), billed_at_once=False)
     original = purchases._bill_one
 
     def failing(db_session: Any, partner_id: int, row: Any, *args: Any) -> int | None:
@@ -561,9 +562,9 @@ def test_one_purchase_that_fails_to_bill_does_not_stop_the_run(
     with time_machine.travel(_at(JAN_1, 23), tick=False), app.app_context():
         (done,) = billing_run.run_billing(JAN_1, "schedule", partner_id=utc.partner.id)
     assert done.error is not None and "boom" in done.error
-    first_period = (LineKind.ADVANCE, first, 2, date(2026, 12, 20), date(2027, 1, 20), 2_000)
+    first_period = (LineKind.ADVANCE, first, 2, date(2026, 12, 27), date(2027, 1, 27), 2_000)
     assert first_period not in billed(app, first)
-    assert (LineKind.ADVANCE, second, 3, date(2026, 12, 21), date(2027, 1, 21), 3_000) in billed(
+    assert (LineKind.ADVANCE, second, 3, date(2026, 12, 28), date(2027, 1, 28), 3_000) in billed(
         app, second
     )
     assert (LineKind.ADVANCE, older, 1, JAN_1, FEB_1, 1_000) in billed(app, older)
@@ -631,3 +632,30 @@ def test_a_purchase_lands_on_the_contract_staff_made_the_default(app: Flask, utc
         assert s.get_one(Subscription, sub).billing_contract_id == second_id
     (made,) = invoices(app)
     assert made.billing_contract_id == second_id
+
+
+def test_a_purchase_left_on_no_contract_for_more_than_a_week_waits_for_staff(
+    app: Flask, utc: Tenant
+) -> None:
+    """Its item lost, a purchase found on no contract ten days later is not placed by the run:
+    billing it then would bill its first period and none of those since. It stays for staff,
+    and the customer's contracts page says so; one found within the week is placed."""
+    product = make_product(app, utc.partner.id, price_minor=1_000)
+    late = buy(app, utc, product, 2, date(2027, 1, 5), billed_at_once=False)
+    run(app, utc, date(2027, 1, 15))
+    with app.app_context(), get_database(app).sessions() as s:
+        assert s.get_one(Subscription, late).billing_contract_id is None
+        assert s.scalar(sa.select(sa.func.count()).select_from(BillingContract)) == 0
+    assert invoices(app) == []
+    recent = buy(app, utc, product, 1, date(2027, 1, 12), billed_at_once=False)
+    run(app, utc, date(2027, 1, 15))
+    with app.app_context(), get_database(app).sessions() as s:
+        assert s.get_one(Subscription, recent).billing_contract_id is not None
+        assert s.get_one(Subscription, late).billing_contract_id is None
+    staff: Any = app.test_client()
+    with time_machine.travel(_at(date(2027, 1, 15), 12), tick=False):
+        sign_in(staff, "finance@staff.alpha.example", staff=True)
+        page = staff.get(f"/staff/customers/{utc.customers['a'].id}/contracts")
+        assert "1 subscription is on no contract and is not invoiced:" in page.get_data(
+            as_text=True
+        )

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
+from dateutil.relativedelta import relativedelta
 
 from partner_center_provider.auth import MsalTokenProvider, StaticTokenProvider, TokenProvider
 from partner_center_provider.client import PartnerCenterClient
@@ -549,7 +550,7 @@ def _subscription(body: dict[str, Any]) -> ProviderSubscription:
         term_ends_on=_date(body.get("commitmentEndDate")),
         term=_text(body.get("termDuration")),
         billing_frequency=_text(body.get("billingCycle")),
-        term_started_on=_date(body.get("effectiveStartDate")),
+        term_started_on=_term_start(body),
         auto_renew=auto_renew if isinstance(auto_renew, bool) else None,
         name=_text(body.get("friendlyName")) or _text(body.get("offerName")),
         renewal_quantity=_scheduled_quantity(body.get("scheduledNextTermInstructions")),
@@ -575,6 +576,17 @@ def _customer(resource: dict[str, Any]) -> ProviderCustomer | None:
         return None
     name = _text(profile.get("companyName")) or tenant
     return ProviderCustomer(tenant, name, _text(profile.get("domain")))
+
+
+def _term_start(body: dict[str, Any]) -> date | None:
+    """The current term's first day: the day after the commitment's end less the term's
+    length. ``effectiveStartDate`` is a back-dating and alignment date, not the term's start;
+    it is the answer only when the end or the term is not given."""
+    ends = _date(body.get("commitmentEndDate"))
+    months = {"P1M": 1, "P1Y": 12, "P3Y": 36}.get(str(body.get("termDuration") or ""))
+    if ends is None or months is None:
+        return _date(body.get("effectiveStartDate"))
+    return ends + timedelta(days=1) - relativedelta(months=months)
 
 
 def _text(value: Any) -> str | None:

@@ -10,6 +10,7 @@ from flask import Blueprint, flash, g, redirect, render_template, url_for
 from flask_babel import gettext as _
 from flask_login import current_user
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from werkzeug.wrappers import Response
 
 from portal.core import db
@@ -202,10 +203,16 @@ def _act(contract_id: int, action: Any, done: str) -> Response | tuple[str, int]
         return redirect(url_for("staff_contracts.contract", contract_id=contract.id))
     try:
         action(db.session, contract, _actor())
-    except ServiceError as error:
+        db.session.flush()
+    except (ServiceError, IntegrityError) as error:
         db.session.rollback()
         contract = get_or_404(db.session, BillingContract, contract_id)
-        flash(error.message, "danger")
+        flash(
+            error.message
+            if isinstance(error, ServiceError)
+            else _("Someone changed this customer's contracts at the same time. Try again."),
+            "danger",
+        )
         return _contract_page(contract), 422
     db.session.commit()
     flash(done % {"name": contract.name, "currency": contract.currency}, "success")

@@ -3,6 +3,7 @@ wrong (a date that is not one, a word where a number goes); the rules are the se
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -25,6 +26,7 @@ FREQUENCY_LABELS = {
     ContractFrequency.QUARTERLY: _l("Quarterly"),
     ContractFrequency.ANNUAL: _l("Annually"),
 }
+FIRST_DAYS = (date(2000, 1, 1), date(2099, 12, 31))
 RATE_MESSAGE = _l("Rates are percentages from 0 to 100, with at most four decimals.")
 
 
@@ -35,9 +37,12 @@ def _percent(_form: Any, field: Any) -> None:
         field.data = "0"
         return
     try:
-        Decimal(text)
+        rate = Decimal(text)
+        fits = rate.is_finite() and 0 <= rate <= 100
     except InvalidOperation:
-        raise StopValidation(str(RATE_MESSAGE)) from None
+        fits = False
+    if not fits:
+        raise StopValidation(str(RATE_MESSAGE))
 
 
 class ContractForm(FlaskForm):  # type: ignore[misc]
@@ -54,6 +59,11 @@ class ContractForm(FlaskForm):  # type: ignore[misc]
         format="%Y-%m-%d",
         validators=[InputRequired(_l("Enter the contract's first day, like 2026-05-01."))],
     )
+
+    def validate_anchor_on(self, field: Any) -> None:
+        if field.data is not None and not FIRST_DAYS[0] <= field.data <= FIRST_DAYS[1]:
+            raise StopValidation(str(_l("Give a first day between 2000 and 2099.")))
+
     payment_terms_days = IntegerField(
         _l("Payment terms (days)"),
         validators=[InputRequired(_l("Enter the payment terms, a whole number of days."))],

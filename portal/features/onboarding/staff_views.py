@@ -11,7 +11,7 @@ from werkzeug.wrappers import Response
 
 from portal.core import db
 from portal.core.errors import ServiceError
-from portal.core.roles import Permission
+from portal.core.roles import Permission, staff_may
 from portal.core.scoping import get_or_404
 from portal.features.billing.models import BillingContract
 from portal.features.billing.services.contracts import contracts_of
@@ -155,7 +155,11 @@ def import_subscriptions(customer_id: int) -> Response | tuple[str, int]:
     ]
     if not form.validate():
         return _import_page(customer, form)
-    contract = db.session.get(BillingContract, form.contract.data) if form.contract.data else None
+    # the contract is a billing decision: staff who may not manage billing import onto the
+    # customer's default contract
+    may_bill = staff_may(current_user.account.role, Permission.MANAGE_BILLING)
+    chosen = form.contract.data if may_bill else 0
+    contract = db.session.get(BillingContract, chosen) if chosen else None
     try:
         made = services.import_subscriptions(
             db.session,

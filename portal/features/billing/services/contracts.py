@@ -22,12 +22,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal, InvalidOperation
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from portal.core.db import utcnow
 from portal.core.errors import ServiceError, _
 from portal.core.money import exponent
 from portal.features.billing.models import (
@@ -46,7 +48,7 @@ log = logging.getLogger(__name__)
 MAX_TERMS_DAYS = 365
 APPLIED = (ChangeState.PROVISIONED, ChangeState.NOT_APPLICABLE)
 # subscriptions no longer invoiced: a contract carrying only these may be deactivated
-ENDED = (SubscriptionStatus.FAILED,)
+ENDED = (SubscriptionStatus.FAILED, SubscriptionStatus.CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -230,6 +232,11 @@ def deactivate_contract(db_session: Session, contract: BillingContract, by: str)
         raise ServiceError(
             _("This is the default contract: make another one the default before deactivating it.")
         )
+    # its row lock first: a purchase being placed on it meanwhile has committed (and is
+    # counted below) or sees it inactive
+    db_session.execute(
+        select(BillingContract.id).where(BillingContract.id == contract.id).with_for_update()
+    ).all()
     carried = db_session.scalar(
         select(func.count())
         .select_from(Subscription)
@@ -300,20 +307,37 @@ def default_contract(
                 by=by,
                 make_default=True,
             )
-    except IntegrityError:
+    except (IntegrityError, ServiceError):
+        # another caller made it meanwhile (the partial unique index, or its name)
         made = default_contract_of(db_session, customer.id, currency)
         if made is None:
             raise
         return made
 
 
+PLACE_WITHIN_DAYS = 7  # older purchases on no contract wait for staff (their periods since)
+
+
 def place_unplaced_purchases(
-    db_session: Session, partner_id: int, *, by: str, change_ids: Sequence[int] | None = None
+    db_session: Session,
+    partner_id: int,
+    *,
+    by: str,
+    change_ids: Sequence[int] | None = None,
+    subscription_ids: Sequence[int] | None = None,
+    today: date | None = None,
 ) -> list[int]:
-    """Put each purchase the provider applied whose subscription is on no contract on its
-    customer's default contract in its currency (made when there is none, from the day the
-    provider applied the purchase): a purchase is always invoiced. Returns the subscriptions
-    placed. In the caller's transaction."""
+    """Put each purchase the provider applied in the last :data:`PLACE_WITHIN_DAYS` days whose
+    subscription is on no contract on its customer's default contract in its currency (made
+    when there is none, from the day the provider applied the purchase), so it is invoiced
+    from that day. A purchase applied earlier, or before its default contract's first day, is
+    left for staff to place (the contracts page lists it): billing it now would bill only its
+    first period and skip the ones between. Each in a savepoint of its own: one that cannot be
+    placed is logged and the others go on. Returns the subscriptions placed; the caller
+    commits."""
+    partner = db_session.get_one(Partner, partner_id)
+    zone = ZoneInfo(partner.timezone or "UTC")
+    today = today or utcnow().astimezone(zone).date()
     statement = (
         select(
             LicenceChange.subscription_id, LicenceChange.effective_at, LicenceChange.requested_at
@@ -326,39 +350,70 @@ def place_unplaced_purchases(
             LicenceChange.quantity_to > 0,
             Subscription.billing_contract_id.is_(None),
             Subscription.parent_id.is_(None),
-            Subscription.status != SubscriptionStatus.FAILED,
+            Subscription.status.not_in(ENDED),
         )
         .order_by(LicenceChange.id)
         .execution_options(unscoped=True)
     )
     if change_ids is not None:
         statement = statement.where(LicenceChange.id.in_(list(change_ids)))
-    rows = db_session.execute(statement).all()
-    if not rows:
-        return []
-    partner = db_session.get_one(Partner, partner_id)
-    zone = ZoneInfo(partner.timezone or "UTC")
+    if subscription_ids is not None:
+        statement = statement.where(Subscription.id.in_(list(subscription_ids)))
     placed: list[int] = []
-    for subscription_id, effective_at, requested_at in rows:
-        subscription = db_session.get_one(Subscription, subscription_id)
-        customer = db_session.get_one(Customer, subscription.customer_id)
+    for subscription_id, effective_at, requested_at in db_session.execute(statement).all():
         applied_on = (effective_at or requested_at).astimezone(zone).date()
-        contract = default_contract(
-            db_session, customer, subscription.currency, starts_on=applied_on, by=by
-        )
-        put_on_contract(db_session, subscription, contract)
-        audit.record(
-            db_session,
-            partner_id=partner_id,
-            customer_id=customer.id,
-            actor=by,
-            action="billing.purchase_placed",
-            subscription=subscription.id,
-            contract=contract.id,
-        )
-        placed.append(subscription.id)
+        if (today - applied_on).days > PLACE_WITHIN_DAYS:
+            continue
+        try:
+            with db_session.begin_nested():
+                if _place(db_session, partner_id, subscription_id, applied_on, by):
+                    placed.append(subscription_id)
+        except (ServiceError, IntegrityError):
+            log.exception("purchase of subscription %s not placed on a contract", subscription_id)
     db_session.flush()
     return placed
+
+
+def _place(
+    db_session: Session, partner_id: int, subscription_id: int, applied_on: date, by: str
+) -> bool:
+    subscription = db_session.get_one(Subscription, subscription_id)
+    customer = db_session.get_one(Customer, subscription.customer_id)
+    contract = default_contract(
+        db_session, customer, subscription.currency, starts_on=applied_on, by=by
+    )
+    if contract.anchor_on > applied_on:
+        return False  # its periods start after the purchase: staff place it
+    # only if still on no contract (a staff move at the same time wins), and only on a contract
+    # still active (its row lock: a deactivation waits for this, or this sees it)
+    if not db_session.scalar(
+        select(BillingContract.active)
+        .where(BillingContract.id == contract.id)
+        .with_for_update(read=True)
+        .execution_options(unscoped=True, populate_existing=True)
+    ):
+        return False
+    taken = db_session.execute(
+        update(Subscription)
+        .where(
+            or_(Subscription.id == subscription.id, Subscription.parent_id == subscription.id),
+            Subscription.billing_contract_id.is_(None),
+        )
+        .values(billing_contract_id=contract.id)
+        .execution_options(synchronize_session="fetch", unscoped=True)
+    )
+    if not cast(CursorResult[Any], taken).rowcount:
+        return False
+    audit.record(
+        db_session,
+        partner_id=partner_id,
+        customer_id=customer.id,
+        actor=by,
+        action="billing.purchase_placed",
+        subscription=subscription.id,
+        contract=contract.id,
+    )
+    return True
 
 
 def put_on_contract(

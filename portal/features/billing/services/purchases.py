@@ -106,7 +106,14 @@ def bill_purchases(
     if partner is None:
         return []
     # a purchase on no contract lands on its customer's default one: every purchase is billed
-    place_unplaced_purchases(db_session, partner_id, by=by, change_ids=change_ids)
+    place_unplaced_purchases(
+        db_session,
+        partner_id,
+        by=by,
+        change_ids=change_ids,
+        subscription_ids=subscription_ids,
+        today=today,
+    )
     zone = ZoneInfo(partner.timezone or "UTC")
     statement = _unbilled(db_session, partner_id)
     if subscription_ids is not None:
