@@ -353,7 +353,15 @@ class DemoProvider:
             request.result_offer_id = subscription.offer_id
             request.result_status = subscription.status
             request.finished_at = self._clock()
-            return Succeeded(_as_subscription(subscription))
+            # what a repeat of the request answers too (``_replay``): the quantity's facts
+            return Succeeded(
+                ProviderSubscription(
+                    subscription_ref=subscription.subscription_ref,
+                    offer_id=subscription.offer_id,
+                    quantity=subscription.quantity,
+                    status=subscription.status,
+                )
+            )
 
     def _apply(
         self, session: Session, change: QuantityChange, offer_id: str, term: str | None
@@ -458,10 +466,16 @@ def _replay(request: DemoRequest, change: QuantityChange) -> Result[ProviderSubs
 
 
 def _as_subscription(row: DemoSubscription) -> ProviderSubscription:
+    """The subscription as read back; its term and renewal only when it has a term here (one
+    it knows by its quantity alone reads as the answer to that quantity's request)."""
     months = TERM_MONTHS.get(row.term or "")
-    started = None
-    if months and row.term_ends_on is not None:
-        started = row.term_ends_on + timedelta(days=1) - relativedelta(months=months)
+    if not months or row.term_ends_on is None:
+        return ProviderSubscription(
+            subscription_ref=row.subscription_ref,
+            offer_id=row.offer_id,
+            quantity=row.quantity,
+            status=row.status,
+        )
     return ProviderSubscription(
         subscription_ref=row.subscription_ref,
         offer_id=row.offer_id,
@@ -469,7 +483,7 @@ def _as_subscription(row: DemoSubscription) -> ProviderSubscription:
         status=row.status,
         term_ends_on=row.term_ends_on,
         term=row.term,
-        term_started_on=started,
+        term_started_on=row.term_ends_on + timedelta(days=1) - relativedelta(months=months),
         auto_renew=bool(row.auto_renew),
         renewal_quantity=row.renewal_quantity,
     )
