@@ -72,6 +72,7 @@ SETTINGS: dict[str, tuple[Any, Any]] = {
     "OUTBOX_LEASE_SECONDS": (300, _int),
     "OUTBOX_SWEEP_SECONDS": (30, _int),
     "PROVISIONING_MAX_ATTEMPTS": (8, _int),
+    "RENEWAL_REMINDER_DAYS": ("30,7", _str),  # days before an annual/triennial term renews
     "PROVIDER_CALL_LIMIT": ("300 per minute", _str),
     "PROVIDER_CALLS_AT_ONCE": (0, _int),
     "PROVIDER_CALL_SLOTS_DIR": ("", _str),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from portal.features.billing.services import documents, holds, purchases, schedule
-from portal.features.licences.services import agreements, provisioning, subscriptions
+from portal.features.licences.services import agreements, provisioning, renewals, subscriptions
 from portal.features.payments.services import events, pay
 from portal.hookspecs import hookimpl
 from portal.integrations import delivery
@@ -44,4 +44,7 @@ def portal_outbox_handlers() -> dict[str, OutboxHandler]:
         pay.AUTOPAY_FAILED_KIND: pay.notify_autopay_failed,
         documents.REVIEW_KIND: holds.review_hold,
         holds.NOTICE_KIND: holds.tell,
+        renewals.RENEW_KIND: renewals.renew,
+        renewals.INSTRUCT_KIND: renewals.instruct,
+        renewals.REMIND_KIND: renewals.remind,
     }

@@ -2,7 +2,8 @@
 
 The outbox sweep (which re-sends work the broker lost or a dead worker abandoned), the daily
 purge of expired sign-in sessions, each partner's daily billing run, the daily payments
-reconciliation and the hourly review of automatic credit holds. The jobs reach the worker
+reconciliation, the hourly review of automatic credit holds and the hourly renewals (terms that
+ended renew or expire; renewal reminders). The jobs reach the worker
 through ``portal_periodic_tasks`` like any plugin's: the outbox knows their names, not the
 capabilities they call.
 """
@@ -20,6 +21,7 @@ from portal.core import config
 from portal.features.billing.services.holds import review_credit_holds
 from portal.features.billing.services.schedule import schedule_due_runs
 from portal.features.identity.session_store import purge_expired
+from portal.features.licences.services.renewals import run_renewals
 from portal.features.licences.services.subscriptions import sweep_awaiting
 from portal.features.payments.services.events import reconcile
 from portal.hookspecs import hookimpl
@@ -33,6 +35,7 @@ BILLING_SCHEDULE_TASK: Final = "portal.billing.schedule"
 PAYMENTS_RECONCILE_TASK: Final = "portal.payments.reconcile"
 LICENCES_SWEEP_TASK: Final = "portal.licences.sweep_awaiting"
 CREDIT_HOLDS_TASK: Final = "portal.billing.credit_holds"
+RENEWALS_TASK: Final = "portal.licences.renewals"
 
 
 def _sweep_seconds() -> int:
@@ -73,6 +76,12 @@ def portal_beat_schedule() -> dict[str, dict[str, Any]]:
             "task": CREDIT_HOLDS_TASK,
             "schedule": crontab(minute=23),
         },
+        # hourly: terms that ended (each partner's day starts at its own midnight) renew or
+        # expire, once each; renewal reminders go once per term and threshold
+        "portal.licences.renewals": {
+            "task": RENEWALS_TASK,
+            "schedule": crontab(minute=3),
+        },
     }
 
 
@@ -94,6 +103,10 @@ def credit_holds(app: Flask) -> int:
     return sum(counts.get(key, 0) for key in ("on", "off"))
 
 
+def renewals(app: Flask) -> int:
+    return run_renewals(app)  # queues outbox items: the provider is read by workers
+
+
 def payments_reconcile(app: Flask) -> int:
     report = reconcile(app)
     log.info("payments reconciliation %s", report.line())
@@ -108,4 +121,5 @@ def portal_periodic_tasks() -> dict[str, PeriodicJob]:
         PAYMENTS_RECONCILE_TASK: payments_reconcile,
         LICENCES_SWEEP_TASK: sweep_awaiting,
         CREDIT_HOLDS_TASK: credit_holds,
+        RENEWALS_TASK: renewals,
     }

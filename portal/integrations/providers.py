@@ -115,6 +115,31 @@ class AgreementConfirmation:
     reference: str | None = None
 
 
+# -- renewals (issue 14, point 4): what the customer tells the provider about the next term ---
+
+
+@dataclass(frozen=True)
+class AutoRenewSetting:
+    """Turn the subscription's automatic renewal on or off (Partner Center: ``PATCH`` the
+    subscription with ``autoRenewEnabled``). ``request_id`` is stable for one instruction."""
+
+    request_id: str
+    customer_tenant_id: str
+    subscription_ref: str
+    auto_renew: bool
+
+
+@dataclass(frozen=True)
+class RenewalQuantity:
+    """The quantity of the subscription's next term (Partner Center:
+    ``scheduledNextTermInstructions.quantity``); the current term keeps its quantity."""
+
+    request_id: str
+    customer_tenant_id: str
+    subscription_ref: str
+    quantity: int
+
+
 @runtime_checkable
 class CallCounting(Protocol):
     """Optional for a provider adapter: how many requests ``set_quantity(change)`` will send.
@@ -164,4 +189,17 @@ class ProviderAdapter(Protocol):
 
     def confirm_agreement(self, attestation: AgreementAttestation) -> Result[AgreementConfirmation]:
         """Attest the customer's acceptance; confirming the same acceptance again succeeds."""
+        ...
+
+    # -- renewals (issue 14, point 4) ---------------------------------------------------------
+
+    def set_auto_renew(self, setting: AutoRenewSetting) -> Result[ProviderSubscription]:
+        """Turn automatic renewal on or off exactly once per request id; return the
+        subscription as it now stands (its ``auto_renew`` shows the setting)."""
+        ...
+
+    def schedule_renewal_quantity(self, renewal: RenewalQuantity) -> Result[ProviderSubscription]:
+        """Schedule the next term's quantity exactly once per request id; return the
+        subscription as it now stands (its ``renewal_quantity`` shows it). At renewal the new
+        term starts with that quantity."""
         ...

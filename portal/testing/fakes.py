@@ -34,10 +34,12 @@ from portal.integrations.providers import (
     AgreementAttestation,
     AgreementConfirmation,
     AgreementTemplate,
+    AutoRenewSetting,
     NewSubscription,
     ProviderCustomer,
     ProviderSubscription,
     QuantityChange,
+    RenewalQuantity,
 )
 from portal.integrations.results import BusinessRejection, Result, Succeeded, TechnicalFailure
 
@@ -76,6 +78,9 @@ class FakeProvider:
         self.agreements: dict[str, AgreementAttestation] = {}
         self.script = _Script()
         self._lock = threading.Lock()
+        # renewal instructions by request id, and how many were applied (each once)
+        self.instructions: dict[str, Result[ProviderSubscription]] = {}
+        self.instruction_effects = 0
 
     def fail_next(self, *failures: Failure) -> None:
         self.script.fail_next(*failures)
@@ -149,6 +154,47 @@ class FakeProvider:
 
     def get_agreement_template(self) -> Result[AgreementTemplate]:
         return Succeeded(FAKE_AGREEMENT)
+
+    def set_auto_renew(self, setting: AutoRenewSetting) -> Result[ProviderSubscription]:
+        return self._instruct(
+            setting.request_id,
+            (setting.customer_tenant_id, setting.subscription_ref),
+            auto_renew=setting.auto_renew,
+        )
+
+    def schedule_renewal_quantity(self, renewal: RenewalQuantity) -> Result[ProviderSubscription]:
+        if renewal.quantity < self.minimum:
+            return BusinessRejection(f"The quantity must be at least {self.minimum}")
+        return self._instruct(
+            renewal.request_id,
+            (renewal.customer_tenant_id, renewal.subscription_ref),
+            renewal_quantity=renewal.quantity,
+        )
+
+    def _instruct(
+        self, request_id: str, key: tuple[str, str], **values: object
+    ) -> Result[ProviderSubscription]:
+        """Apply a renewal instruction once per request id (a repeat gets the first answer)."""
+        with self._lock:
+            recorded = self.instructions.get(request_id)
+            if recorded is not None:
+                return recorded
+            failure = self.script.pop()
+            if isinstance(failure, TechnicalFailure):
+                return failure
+            result: Result[ProviderSubscription]
+            found = self.subscriptions.get(key)
+            if failure is not None:
+                result = failure
+            elif found is None:
+                result = BusinessRejection("No such subscription", code="fake.not_found")
+            else:
+                updated = replace(found, **values)  # type: ignore[arg-type]
+                self.subscriptions[key] = updated
+                self.instruction_effects += 1
+                result = Succeeded(updated)
+            self.instructions[request_id] = result
+            return result
 
     def confirm_agreement(self, attestation: AgreementAttestation) -> Result[AgreementConfirmation]:
         with self._lock:

@@ -81,6 +81,8 @@ OBJECT_ROUTES: dict[str, ObjectRoute] = {
     "subscriptions.changes": ObjectRoute(_subscription),
     "subscriptions.preview": ObjectRoute(_subscription),
     "subscriptions.change": ObjectRoute(_subscription),
+    "subscriptions.auto_renew": ObjectRoute(_subscription),
+    "subscriptions.renewal_quantity": ObjectRoute(_subscription),
     "staff_catalogue.product": ObjectRoute(_product),
     "staff_catalogue.set_price": ObjectRoute(_product),
     "staff_catalogue.remove_price": ObjectRoute(_product),

@@ -19,6 +19,7 @@ from portal.default_plugin.schedule import (
     LICENCES_SWEEP_TASK,
     PAYMENTS_RECONCILE_TASK,
     PURGE_SESSIONS_TASK,
+    RENEWALS_TASK,
 )
 from portal.integrations.registry import PluginError
 from portal.outbox.broker import RUN_TASK, SWEEP_TASK, celery_for
@@ -90,6 +91,7 @@ def test_the_core_periodic_jobs_are_the_worker_tasks_their_beat_entries_name() -
         PAYMENTS_RECONCILE_TASK,
         LICENCES_SWEEP_TASK,
         CREDIT_HOLDS_TASK,
+        RENEWALS_TASK,
     }
     assert beat_tasks == {SWEEP_TASK, *jobs}
     assert set(wiring(app).periodic_jobs) == jobs

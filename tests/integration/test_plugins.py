@@ -395,7 +395,7 @@ class TestThePortalAppFixture:
         assert {"partner", "demo_provider_subscription", "demo_payments_payment"} <= tables
         with get_database(portal_app).engine.connect() as conn:
             heads = set(conn.scalars(sa.text("SELECT version_num FROM alembic_version")))
-        assert {"demo_provider_0001", "demo_payments_0002"} <= heads
+        assert {"demo_provider_0002", "demo_payments_0002"} <= heads
 
     def test_its_client_signs_in_on_the_partner_s_host(
         self, portal_client: Any, portal_partner: Any

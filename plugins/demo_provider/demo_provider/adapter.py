@@ -10,6 +10,10 @@ keeps its subscriptions in its own tables and behaves like a real provider.
   reproducible and a retry of a technically-failed request can succeed.
 - Quantities below 1 or above 10,000 are always refused, with the reason.
 - Reading back (``get_subscription``) never fails at random.
+- Renewals: a subscription bought here has a term; when it is read after its term ended it
+  renews (the next term starts the day after, with the quantity scheduled for it, if one was)
+  or, with auto-renew off, expires. ``set_auto_renew`` and ``schedule_renewal_quantity`` set
+  absolute values, so a repeat has no second effect.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
+from dateutil.relativedelta import relativedelta
 from sqlalchemy import Engine, Insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
@@ -34,10 +39,12 @@ from portal.integrations.providers import (
     AgreementAttestation,
     AgreementConfirmation,
     AgreementTemplate,
+    AutoRenewSetting,
     NewSubscription,
     ProviderCustomer,
     ProviderSubscription,
     QuantityChange,
+    RenewalQuantity,
 )
 from portal.integrations.registry import PluginError
 from portal.integrations.results import (
@@ -53,6 +60,8 @@ MIN_QUANTITY = 1
 MAX_QUANTITY = 10_000
 DEMO_OFFER_ID = "DEMO-OFFER-365"
 ACTIVE = "active"
+EXPIRED = "expired"
+TERM_MONTHS = {"P1M": 1, "P1Y": 12, "P3Y": 36}
 REJECTED_BY_RULE = BusinessRejection("Quantity not allowed by the demo rules", code="demo.rejected")
 DEMO_AGREEMENT = AgreementTemplate(
     template_id="demo-mca-2026-11",
@@ -136,7 +145,7 @@ class DemoProvider:
     ) -> Result[ProviderSubscription]:
         """Read one subscription back; an unknown one is a rejection coded ``demo.not_found``."""
         try:
-            with Session(self.engine) as session:
+            with Session(self.engine) as session, session.begin():
                 row = session.scalars(
                     select(DemoSubscription).where(
                         DemoSubscription.customer_tenant_id == customer_tenant_id,
@@ -148,6 +157,7 @@ class DemoProvider:
                         "The demo provider has no such subscription for this customer",
                         code="demo.not_found",
                     )
+                _roll(row, self._clock().date())
                 return Succeeded(_as_subscription(row))
         except SQLAlchemyError as error:
             return self._store_failure(error)
@@ -171,12 +181,17 @@ class DemoProvider:
         """Every subscription the demo provider holds for the tenant, oldest first (none for a
         tenant it has never seen: the demo provider knows every customer)."""
         try:
-            with Session(self.engine) as session:
-                rows = session.scalars(
-                    select(DemoSubscription)
-                    .where(DemoSubscription.customer_tenant_id == customer_tenant_id)
-                    .order_by(DemoSubscription.id)
+            with Session(self.engine) as session, session.begin():
+                rows = list(
+                    session.scalars(
+                        select(DemoSubscription)
+                        .where(DemoSubscription.customer_tenant_id == customer_tenant_id)
+                        .order_by(DemoSubscription.id)
+                    )
                 )
+                today = self._clock().date()
+                for row in rows:
+                    _roll(row, today)
                 return Succeeded([_as_subscription(row) for row in rows])
         except SQLAlchemyError as error:
             return self._store_failure(error)
@@ -195,7 +210,7 @@ class DemoProvider:
         change = QuantityChange(
             purchase.request_id, purchase.customer_tenant_id, ref, purchase.quantity
         )
-        return self._set(change, purchase.offer_id)
+        return self._set(change, purchase.offer_id, purchase.term)
 
     def get_agreement_template(self) -> Result[AgreementTemplate]:
         return Succeeded(DEMO_AGREEMENT)
@@ -216,7 +231,54 @@ class DemoProvider:
             )
         )
 
-    def _set(self, change: QuantityChange, offer_id: str) -> Result[ProviderSubscription]:
+    def set_auto_renew(self, setting: AutoRenewSetting) -> Result[ProviderSubscription]:
+        """Turn the renewal on or off (an absolute value: a repeat changes nothing)."""
+        return self._instruct(
+            setting.customer_tenant_id, setting.subscription_ref, auto_renew=setting.auto_renew
+        )
+
+    def schedule_renewal_quantity(self, renewal: RenewalQuantity) -> Result[ProviderSubscription]:
+        """Schedule the next term's quantity (absolute: a repeat changes nothing)."""
+        refusal = _check_quantity(renewal.quantity)
+        if refusal is not None:
+            return refusal
+        return self._instruct(
+            renewal.customer_tenant_id, renewal.subscription_ref, renewal_quantity=renewal.quantity
+        )
+
+    def _instruct(self, tenant: str, ref: str, **values: object) -> Result[ProviderSubscription]:
+        try:
+            with Session(self.engine) as session, session.begin():
+                row = session.scalars(
+                    select(DemoSubscription)
+                    .where(
+                        DemoSubscription.customer_tenant_id == tenant,
+                        DemoSubscription.subscription_ref == ref,
+                    )
+                    .with_for_update()
+                ).first()
+                if row is None:
+                    return BusinessRejection(
+                        "The demo provider has no such subscription for this customer",
+                        code="demo.not_found",
+                    )
+                _roll(row, self._clock().date())
+                if row.status != ACTIVE:
+                    return BusinessRejection(
+                        "The subscription is no longer active", code="demo.not_active"
+                    )
+                if any(getattr(row, name) != value for name, value in values.items()):
+                    for name, value in values.items():
+                        setattr(row, name, value)
+                    row.version += 1
+                    row.updated_at = self._clock()
+                return Succeeded(_as_subscription(row))
+        except SQLAlchemyError as error:
+            return self._store_failure(error)
+
+    def _set(
+        self, change: QuantityChange, offer_id: str, term: str | None = None
+    ) -> Result[ProviderSubscription]:
         refusal = _check_quantity(change.target_quantity)
         if refusal is not None:
             return refusal
@@ -226,7 +288,7 @@ class DemoProvider:
                 return recorded
             if self.settings.delay_seconds:
                 self._sleep(self.settings.delay_seconds)
-            return self._attempt(change, offer_id)
+            return self._attempt(change, offer_id, term)
         except SQLAlchemyError as error:
             return self._store_failure(error)
 
@@ -239,7 +301,9 @@ class DemoProvider:
                 return None
             return _replay(request, change)
 
-    def _attempt(self, change: QuantityChange, offer_id: str) -> Result[ProviderSubscription]:
+    def _attempt(
+        self, change: QuantityChange, offer_id: str, term: str | None
+    ) -> Result[ProviderSubscription]:
         settings = self.settings
         with Session(self.engine) as session, session.begin():
             # claim the request: the row (and, on PostgreSQL, its lock) serialises concurrent
@@ -283,16 +347,27 @@ class DemoProvider:
                 request.code = REJECTED_BY_RULE.code
                 request.finished_at = self._clock()
                 return REJECTED_BY_RULE
-            subscription = self._apply(session, change, offer_id)
+            subscription = self._apply(session, change, offer_id, term)
             request.outcome = "succeeded"
             request.result_quantity = subscription.quantity
             request.result_offer_id = subscription.offer_id
             request.result_status = subscription.status
             request.finished_at = self._clock()
-            return Succeeded(_as_subscription(subscription))
+            # what a repeat of the request answers too (``_replay``): the quantity's facts
+            return Succeeded(
+                ProviderSubscription(
+                    subscription_ref=subscription.subscription_ref,
+                    offer_id=subscription.offer_id,
+                    quantity=subscription.quantity,
+                    status=subscription.status,
+                )
+            )
 
-    def _apply(self, session: Session, change: QuantityChange, offer_id: str) -> DemoSubscription:
+    def _apply(
+        self, session: Session, change: QuantityChange, offer_id: str, term: str | None
+    ) -> DemoSubscription:
         now = self._clock()
+        months = TERM_MONTHS.get(term or "")
         session.execute(
             _insert_ignoring_duplicates(
                 self.engine,
@@ -305,6 +380,9 @@ class DemoProvider:
                     "status": ACTIVE,
                     "version": 0,
                     "updated_at": now,
+                    "term": term if months else None,
+                    "term_ends_on": _term_end(now.date(), months) if months else None,
+                    "auto_renew": True,
                 },
             )
         )
@@ -388,12 +466,49 @@ def _replay(request: DemoRequest, change: QuantityChange) -> Result[ProviderSubs
 
 
 def _as_subscription(row: DemoSubscription) -> ProviderSubscription:
+    """The subscription as read back; its term and renewal only when it has a term here (one
+    it knows by its quantity alone reads as the answer to that quantity's request)."""
+    months = TERM_MONTHS.get(row.term or "")
+    if not months or row.term_ends_on is None:
+        return ProviderSubscription(
+            subscription_ref=row.subscription_ref,
+            offer_id=row.offer_id,
+            quantity=row.quantity,
+            status=row.status,
+        )
     return ProviderSubscription(
         subscription_ref=row.subscription_ref,
         offer_id=row.offer_id,
         quantity=row.quantity,
         status=row.status,
+        term_ends_on=row.term_ends_on,
+        term=row.term,
+        term_started_on=row.term_ends_on + timedelta(days=1) - relativedelta(months=months),
+        auto_renew=bool(row.auto_renew),
+        renewal_quantity=row.renewal_quantity,
     )
+
+
+def _term_end(first_day: date, months: int) -> date:
+    """The last day of a term of ``months`` starting on ``first_day``."""
+    return first_day + relativedelta(months=months) - timedelta(days=1)
+
+
+def _roll(row: DemoSubscription, today: date) -> None:
+    """Renew (or expire) a term that ended before ``today``, as a provider does at term end:
+    the next term starts the day after, with the quantity scheduled for it."""
+    months = TERM_MONTHS.get(row.term or "")
+    while months and row.status == ACTIVE and row.term_ends_on is not None:
+        if row.term_ends_on >= today:
+            return
+        if not row.auto_renew:
+            row.status = EXPIRED
+        else:
+            row.term_ends_on = _term_end(row.term_ends_on + timedelta(days=1), months)
+            if row.renewal_quantity is not None:
+                row.quantity = row.renewal_quantity
+                row.renewal_quantity = None
+        row.version += 1
 
 
 def _insert_ignoring_duplicates(engine: Engine, model: type[Any], values: dict[str, Any]) -> Insert:

@@ -7,9 +7,9 @@ them.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
-from sqlalchemy import Integer, MetaData, String, UniqueConstraint
+from sqlalchemy import Boolean, Date, Integer, MetaData, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from portal.core.db import NAMING_CONVENTION, UTCDateTime, utcnow
@@ -33,6 +33,13 @@ class DemoSubscription(DemoProviderBase):
     # how many changes were applied: the "effect" idempotency must not repeat
     version: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # renewals: the term (ISO 8601, e.g. P1Y) and its last day when bought here (None: a
+    # subscription the demo provider only knows by its quantity), whether it renews, and the
+    # quantity scheduled for the next term
+    term: Mapped[str | None] = mapped_column(String(8))
+    term_ends_on: Mapped[date | None] = mapped_column(Date)
+    auto_renew: Mapped[bool] = mapped_column(Boolean, default=True)
+    renewal_quantity: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
         UniqueConstraint(

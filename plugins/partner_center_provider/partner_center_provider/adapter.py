@@ -48,10 +48,12 @@ from portal.integrations.providers import (
     AgreementAttestation,
     AgreementConfirmation,
     AgreementTemplate,
+    AutoRenewSetting,
     NewSubscription,
     ProviderCustomer,
     ProviderSubscription,
     QuantityChange,
+    RenewalQuantity,
 )
 from portal.integrations.results import BusinessRejection, Result, Succeeded, TechnicalFailure
 
@@ -198,6 +200,88 @@ class PartnerCenterProvider:
 
     def confirm_agreement(self, attestation: AgreementAttestation) -> Result[AgreementConfirmation]:
         return self._guarded("confirming the agreement", lambda: self._confirm(attestation))
+
+    # -- renewals (issue 14, point 4) -------------------------------------------------------
+
+    def set_auto_renew(self, setting: AutoRenewSetting) -> Result[ProviderSubscription]:
+        """``PATCH`` the full subscription with ``autoRenewEnabled`` (``MS-RequestId``: the
+        instruction's request id)."""
+
+        def edit(resource: dict[str, Any]) -> None:
+            resource["autoRenewEnabled"] = setting.auto_renew
+
+        return self._guarded(
+            "changing the renewal",
+            lambda: self._patch_renewal(
+                setting.request_id, setting.customer_tenant_id, setting.subscription_ref, edit
+            ),
+        )
+
+    def schedule_renewal_quantity(self, renewal: RenewalQuantity) -> Result[ProviderSubscription]:
+        """``PATCH`` the full subscription with ``scheduledNextTermInstructions``: the same
+        product, billing cycle and term, and the next term's ``quantity``."""
+        if renewal.quantity < 1:
+            return _below_minimum()
+
+        def edit(resource: dict[str, Any]) -> None:
+            resource["scheduledNextTermInstructions"] = _next_term(resource, renewal.quantity)
+
+        return self._guarded(
+            "scheduling the renewal",
+            lambda: self._patch_renewal(
+                renewal.request_id, renewal.customer_tenant_id, renewal.subscription_ref, edit
+            ),
+        )
+
+    def _patch_renewal(
+        self, request_id: str, tenant: str, ref: str, edit: Callable[[dict[str, Any]], None]
+    ) -> Result[ProviderSubscription]:
+        """Edit the subscription we hold (or read it first) and ``PATCH`` it whole; a stale
+        copy (its etag refused) is read again and sent once more with the same request id."""
+        resource = self.known.get(tenant, ref)
+        if resource is not None:
+            answer = self._patch_resource(request_id, tenant, ref, resource, edit)
+            if not _stale_etag(answer):
+                return answer.result
+            self.known.forget(tenant, ref)
+        read = self._read_resource(tenant, ref)
+        if not isinstance(read, Succeeded):
+            return read
+        return self._patch_resource(request_id, tenant, ref, read.value, edit).result
+
+    def _patch_resource(
+        self,
+        request_id: str,
+        tenant: str,
+        ref: str,
+        resource: dict[str, Any],
+        edit: Callable[[dict[str, Any]], None],
+    ) -> _Answer:
+        what = "changing the renewal"
+        path = _subscription_path(tenant, ref)
+        body = json.loads(json.dumps(resource))  # our copy stays as Partner Center sent it
+        edit(body)
+        etag = (body.get("attributes") or {}).get("etag")
+        try:
+            response = self.client.request(
+                "PATCH",
+                path,
+                json=body,
+                request_id=request_id,
+                if_match=etag if isinstance(etag, str) and etag else None,
+            )
+        except Exception as error:
+            return _Answer(classify_exception(error, what, sent_write=True))
+        if response.status_code == 200:
+            kept = _json_object(response)
+            if kept is not None:
+                self.known.keep(tenant, kept)
+            return _Answer(_subscription_result(response), response)
+        if response.status_code == 202:
+            quantity = body.get("quantity")
+            target = quantity if isinstance(quantity, int) else 0
+            return _Answer(self._follow(response, path, target, tenant), response)
+        return _Answer(classify_response(response, what), response)
 
     # -- the calls ---------------------------------------------------------------------------
 
@@ -599,6 +683,20 @@ def _scheduled_quantity(instructions: Any) -> int | None:
         return None
     quantity = instructions.get("quantity")
     return quantity if isinstance(quantity, int) and not isinstance(quantity, bool) else None
+
+
+def _next_term(resource: dict[str, Any], quantity: int) -> dict[str, Any]:
+    """``scheduledNextTermInstructions`` renewing the same product (``offerId`` is
+    ``productId:skuId:availabilityId``), billing cycle and term with ``quantity`` seats."""
+    parts = str(resource.get("offerId") or "").split(":")
+    product: dict[str, Any] = {
+        "productId": parts[0] if parts and parts[0] else None,
+        "skuId": parts[1] if len(parts) > 1 else None,
+        "availabilityId": parts[2] if len(parts) > 2 else None,
+        "billingCycle": resource.get("billingCycle"),
+        "termDuration": resource.get("termDuration"),
+    }
+    return {"product": {k: v for k, v in product.items() if v}, "quantity": quantity}
 
 
 def _date(value: Any) -> date | None:

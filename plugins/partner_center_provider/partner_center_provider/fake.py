@@ -216,6 +216,9 @@ class _Subscription:
     refunds: list[_Refund] = field(default_factory=list)
     # a 202 change being applied: (target quantity, monotonic time it shows)
     pending: tuple[int, float] | None = None
+    # renewal: whether the term renews, and the instructions for the next term (None: none)
+    auto_renew: bool = True
+    next_term: dict[str, Any] | None = None
 
 
 @dataclass
@@ -712,6 +715,16 @@ class FakePartnerCenter:
         target = fields.get("quantity")
         if isinstance(target, bool) or not isinstance(target, int):
             return _invalid("quantity must be a whole number"), False
+        auto_renew = fields.get("autorenewenabled", sub.auto_renew)
+        if not isinstance(auto_renew, bool):
+            return _invalid("autoRenewEnabled must be true or false"), False
+        next_term = fields.get("schedulednextterminstructions")
+        if next_term is not None:
+            scheduled = next_term.get("quantity") if isinstance(next_term, dict) else None
+            if isinstance(scheduled, bool) or not isinstance(scheduled, int):
+                return _invalid("scheduledNextTermInstructions.quantity must be a number"), False
+            if not self.min_quantity <= scheduled <= self.max_quantity:
+                return _out_of_range(), False
         if_match = request.headers.get("If-Match")
         if if_match and if_match.strip('"') != sub.etag:
             return _error(400, 2055, "Etag is no longer valid", name="EtagMismatch"), False
@@ -748,6 +761,13 @@ class FakePartnerCenter:
                 "the quantity for the next term instead.",
                 name="SeatReductionNotAllowed",
             ), False
+        if sub.status != "active" and (auto_renew != sub.auto_renew or next_term != sub.next_term):
+            return _invalid("only an active subscription's renewal can be changed"), False
+        sub.auto_renew = auto_renew
+        sub.next_term = copy.deepcopy(next_term) if isinstance(next_term, dict) else None
+        if target == sub.quantity:  # the renewal only (or nothing): applied at once
+            sub.etag = _new_etag()
+            return FakeResponse(200, self._render(sub), {"ETag": sub.etag}), True
         if self.quantity_change_delay > 0:
             sub.pending = (target, time.monotonic() + self.quantity_change_delay)
             location = f"/v1/customers/{tenant}/subscriptions/{sub.id}"
@@ -810,7 +830,8 @@ class FakePartnerCenter:
             "commitmentEndDate": f"{sub.commitment_end.isoformat()}T00:00:00Z",
             "cancellationAllowedUntilDate": _iso(sub.cancellation_until),
             "status": sub.status,
-            "autoRenewEnabled": True,
+            "autoRenewEnabled": sub.auto_renew,
+            "scheduledNextTermInstructions": copy.deepcopy(sub.next_term),
             "billingType": "license",
             "billingCycle": sub.billing_cycle,
             "termDuration": sub.term_duration,

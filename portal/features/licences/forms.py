@@ -16,7 +16,15 @@ from wtforms import (
     TextAreaField,
 )
 from wtforms.fields.choices import SelectChoice
-from wtforms.validators import DataRequired, Email, InputRequired, Length, NumberRange, Optional
+from wtforms.validators import (
+    AnyOf,
+    DataRequired,
+    Email,
+    InputRequired,
+    Length,
+    NumberRange,
+    Optional,
+)
 
 from portal.features.catalogue.forms import labels as catalogue_labels
 from portal.features.licences.rules import ChangeState, HoldReason
@@ -29,6 +37,37 @@ class QuantityForm(FlaskForm):  # type: ignore[misc]
 
     quantity = IntegerField(
         _l("New number of seats"),
+        validators=[InputRequired(SEATS_MESSAGE), NumberRange(min=1, message=SEATS_MESSAGE)],
+    )
+    version = HiddenField(validators=[InputRequired()])
+
+    def version_number(self) -> int:
+        try:
+            return int(self.version.data)
+        except (TypeError, ValueError):
+            return -1
+
+
+class AutoRenewForm(FlaskForm):  # type: ignore[misc]
+    """Turn automatic renewal on or off."""
+
+    auto_renew = HiddenField(
+        validators=[InputRequired(), AnyOf(("on", "off"), message=_l("Choose on or off."))]
+    )
+    version = HiddenField(validators=[InputRequired()])
+
+    def version_number(self) -> int:
+        try:
+            return int(self.version.data)
+        except (TypeError, ValueError):
+            return -1
+
+
+class RenewalQuantityForm(FlaskForm):  # type: ignore[misc]
+    """The number of seats of the next term."""
+
+    renewal_quantity = IntegerField(
+        _l("Seats from the renewal"),
         validators=[InputRequired(SEATS_MESSAGE), NumberRange(min=1, message=SEATS_MESSAGE)],
     )
     version = HiddenField(validators=[InputRequired()])

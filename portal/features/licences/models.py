@@ -31,6 +31,7 @@ class SubscriptionStatus(StrEnum):
     SUSPENDED = "suspended"
     CANCELLED = "cancelled"
     FAILED = "failed"  # the purchase was rejected
+    EXPIRED = "expired"  # its term ended without renewal (auto-renew off)
 
 
 class Subscription(PartnerScoped, CustomerScoped, Base):
@@ -63,6 +64,8 @@ class Subscription(PartnerScoped, CustomerScoped, Base):
     term_started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     term_ends_on: Mapped[date] = mapped_column(Date)  # the last day of the term
     auto_renew: Mapped[bool] = mapped_column(default=True)
+    # the quantity the provider confirmed for the next term (None: the same as now)
+    renewal_quantity: Mapped[int | None] = mapped_column(Integer)
     # the billing contract whose invoices carry it (None: not invoiced by the portal)
     billing_contract_id: Mapped[int | None] = mapped_column(
         ForeignKey("billing_contract.id", ondelete="RESTRICT"), index=True
@@ -155,3 +158,67 @@ class AgreementAcceptance(PartnerScoped, CustomerScoped, Base):
     provider_answer: Mapped[str | None] = mapped_column(Text)
     provider_reference: Mapped[str | None] = mapped_column(String(200))
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# -- renewals (issue 14, point 4) -------------------------------------------------------------
+
+
+class InstructionKind(StrEnum):
+    AUTO_RENEW = "auto_renew"  # turn automatic renewal on or off
+    RENEWAL_QUANTITY = "renewal_quantity"  # the quantity of the next term
+
+
+class InstructionState(StrEnum):
+    QUEUED = "queued"  # waiting for a worker
+    RETRYING = "retrying"  # a technical failure; will be tried again
+    DONE = "done"  # the provider confirmed it
+    FAILED = "failed"  # retries exhausted
+    REJECTED = "rejected"  # the provider refused it; its reason is shown
+
+
+INSTRUCTION_IN_FLIGHT = (InstructionState.QUEUED, InstructionState.RETRYING)
+
+
+class RenewalInstruction(PartnerScoped, CustomerScoped, Base):
+    """A customer's instruction for the next term: auto-renew on/off, or its quantity.
+
+    Sent to the provider once (one outbox item, ``request_id`` on every attempt); the
+    subscription's ``auto_renew`` / ``renewal_quantity`` follow what the provider confirmed.
+    """
+
+    __tablename__ = "renewal_instruction"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscription_id: Mapped[int] = mapped_column(
+        ForeignKey("subscription.id", ondelete="CASCADE"), index=True
+    )
+    request_id: Mapped[str] = mapped_column(String(36), unique=True)
+    kind: Mapped[InstructionKind] = mapped_column(enum_column(InstructionKind, "instruction_kind"))
+    state: Mapped[InstructionState] = mapped_column(
+        enum_column(InstructionState, "instruction_state")
+    )
+    auto_renew: Mapped[bool | None] = mapped_column()
+    quantity: Mapped[int | None] = mapped_column(Integer)
+    provider_answer: Mapped[str | None] = mapped_column(Text)
+    requested_by: Mapped[str] = mapped_column(String(300))
+    requested_by_user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("app_user.id", ondelete="SET NULL")
+    )
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class RenewalReminder(PartnerScoped, CustomerScoped, Base):
+    """A renewal reminder mailed for one term of a subscription, ``days`` before it renews:
+    the unique key makes each reminder go once, however often (or at once) the job runs."""
+
+    __tablename__ = "renewal_reminder"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("subscription.id", ondelete="CASCADE"))
+    term_ends_on: Mapped[date] = mapped_column(Date)
+    days: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (UniqueConstraint("subscription_id", "term_ends_on", "days"),)

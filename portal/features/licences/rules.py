@@ -31,6 +31,7 @@ class ChangeKind(StrEnum):
     QUANTITY = "quantity"
     PROVIDER_SYNC = "provider_sync"
     IMPORT = "import"  # a subscription bought before the portal, brought in from the provider
+    RENEWAL = "renewal"  # a new term began (with the scheduled quantity, if one was)
 
 
 # a change in one of these states holds back every later change of its subscription

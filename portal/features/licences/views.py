@@ -21,10 +21,16 @@ from portal.core.roles import Permission, customer_may
 from portal.core.scoping import get_or_404
 from portal.features.catalogue.models import Product
 from portal.features.identity.models import User
-from portal.features.licences.forms import AgreementForm, PurchaseForm, QuantityForm
+from portal.features.licences.forms import (
+    AgreementForm,
+    AutoRenewForm,
+    PurchaseForm,
+    QuantityForm,
+    RenewalQuantityForm,
+)
 from portal.features.licences.models import AttestationState, Subscription
 from portal.features.licences.rules import HOLDING_STATES, ChangeState
-from portal.features.licences.services import agreements
+from portal.features.licences.services import agreements, renewals
 from portal.features.licences.services import subscriptions as licences
 from portal.features.tenancy.branding.themes import render_page
 from portal.features.tenancy.models import Partner
@@ -101,12 +107,18 @@ def _change_log(subscription: Subscription) -> dict[str, Any]:
 
 
 def _detail_page(
-    subscription: Subscription, form: QuantityForm, error: str | None = None, status: int = 200
+    subscription: Subscription,
+    form: QuantityForm,
+    error: str | None = None,
+    status: int = 200,
+    renewal_form: RenewalQuantityForm | None = None,
 ) -> Page:
     page = render_page(
         "subscriptions/detail.html",
         form=form,
         error=error,
+        renewal_form=renewal_form or RenewalQuantityForm(formdata=None),
+        instructions=renewals.instructions_of(db.session, subscription),
         target=licences.target_quantity(db.session, subscription),
         window=licences.window_seats(db.session, subscription, utcnow()),
         may_change=_may_change(),
@@ -190,6 +202,91 @@ def _state_message(state: ChangeState, hold_reason: str | None) -> str:
     if state is ChangeState.AWAITING:
         return _("Your change is recorded; it is sent once the change before it is done.")
     return _("Your change is recorded and is being sent to Microsoft.")
+
+
+# -- renewal -------------------------------------------------------------------------------------
+
+
+@bp.route("/subscriptions/<int:subscription_id>/auto-renew", methods=["POST"])
+@customer_required(Permission.CHANGE_LICENCES)
+def auto_renew(subscription_id: int) -> Response | Page:
+    """Turn automatic renewal on or off; sent to the provider in the background."""
+    subscription = _subscription(subscription_id)
+    form = AutoRenewForm()
+    if not form.validate_on_submit():
+        message = _("Choose whether the subscription renews automatically.")
+        return _renewal_refused(subscription, message, 422)
+    turn_on = form.auto_renew.data == "on"
+    try:
+        renewals.set_auto_renew(
+            db.session,
+            _partner(),
+            g.customer,
+            subscription,
+            turn_on,
+            form.version_number(),
+            _user(),
+        )
+    except licences.StaleSubscription as stale:
+        return _renewal_refused(subscription, stale.message, 409)
+    except ServiceError as refused:
+        db.session.rollback()
+        return _renewal_refused(subscription, refused.message, 422)
+    db.session.commit()
+    flash(
+        _("Turning automatic renewal on: this is being sent to Microsoft.")
+        if turn_on
+        else _("Turning automatic renewal off: this is being sent to Microsoft."),
+        "success",
+    )
+    return redirect(url_for(".detail", subscription_id=subscription.id))
+
+
+@bp.route("/subscriptions/<int:subscription_id>/renewal-quantity", methods=["POST"])
+@customer_required(Permission.CHANGE_LICENCES)
+def renewal_quantity(subscription_id: int) -> Response | Page:
+    """Schedule the number of seats of the next term; sent to the provider in the background."""
+    subscription = _subscription(subscription_id)
+    form = RenewalQuantityForm()
+    if not form.validate_on_submit():
+        return _renewal_refused(subscription, None, 422, form)
+    try:
+        renewals.schedule_renewal_quantity(
+            db.session,
+            _partner(),
+            g.customer,
+            subscription,
+            form.renewal_quantity.data,
+            form.version_number(),
+            _user(),
+        )
+    except licences.StaleSubscription as stale:
+        return _renewal_refused(subscription, stale.message, 409)
+    except ServiceError as refused:
+        db.session.rollback()
+        if refused.field == "quantity":
+            form.renewal_quantity.errors = [refused.message]
+            return _renewal_refused(subscription, None, 422, form)
+        return _renewal_refused(subscription, refused.message, 422, form)
+    db.session.commit()
+    flash(
+        _(
+            "%(num)d seats from the renewal: this is being sent to Microsoft.",
+            num=form.renewal_quantity.data,
+        ),
+        "success",
+    )
+    return redirect(url_for(".detail", subscription_id=subscription.id))
+
+
+def _renewal_refused(
+    subscription: Subscription,
+    error: str | None,
+    status: int,
+    form: RenewalQuantityForm | None = None,
+) -> Page:
+    quantity_form = QuantityForm(formdata=None, version=subscription.version)
+    return _detail_page(subscription, quantity_form, error, status, renewal_form=form)
 
 
 # -- buying ---------------------------------------------------------------------------------------

@@ -257,11 +257,58 @@ def test_its_alembic_branch_depends_on_the_core() -> None:
 
     script = ScriptDirectory.from_config(alembic_config("sqlite://", [str(MIGRATIONS)]))
     labelled = [r for r in script.walk_revisions() if "demo_provider" in r.branch_labels]
-    assert [r.revision for r in labelled] == ["demo_provider_0001"]
-    base = labelled[0]
+    assert [r.revision for r in labelled] == ["demo_provider_0002", "demo_provider_0001"]
+    assert labelled[0].down_revision == "demo_provider_0001"  # renewals (issue 14, point 4)
+    base = labelled[-1]
     assert base.down_revision is None
     assert base.dependencies == "0001_foundation"
 
 
 def test_it_imports_only_the_public_parts_of_the_portal() -> None:
     assert private_portal_imports(PLUGIN_PACKAGE) == []
+
+
+# -- renewals (issue 14, point 4) -----------------------------------------------------------------
+
+
+def test_it_renews_its_terms_with_the_scheduled_quantity_or_expires_them(
+    portal_app: Flask,
+) -> None:
+    from datetime import UTC, date, datetime
+
+    from portal.integrations.providers import AutoRenewSetting, NewSubscription, RenewalQuantity
+    from portal.integrations.results import Succeeded
+
+    now = [datetime(2026, 1, 15, 9, tzinfo=UTC)]
+    provider = DemoProvider(
+        get_database(portal_app).engine,
+        DemoProviderSettings(delay_seconds=0, failure_rate=0, rejection_rate=0),
+        clock=lambda: now[0],
+    )
+    bought = [
+        provider.create_subscription(
+            NewSubscription(f"buy-{n}", "tenant-r", "OFFER", 4, "P1M", "monthly")
+        )
+        for n in (1, 2)
+    ]
+    refs = [b.value.subscription_ref for b in bought if isinstance(b, Succeeded)]
+    read = provider.get_subscription("tenant-r", refs[0])
+    assert isinstance(read, Succeeded)
+    assert (read.value.term_started_on, read.value.term_ends_on) == (
+        date(2026, 1, 15),
+        date(2026, 2, 14),
+    )
+    scheduled = provider.schedule_renewal_quantity(RenewalQuantity("r-1", "tenant-r", refs[0], 6))
+    assert isinstance(scheduled, Succeeded) and scheduled.value.renewal_quantity == 6
+    off = provider.set_auto_renew(AutoRenewSetting("r-2", "tenant-r", refs[1], False))
+    assert isinstance(off, Succeeded) and off.value.auto_renew is False
+
+    now[0] = datetime(2026, 2, 15, 9, tzinfo=UTC)  # the day after the term's last day
+    renewed = provider.get_subscription("tenant-r", refs[0])
+    assert isinstance(renewed, Succeeded)
+    assert renewed.value.term_started_on == date(2026, 2, 15)
+    assert renewed.value.term_ends_on == date(2026, 3, 14)
+    assert (renewed.value.quantity, renewed.value.renewal_quantity) == (6, None)
+    expired = provider.get_subscription("tenant-r", refs[1])
+    assert isinstance(expired, Succeeded) and expired.value.status == "expired"
+    assert expired.value.term_ends_on == date(2026, 2, 14)

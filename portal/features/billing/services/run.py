@@ -6,7 +6,9 @@
   only; a bundle's parts are named in the line) that starts in [S, E), for the seats it had at
   the start of day S, at the catalogue price in the contract's currency; an annually or
   triennially billed subscription gets the contract's prepaid (upfront) discount. Only active
-  subscriptions, and a term that does not renew is not billed past its end;
+  subscriptions (an expired one is not), and a term that does not renew is not billed past
+  its end; a renewal moves the term on with the same anchor day, and a quantity it changed is
+  settled like any applied change (a renewal that kept the quantity settles nothing);
 - *changes*: every licence change the provider applied (provisioned, or reported by the
   provider) on a day in [P, S) in the partner's time zone, on or after the contract's first
   day, prorated by :func:`portal.features.billing.rules.invoicing.assemble` over each own period of
@@ -635,6 +637,9 @@ def _changes(
             Subscription.parent_id.is_(None),
             LicenceChange.state.in_(APPLIED),
             LicenceChange.effective_at >= since,
+            # a renewal that kept the quantity moved no seats: nothing to settle
+            (LicenceChange.kind != ChangeKind.RENEWAL)
+            | (LicenceChange.quantity_from != LicenceChange.quantity_to),
         )
         .order_by(LicenceChange.subscription_id, LicenceChange.effective_at, LicenceChange.sequence)
     )
