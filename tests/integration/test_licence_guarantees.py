@@ -285,7 +285,13 @@ def test_a_reduction_the_provider_refuses_anyway_is_rejected_once_with_its_reaso
 # -- B7: the Microsoft Customer Agreement gate --------------------------------------------------
 
 # every customer route that can buy or change licences; the agreement route itself is the way in
-GATED = {"subscriptions.preview", "subscriptions.change", "subscriptions.buy"}
+GATED = {
+    "subscriptions.preview",
+    "subscriptions.change",
+    "subscriptions.buy",
+    "subscriptions.auto_renew",
+    "subscriptions.renewal_quantity",
+}
 UNGATED = {"subscriptions.agreement"}
 
 
@@ -345,6 +351,15 @@ def test_every_purchase_and_quantity_route_is_refused_without_a_confirmed_mca(
     # the purchase's first step says why it will not go through
     first_step = post_form(client, buy, {"quantity": "3"})
     assert "Microsoft Customer Agreement is accepted" in text(first_step)
+    # subscriptions.auto_renew and .renewal_quantity: what is sent to Microsoft for renewal
+    renewing = post_form(
+        client, f"{page}/auto-renew", {"auto_renew": "off", "version": "0"}, page=page
+    )
+    assert renewing.status_code == 422 and expected in text(renewing)
+    scheduled = post_form(
+        client, f"{page}/renewal-quantity", {"renewal_quantity": "12", "version": "0"}, page=page
+    )
+    assert scheduled.status_code == 422 and expected in text(scheduled)
     # the quantity preview is refused too (test below) and records nothing
     post_form(client, f"{page}/preview", {"quantity": "12", "version": "0"}, page=page)
 
