@@ -12,10 +12,11 @@ from sqlalchemy.orm import Session
 
 from portal.core.db import utcnow
 from portal.core.errors import ServiceError, _
-from portal.core.money import exponent
 from portal.features.billing.models import BillingContract
 from portal.features.billing.rules.invoicing import ContractFrequency
 from portal.features.billing.services.contracts import (
+    checked_currency,
+    checked_terms_days,
     create_contract,
     default_contract,
     put_on_contract,
@@ -31,7 +32,6 @@ from portal.integrations.providers import ProviderCustomer
 from portal.integrations.registry import integrations
 from portal.integrations.results import Succeeded
 
-MAX_TERMS_DAYS = 365
 MAX_NAME = 200
 
 
@@ -85,20 +85,8 @@ def onboard_customer(
             raise ServiceError(
                 _("A domain looks like contoso.onmicrosoft.com or contoso.com."), "domain"
             )
-    currency = (details.currency or "").strip().upper()
-    try:
-        exponent(currency)
-    except ValueError:
-        raise ServiceError(
-            _("%(currency)s is not a currency code like USD or EUR.", currency=currency),
-            "currency",
-        ) from None
-    terms = details.payment_terms_days
-    if isinstance(terms, bool) or not isinstance(terms, int) or not 0 <= terms <= MAX_TERMS_DAYS:
-        raise ServiceError(
-            _("Payment terms are a number of days from 0 to %(max)d.", max=MAX_TERMS_DAYS),
-            "payment_terms_days",
-        )
+    currency = checked_currency(details.currency)
+    terms = checked_terms_days(details.payment_terms_days)
     limit = credit_limit_minor(details.credit_limit, currency, "credit_limit")
     provider_key = (details.provider_key or "").strip() or None
     if provider_key is not None and provider_key not in integrations().providers:

@@ -102,7 +102,7 @@ def create_contract(
     nothing is added. Payment terms default to the customer's. It becomes the customer's
     default in its currency when asked to (``make_default``) or when the customer has none
     there yet. Audited; the caller commits."""
-    currency = _checked_currency(currency)
+    currency = checked_currency(currency)
     checked = _checked(
         db_session,
         customer,
@@ -428,7 +428,8 @@ def put_on_contract(
 # -- checks ---------------------------------------------------------------------------------------
 
 
-def _checked_currency(currency: str) -> str:
+def checked_currency(currency: str) -> str:
+    """An ISO 4217 code, upper case; refused with a message naming ``currency`` otherwise."""
     currency = (currency or "").strip().upper()
     try:
         exponent(currency)
@@ -438,6 +439,16 @@ def _checked_currency(currency: str) -> str:
             "currency",
         ) from None
     return currency
+
+
+def checked_terms_days(days: object) -> int:
+    """Payment terms: a whole number of days from 0 to :data:`MAX_TERMS_DAYS`, or refused."""
+    if isinstance(days, bool) or not isinstance(days, int) or not 0 <= days <= MAX_TERMS_DAYS:
+        raise ServiceError(
+            _("Payment terms are a number of days from 0 to %(max)d.", max=MAX_TERMS_DAYS),
+            "payment_terms_days",
+        )
+    return days
 
 
 def _checked(
@@ -450,16 +461,8 @@ def _checked(
         frequency = ContractFrequency(terms.frequency)
     except ValueError:
         raise ServiceError(_("Invoice monthly, quarterly or annually."), "frequency") from None
-    days = (
-        customer.payment_terms_days
-        if terms.payment_terms_days is None
-        else terms.payment_terms_days
-    )
-    if isinstance(days, bool) or not isinstance(days, int) or not 0 <= days <= MAX_TERMS_DAYS:
-        raise ServiceError(
-            _("Payment terms are a number of days from 0 to %(max)d.", max=MAX_TERMS_DAYS),
-            "payment_terms_days",
-        )
+    given = terms.payment_terms_days
+    days = checked_terms_days(customer.payment_terms_days if given is None else given)
     rates = {}
     for field, rate in (
         ("discount", terms.discount),

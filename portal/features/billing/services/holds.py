@@ -42,8 +42,7 @@ from portal.features.billing.rules.holds import (
 from portal.features.billing.services.documents import billing_settings
 from portal.features.billing.services.queries import _credited, _paid
 from portal.features.identity import audit
-from portal.features.identity.models import StaffUser
-from portal.features.identity.services.people import finance_contacts
+from portal.features.identity.services.people import finance_contacts, team_emails
 from portal.features.licences.services.subscriptions import put_credit_hold
 from portal.features.tenancy import mail
 from portal.features.tenancy.models import Customer, Partner
@@ -290,20 +289,7 @@ def _notice_context(payload: dict[str, Any], customer: Customer) -> dict[str, An
 def finance_team(session: Session, partner: Partner) -> list[str]:
     """``PORTAL_FINANCE_TEAM_EMAIL``, else the partner's active admin and finance staff."""
     configured = current_app.config.get("PORTAL_FINANCE_TEAM_EMAIL") or ""
-    if configured:
-        return [configured]
-    return list(
-        session.scalars(
-            select(StaffUser.email)
-            .where(
-                StaffUser.partner_id == partner.id,
-                StaffUser.active.is_(True),
-                StaffUser.role.in_((StaffRole.ADMIN, StaffRole.FINANCE)),
-            )
-            .order_by(StaffUser.email)
-            .execution_options(unscoped=True)
-        )
-    )
+    return team_emails(session, partner.id, configured, (StaffRole.ADMIN, StaffRole.FINANCE))
 
 
 # -- the rules staff set ---------------------------------------------------------------------------

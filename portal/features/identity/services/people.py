@@ -13,10 +13,10 @@ from sqlalchemy.orm import Session
 
 from portal.core.db import UTCDateTime, utcnow
 from portal.core.errors import ServiceError
-from portal.core.roles import CustomerRole
+from portal.core.roles import CustomerRole, StaffRole
 from portal.core.tokens import new_token, token_hash
 from portal.features.identity import audit
-from portal.features.identity.models import Invitation, Membership, User
+from portal.features.identity.models import Invitation, Membership, StaffUser, User
 from portal.features.identity.passwords import hash_password, verify_password
 from portal.features.identity.services.auth import normalise_email, password_messages
 from portal.features.tenancy import mail
@@ -313,3 +313,24 @@ def finance_contacts(session: Session, customer_id: int) -> list[User]:
         if users:
             return users
     return []
+
+
+def team_emails(
+    session: Session, partner_id: int, configured: str, roles: tuple[StaffRole, ...]
+) -> list[str]:
+    """Where a team is told: the configured address, else the partner's active staff of
+    ``roles`` (the service team of failed licence changes, the finance team of credit holds)."""
+    if configured:
+        return [configured]
+    return list(
+        session.scalars(
+            select(StaffUser.email)
+            .where(
+                StaffUser.partner_id == partner_id,
+                StaffUser.active.is_(True),
+                StaffUser.role.in_(roles),
+            )
+            .order_by(StaffUser.email)
+            .execution_options(unscoped=True)
+        )
+    )

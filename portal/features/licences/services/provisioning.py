@@ -28,6 +28,7 @@ from portal.core.roles import StaffRole
 from portal.features.catalogue.models import Product
 from portal.features.identity import audit
 from portal.features.identity.models import StaffUser, User
+from portal.features.identity.services.people import team_emails
 from portal.features.licences.models import LicenceChange, Subscription, SubscriptionStatus
 from portal.features.licences.rules import ChangeKind, ChangeState, HoldReason
 from portal.features.licences.services.agreements import require_agreement
@@ -725,21 +726,9 @@ def _send(
 
 
 def service_team(session: Session, partner: Partner) -> list[str]:
+    """``PORTAL_SERVICE_TEAM_EMAIL``, else the partner's active admin and service staff."""
     configured = current_app.config.get("PORTAL_SERVICE_TEAM_EMAIL") or ""
-    if configured:
-        return [configured]
-    return list(
-        session.scalars(
-            select(StaffUser.email)
-            .where(
-                StaffUser.partner_id == partner.id,
-                StaffUser.active.is_(True),
-                StaffUser.role.in_((StaffRole.ADMIN, StaffRole.SERVICE)),
-            )
-            .order_by(StaffUser.email)
-            .execution_options(unscoped=True)
-        )
-    )
+    return team_emails(session, partner.id, configured, (StaffRole.ADMIN, StaffRole.SERVICE))
 
 
 # -- staff actions ---------------------------------------------------------------------------------
